@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny real studies (scikit-learn digits / an MNIST-5k subset) written to tmp dirs."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY_STUDY = {
+    "study": "tiny",
+    "description": "two variants on 300 digits, 2 folds, 1 epoch",
+    "data": {"name": "digits", "subset": 300},
+    "protocol": {"folds": 2, "seeds": [0], "epochs": 1, "batch_size": 32, "lr": 0.05},
+    "execution": {"device": "cpu", "threads": 1},
+    "baseline": "baseline",
+    "variants": {
+        "baseline": {"base": "cnn", "description": "the small cnn"},
+        "batchnorm": {"base": "baseline", "bn": True},
+    },
+}
+
+
+def tiny_study(**changes) -> dict:
+    """A copy of TINY_STUDY with top-level keys replaced (None deletes a key)."""
+    study = copy.deepcopy(TINY_STUDY)
+    for key, value in changes.items():
+        if value is None:
+            study.pop(key, None)
+        else:
+            study[key] = value
+    return study
+
+
+def write_yaml(path: Path, obj: dict) -> Path:
+    path.write_text(yaml.safe_dump(obj, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def repo() -> Path:
+    return REPO
