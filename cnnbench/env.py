@@ -1,0 +1,74 @@
+"""Provenance: where and with what a number was measured (versions, device, CPU, threads, git)."""
+
+from __future__ import annotations
+
+import platform
+import socket
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+import cnnbench
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def nvidia_gpus_visible() -> bool:
+    """Whether this host has NVIDIA device nodes, without importing torch (for the workflow's
+    `gpu` resource at DAG-build time)."""
+    import glob
+
+    return bool(glob.glob("/dev/nvidia[0-9]*"))
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_state(cwd: str | Path = ".") -> dict:
+    """Commit and dirty flag of the checkout the run was started from (None outside git)."""
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return {"git_commit": commit, "git_dirty": None if commit is None else bool(dirty)}
+
+
+def environment(device: "torch.device") -> dict:
+    import torch
+
+    env = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "hostname": socket.gethostname(),
+        "cnnbench": cnnbench.__version__,
+        "torch": torch.__version__,
+        "torchvision": _version("torchvision"),
+        "numpy": _version("numpy"),
+        "device": device.type,
+        "cpu": cpu_model(),
+        "threads": torch.get_num_threads(),
+        **git_state(),
+    }
+    if device.type == "cuda":
+        env |= {"device_name": torch.cuda.get_device_name(device), "cuda": torch.version.cuda,
+                "cudnn": torch.backends.cudnn.version()}
+    else:
+        env["device_name"] = env["cpu"]
+    return env

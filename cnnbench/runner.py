@@ -1,0 +1,144 @@
+"""One workflow job: train several runs of one variant in one process, one result file per run.
+
+Process start-up (imports, data load) is paid once per job instead of once per run. Each finished run
+is first stored under a resume folder keyed by the spec hash and split, because Snakemake deletes a
+failed job's outputs: an interrupted job, when rerun, reuses its finished runs instead of retraining.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from cnnbench.config import VariantSpec
+from cnnbench.data import ImageData, file_hash, load_cache, load_fold
+from cnnbench.io import atomic_path, read_json, write_json
+
+RECORD_SCHEMA = 1
+
+
+def run_name(fold: int, seed: int) -> str:
+    return f"fold{fold}-seed{seed}"
+
+
+class Progress:
+    """One line per epoch: which run, which epoch, losses, speed and the job's time left."""
+
+    def __init__(self, spec: VariantSpec, n_runs: int, log: Callable[[str], None]):
+        self.spec, self.n_runs, self.log = spec, n_runs, log
+        self.total_epochs = n_runs * spec.train["epochs"]
+        self.done_epochs, self.seconds, self.run = 0, 0.0, (0, 0, 0)
+
+    def start_run(self, index: int, fold: int, seed: int) -> None:
+        self.run = (index, fold, seed)
+
+    def skip_run(self) -> None:
+        self.total_epochs -= self.spec.train["epochs"]
+
+    def epoch(self, row: dict) -> None:
+        self.done_epochs += 1
+        self.seconds += row["train_time_s"] + row["eval_time_s"]
+        left = self.seconds / self.done_epochs * (self.total_epochs - self.done_epochs)
+        i, fold, seed = self.run
+        self.log(f"[{self.spec.study}/{self.spec.name}] run {i + 1}/{self.n_runs} (fold {fold}, seed {seed}) "
+                 f"epoch {row['epoch']}/{self.spec.train['epochs']}  "
+                 f"train loss {row['train_loss']:.3f} acc {row['train_acc']:.1%}  "
+                 f"val loss {row['val_loss']:.3f} acc {row['val_acc']:.1%}  "
+                 f"{row['train_time_s']:.1f}s/epoch  job left ~{_duration(left)}")
+
+
+def train_variant(spec: VariantSpec, *, data_path: str | Path, splits_path: str | Path, folds: list[int],
+                  seeds: list[int], out_dir: str | Path, weights_path: str | Path | None,
+                  resume_root: str | Path, threads: int = 1, device: str = "auto",
+                  log: Callable[[str], None] | None = None) -> list[Path]:
+    import torch
+
+    from cnnbench.env import environment
+    from cnnbench.train import fit, resolve_device, set_determinism
+
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    dev = resolve_device(device)
+    set_determinism(dev, threads)
+    images = load_cache(data_path)
+    split_sha = file_hash(splits_path)
+    resume = Path(resume_root) / spec.name / f"{spec.spec_hash}-{split_sha}"
+    runs = [(f, s) for s in seeds for f in folds]
+    progress = Progress(spec, len(runs), log)
+    env = environment(dev)
+    written = []
+    for index, (fold, seed) in enumerate(runs):
+        name = run_name(fold, seed)
+        stored = resume / f"{name}.json"
+        if stored.exists():
+            log(f"[{spec.study}/{spec.name}] {name}: finished earlier, reusing {stored}")
+            progress.skip_run()
+        else:
+            progress.start_run(index, fold, seed)
+            train_idx, val_idx = load_fold(splits_path, fold, images.y)
+            started = datetime.now(timezone.utc)
+            result = fit(spec, images, train_idx, val_idx, seed=seed, device=dev, on_epoch=progress.epoch)
+            record = make_record(spec, fold, seed, result, images, train_idx, val_idx, split_sha, env, started)
+            if index == 0:
+                _save_weights(resume / f"{name}.pt", result.model, spec, fold, seed)
+            write_json(stored, record)
+        out = Path(out_dir) / f"{name}.json"
+        write_json(out, read_json(stored))
+        written.append(out)
+    if weights_path is not None:
+        with atomic_path(weights_path) as tmp:
+            shutil.copyfile(resume / f"{run_name(*runs[0])}.pt", tmp)
+    shutil.rmtree(resume, ignore_errors=True)
+    return written
+
+
+def make_record(spec: VariantSpec, fold: int, seed: int, result, images: ImageData, train_idx: np.ndarray,
+                val_idx: np.ndarray, split_sha: str, env: dict, started: datetime) -> dict:
+    last = result.epochs[-1]
+    best = max(result.epochs, key=lambda e: e["val_acc"])
+    rows = spec.layer_table()
+    return {
+        "schema": RECORD_SCHEMA,
+        "study": spec.study, "variant": spec.name, "fold": fold, "seed": seed,
+        "spec_hash": spec.spec_hash,
+        "data": {"name": images.name, "n_train": int(len(train_idx)), "n_val": int(len(val_idx)),
+                 "split_sha256": split_sha},
+        "metrics": {
+            "val_acc": last["val_acc"], "val_loss": last["val_loss"],
+            "train_acc": last["train_acc"], "train_loss": last["train_loss"],
+            "best_val_acc": best["val_acc"], "best_epoch": best["epoch"],
+            **(result.test or {}),
+        },
+        "cost": {"params": int(sum(p.numel() for p in result.model.parameters())),
+                 "macs_forward": int(sum(r.macs for r in rows))},
+        "speed": {"train_img_per_s": result.train_img_per_s,
+                  "epoch_time_s": result.train_time_s / len(result.epochs),
+                  "train_time_s": result.train_time_s,
+                  "eval_time_s": sum(e["eval_time_s"] for e in result.epochs) + (result.test or {}).get("test_time_s", 0.0),
+                  "images_seen": result.images_seen, "fit_wall_s": result.wall_s},
+        "epochs": result.epochs,
+        "val_pred": result.val_pred.tolist(),  # in the order of the fold's validation indices
+        "env": env,
+        "started_at": started.isoformat(timespec="seconds"),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "spec": spec.run_dict(),
+        **result.extras,
+    }
+
+
+def _save_weights(path: Path, model, spec: VariantSpec, fold: int, seed: int) -> None:
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save({"spec": spec.run_dict(), "fold": fold, "seed": seed,
+                    "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}}, tmp)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"

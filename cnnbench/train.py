@@ -1,0 +1,229 @@
+"""The training loop: data as one tensor on the device, batches by index, augmentation on the device.
+
+What a user would write with a DataLoader pays per-sample indexing and collation on every batch;
+here a batch is one gather from a (N, C, H, W) uint8 tensor that already lives on the device, and the
+model runs in channels_last, which oneDNN (CPU) and cuDNN (GPU) convolutions prefer.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnnbench.augment import augment, is_active
+from cnnbench.config import VariantSpec
+from cnnbench.data import ImageData
+from cnnbench.models.build import build_model
+
+WARMUP_STEPS = 5  # steps excluded from the throughput figure (allocator and kernel set-up)
+EVAL_BATCH = 500  # images per forward pass when evaluating
+
+
+def resolve_device(setting: str = "auto") -> torch.device:
+    if setting == "cuda" and not torch.cuda.is_available():
+        from cnnbench.errors import ConfigError
+
+        raise ConfigError("execution.device: 'cuda' but torch sees no CUDA device; use auto or cpu")
+    if setting == "auto":
+        setting = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(setting)
+
+
+def set_determinism(device: torch.device, threads: int) -> None:
+    """Same config + same CPU + same threads => same numbers: the CPU kernels used here (oneDNN
+    convolutions, GEMM, pooling) are deterministic at a fixed thread count, and every random draw comes
+    from the run's seeded generators (tests/test_train.py checks bit-identical reruns). Not calling
+    `torch.use_deterministic_algorithms` on purpose: it imports torch._dynamo, 1.6 s per job here.
+    CUDA runs favour speed (cuDNN autotune); their numbers are not promised to be bit-identical."""
+    torch.set_num_threads(threads)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class FitResult:
+    model: nn.Module
+    epochs: list[dict]  # per epoch: losses, accuracies, lr, train/eval seconds
+    val_pred: np.ndarray  # final model's predicted class per validation image (validation order)
+    train_img_per_s: float  # warm-up excluded
+    train_time_s: float  # training steps only, all epochs
+    images_seen: int
+    wall_s: float  # the whole fit: model build, data to device, training, evaluation
+    test: dict | None = None  # loss/acc on the official test split
+    extras: dict = field(default_factory=dict)
+
+
+class Images:
+    """Images on the device, ready to slice into batches: `images[idx]` -> (B, C, H, W) float, normalised,
+    channels_last. Without augmentation the whole set is normalised once, so a batch is a single gather;
+    with augmentation it stays uint8 and each batch is converted, augmented and normalised on the fly."""
+
+    PRENORMALISE_MAX_BYTES = 2 << 30  # beyond this, keep uint8 (4x smaller) and normalise per batch
+
+    def __init__(self, x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, augment_cfg: dict | None = None,
+                 gen: torch.Generator | None = None):
+        self.mean, self.std, self.gen = mean, std, gen
+        self.augment_cfg = augment_cfg if augment_cfg and is_active(augment_cfg) else None
+        self.raw = self.augment_cfg is not None or x.numel() * 4 > self.PRENORMALISE_MAX_BYTES
+        self.x = x if self.raw else self._normalise(x.float().div_(255))
+
+    @classmethod
+    def stats(cls, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel mean and std of uint8 images (shape (1, C, 1, 1)), from the training part only."""
+        xf = x.float().div_(255)
+        return xf.mean(dim=(0, 2, 3), keepdim=True), xf.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-3)
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, idx: torch.Tensor | slice) -> torch.Tensor:
+        if not self.raw:
+            return self.x[idx]
+        x = self.x[idx].float().div_(255)
+        if self.augment_cfg:
+            x = augment(x, self.augment_cfg, self.gen)
+        return self._normalise(x)
+
+
+def make_optimizer(model: nn.Module, t: dict) -> torch.optim.Optimizer:
+    params = model.parameters()
+    if t["optimizer"] == "sgd":
+        return torch.optim.SGD(params, lr=t["lr"], momentum=t["momentum"],
+                               nesterov=t["nesterov"] and t["momentum"] > 0, weight_decay=t["weight_decay"])
+    cls = torch.optim.Adam if t["optimizer"] == "adam" else torch.optim.AdamW
+    return cls(params, lr=t["lr"], betas=(t["momentum"], 0.999), weight_decay=t["weight_decay"])
+
+
+def lr_factor(kind: str, step: int, total: int) -> float:
+    """Multiplier of the peak lr after `step` of `total` optimiser steps."""
+    t = step / max(total, 1)
+    if kind == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * t))
+    if kind == "onecycle":  # linear warm-up over the first 20%, then linear decay to 0 (airbench-style)
+        return min((step + 1) / max(0.2 * total, 1), max(0.0, (total - step) / max(0.8 * total, 1)))
+    if kind == "step":
+        return 0.1 ** ((t >= 0.5) + (t >= 0.75))
+    return 1.0
+
+
+def fit(spec: VariantSpec, images: ImageData, train_idx: np.ndarray, val_idx: np.ndarray, *, seed: int,
+        device: torch.device, on_epoch: Callable[[dict], None] | None = None) -> FitResult:
+    t = spec.train
+    fit_start = time.perf_counter()
+    torch.manual_seed(seed)
+    shuffle_gen = torch.Generator().manual_seed(seed)
+    aug_gen = torch.Generator(device=device).manual_seed(seed)
+    model = build_model(spec.plan(), spec.input_shape).to(device, memory_format=torch.channels_last)
+
+    x_all = torch.from_numpy(images.x).to(device)  # (N, C, H, W) uint8
+    y_all = torch.from_numpy(images.y).to(device)
+    tr, va = torch.from_numpy(train_idx).to(device), torch.from_numpy(val_idx).to(device)
+    mean, std = Images.stats(x_all[tr])
+    x_train, y_train = Images(x_all[tr], mean, std, t["augment"], aug_gen), y_all[tr]
+    x_val, y_val = Images(x_all[va], mean, std), y_all[va]
+
+    bs = t["batch_size"]
+    steps = len(train_idx) // bs  # the last partial batch is dropped
+    if steps == 0:
+        from cnnbench.errors import ConfigError
+
+        raise ConfigError(f"variant {spec.name!r}, field 'batch_size': {bs} exceeds the {len(train_idx)} "
+                          "training images of a fold")
+    total_steps = steps * t["epochs"]
+    opt = make_optimizer(model, t)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(t["schedule"], s, total_steps))
+    penalised = [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+    epochs, train_time, warm_time, warm_images = [], 0.0, None, 0
+    for epoch in range(1, t["epochs"] + 1):
+        perm = torch.randperm(len(train_idx), generator=shuffle_gen).to(device)
+        sync(device)
+        t0 = time.perf_counter()
+        warm = WARMUP_STEPS if epoch == 1 else None
+        loss_sum, correct, warm_at = train_epoch(model, opt, sched, x_train, y_train, perm, bs, steps,
+                                                 t["label_smoothing"], t["l1"], penalised, warm)
+        if warm_at is not None:
+            warm_time, warm_images = warm_at - t0, min(WARMUP_STEPS, steps - 1) * bs
+        epoch_time = time.perf_counter() - t0
+        train_time += epoch_time
+        t1 = time.perf_counter()
+        val_loss, val_acc, val_pred = evaluate(model, x_val, y_val)
+        row = {"epoch": epoch, "train_loss": loss_sum / (steps * bs), "train_acc": correct / (steps * bs),
+               "val_loss": val_loss, "val_acc": val_acc, "lr": opt.param_groups[0]["lr"], "train_time_s": epoch_time,
+               "eval_time_s": time.perf_counter() - t1}
+        epochs.append(row)
+        if on_epoch:
+            on_epoch(row)
+
+    images_seen = steps * bs * t["epochs"]
+    warm_time = warm_time or 0.0
+    throughput = (images_seen - warm_images) / max(train_time - warm_time, 1e-9)
+    test = None
+    if images.has_test:
+        t_test = time.perf_counter()
+        x_test = Images(torch.from_numpy(images.x_test).to(device), mean, std)
+        y_test = torch.from_numpy(images.y_test).to(device)
+        test_loss, test_acc, _ = evaluate(model, x_test, y_test)
+        test = {"test_loss": test_loss, "test_acc": test_acc, "n_test": int(len(images.y_test)),
+                "test_time_s": time.perf_counter() - t_test}
+    return FitResult(model, epochs, val_pred, throughput, train_time, images_seen, time.perf_counter() - fit_start,
+                     test)
+
+
+def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, sched, x_train: Images,
+                y_train: torch.Tensor, perm: torch.Tensor, bs: int, steps: int, label_smoothing: float = 0.0,
+                l1: float = 0.0, penalised: list[torch.Tensor] = (), warmup_steps: int | None = None
+                ) -> tuple[float, int, float | None]:
+    """`steps` optimiser steps over batches `perm[i*bs:(i+1)*bs]`. Returns summed loss, correct count and,
+    if `warmup_steps` is given, the perf_counter time when that many steps had finished (synchronised)."""
+    model.train()
+    device = y_train.device
+    loss_sum = torch.zeros((), device=device)  # accumulated on the device: no sync per step
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    warm_at = None
+    for i in range(steps):
+        idx = perm[i * bs:(i + 1) * bs]
+        xb, yb = x_train[idx], y_train[idx]
+        logits = model(xb)
+        loss = F.cross_entropy(logits, yb, label_smoothing=label_smoothing)
+        objective = loss + l1 * sum(w.abs().sum() for w in penalised) if l1 else loss
+        opt.zero_grad(set_to_none=True)
+        objective.backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+        loss_sum += loss.detach() * bs
+        correct += (logits.argmax(1) == yb).sum()
+        if warmup_steps is not None and i + 1 == min(warmup_steps, steps - 1):
+            sync(device)
+            warm_at = time.perf_counter()
+    sync(device)
+    return loss_sum.item(), int(correct.item()), warm_at
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, x: Images, y: torch.Tensor) -> tuple[float, float, np.ndarray]:
+    """Mean cross-entropy, accuracy and predicted classes, in eval mode (BN statistics, no dropout)."""
+    model.eval()
+    loss_sum, preds = 0.0, []
+    for i in range(0, len(y), EVAL_BATCH):
+        logits = model(x[i:i + EVAL_BATCH])
+        loss_sum += F.cross_entropy(logits, y[i:i + EVAL_BATCH], reduction="sum").item()
+        preds.append(logits.argmax(1))
+    pred = torch.cat(preds)
+    return loss_sum / len(y), (pred == y).float().mean().item(), pred.cpu().numpy()

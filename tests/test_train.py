@@ -1,0 +1,130 @@
+"""The training loop, the run record, determinism, resumption and augmentation, on tiny real data."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cnnbench import train as train_module
+from cnnbench.augment import augment
+from cnnbench.config import load_study
+from cnnbench.data import load_fold, load_source, make_splits, save_cache, save_splits
+from cnnbench.runner import train_variant
+from cnnbench.train import fit, lr_factor, set_determinism
+from tests.conftest import tiny_study
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """300 digits cached with a 2-fold split, as the workflow's first two steps leave them."""
+    root = tmp_path_factory.mktemp("prepared")
+    study = load_study(tiny_study(protocol={"folds": 2, "epochs": 3, "batch_size": 32}))
+    images = load_source(study.data, 0)
+    save_cache(images, root / "data.npz")
+    save_splits(root / "splits.json", make_splits(images.y, 2, 1, 0), images.y, 2, 1, 0)
+    return study, images, root
+
+
+def test_loss_goes_down_and_beats_chance(prepared):
+    study, images, root = prepared
+    set_determinism(CPU, 1)
+    train_idx, val_idx = load_fold(root / "splits.json", 0, images.y)
+    result = fit(study.variants["baseline"], images, train_idx, val_idx, seed=0, device=CPU)
+    losses = [e["train_loss"] for e in result.epochs]
+    assert losses[-1] < losses[0]
+    assert result.epochs[-1]["val_acc"] > 0.5  # chance is 0.1
+    assert len(result.val_pred) == len(val_idx) and result.train_img_per_s > 0
+    assert result.images_seen == 3 * (len(train_idx) // 32) * 32
+
+
+def test_same_run_twice_gives_identical_numbers(prepared):
+    study, images, root = prepared
+    set_determinism(CPU, 1)
+    train_idx, val_idx = load_fold(root / "splits.json", 1, images.y)
+    spec = study.variants["batchnorm"]
+    a = fit(spec, images, train_idx, val_idx, seed=7, device=CPU)
+    b = fit(spec, images, train_idx, val_idx, seed=7, device=CPU)
+    numbers = ("train_loss", "train_acc", "val_loss", "val_acc", "lr")
+    assert [[e[k] for k in numbers] for e in a.epochs] == [[e[k] for k in numbers] for e in b.epochs]
+    assert np.array_equal(a.val_pred, b.val_pred)
+    c = fit(spec, images, train_idx, val_idx, seed=8, device=CPU)
+    assert [e["train_loss"] for e in c.epochs] != [e["train_loss"] for e in a.epochs]
+
+
+def test_train_variant_writes_one_complete_record_per_run(prepared, tmp_path):
+    study, images, root = prepared
+    spec = study.variants["baseline"]
+    logs = []
+    paths = train_variant(spec, data_path=root / "data.npz", splits_path=root / "splits.json", folds=[0, 1],
+                          seeds=[0], out_dir=tmp_path / "runs", weights_path=tmp_path / "w.pt",
+                          resume_root=tmp_path / "resume", log=logs.append)
+    assert [p.name for p in paths] == ["fold0-seed0.json", "fold1-seed0.json"]
+    r = json.loads(paths[1].read_text())
+    assert (r["variant"], r["fold"], r["seed"], r["spec_hash"]) == ("baseline", 1, 0, spec.spec_hash)
+    assert set(r["metrics"]) >= {"val_acc", "val_loss", "best_val_acc", "best_epoch", "train_acc"}
+    assert r["cost"]["params"] == sum(row.params for row in spec.layer_table()) and r["cost"]["macs_forward"] > 0
+    assert r["speed"]["train_img_per_s"] > 0 and r["speed"]["epoch_time_s"] > 0
+    assert len(r["epochs"]) == 3 and len(r["val_pred"]) == r["data"]["n_val"]
+    env = r["env"]
+    assert env["device"] == "cpu" and env["threads"] == 1 and env["torch"] == torch.__version__
+    assert {"python", "cnnbench", "git_commit", "git_dirty", "cpu"} <= set(env)
+    assert r["spec"]["name"] == "baseline" and r["started_at"] <= r["finished_at"]
+    weights = torch.load(tmp_path / "w.pt", weights_only=True)
+    assert weights["fold"] == 0 and "features.stage0.block0.conv1.weight" in weights["state_dict"]
+    assert len(logs) == 6 and "epoch 3/3" in logs[-1] and "fold 1" in logs[-1]
+    assert not (tmp_path / "resume" / "baseline").exists() or not any((tmp_path / "resume" / "baseline").iterdir())
+
+
+def test_interrupted_job_resumes_without_retraining_finished_runs(prepared, tmp_path, monkeypatch):
+    study, images, root = prepared
+    spec = study.variants["baseline"]
+    kwargs = dict(data_path=root / "data.npz", splits_path=root / "splits.json", folds=[0, 1], seeds=[0],
+                  out_dir=tmp_path / "runs", weights_path=tmp_path / "w.pt", resume_root=tmp_path / "resume",
+                  log=lambda m: None)
+    real_fit, calls = train_module.fit, []
+
+    def interrupted_fit(*args, **kw):
+        calls.append(kw["seed"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the user pressed Ctrl-C during the second run
+        return real_fit(*args, **kw)
+
+    monkeypatch.setattr(train_module, "fit", interrupted_fit)
+    with pytest.raises(KeyboardInterrupt):
+        train_variant(spec, **kwargs)
+    first = json.loads(next((tmp_path / "resume").rglob("fold0-seed0.json")).read_text())
+
+    calls.clear()
+    monkeypatch.setattr(train_module, "fit", lambda *a, **kw: calls.append(1) or real_fit(*a, **kw))
+    train_variant(spec, **kwargs)
+    assert len(calls) == 1  # only the unfinished run was trained
+    assert json.loads((tmp_path / "runs" / "fold0-seed0.json").read_text()) == first
+    assert (tmp_path / "runs" / "fold1-seed0.json").exists() and (tmp_path / "w.pt").exists()
+
+
+def test_lr_schedules():
+    assert lr_factor("constant", 50, 100) == 1.0
+    assert lr_factor("cosine", 0, 100) == 1.0 and lr_factor("cosine", 100, 100) == pytest.approx(0)
+    one = [lr_factor("onecycle", s, 100) for s in range(100)]
+    assert max(one) == pytest.approx(1.0) and one.index(max(one)) == 19 and one[-1] < 0.02
+    assert lr_factor("step", 60, 100) == pytest.approx(0.1) and lr_factor("step", 80, 100) == pytest.approx(0.01)
+
+
+def test_augmentation_is_on_device_shaped_bounded_and_repeatable():
+    x = torch.rand(16, 3, 12, 12)
+    cfg = {"flip": True, "shift": 2, "rotate": 15, "shear": 10, "brightness": 0.2, "contrast": 0.2, "saturation": 0.3}
+    a = augment(x.clone(), cfg, torch.Generator().manual_seed(1))
+    b = augment(x.clone(), cfg, torch.Generator().manual_seed(1))
+    assert a.shape == x.shape and torch.equal(a, b) and 0 <= a.min() and a.max() <= 1
+    assert not torch.allclose(a, x)
+    flipped = augment(x.clone(), {"flip": True}, torch.Generator().manual_seed(0))
+    same = [torch.equal(f, o) for f, o in zip(flipped, x)]
+    mirrored = [torch.equal(f, o.flip(2)) for f, o in zip(flipped, x)]
+    assert all(s or m for s, m in zip(same, mirrored)) and any(mirrored) and any(same)
+    shifted = augment(x.clone(), {"shift": 3}, torch.Generator().manual_seed(0))
+    assert not torch.equal(shifted, x)
