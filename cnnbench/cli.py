@@ -1,0 +1,162 @@
+"""`cnnbench` command line: the thin entry point that workflow rules and users call.
+
+Imports are deferred to each command so that light commands (describe, list-models) start fast and
+training jobs pay only for what they use. A `CnnbenchError` is printed as one line, exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from cnnbench.errors import CnnbenchError
+
+
+def _cmd_prepare_data(a: argparse.Namespace) -> None:
+    from cnnbench.data import load_source, save_cache
+
+    images = load_source(json.loads(a.data_json), a.split_seed)
+    save_cache(images, a.out)
+    test = f", test {len(images.y_test)}" if images.has_test else ""
+    print(f"{images.name}: {len(images.y)} images {images.shape}{test} -> {a.out}", file=sys.stderr)
+
+
+def _cmd_split(a: argparse.Namespace) -> None:
+    from cnnbench.data import load_cache, make_splits, save_splits
+
+    y = load_cache(a.data).y
+    save_splits(a.out, make_splits(y, a.folds, a.repeats, a.split_seed), y, a.folds, a.repeats, a.split_seed)
+    print(f"{a.repeats} x {a.folds}-fold stratified split of {len(y)} images -> {a.out}", file=sys.stderr)
+
+
+def _cmd_train(a: argparse.Namespace) -> None:
+    from cnnbench.config import VariantSpec
+    from cnnbench.runner import train_variant
+
+    spec = VariantSpec.from_dict(json.loads(a.spec))
+    train_variant(spec, data_path=a.data, splits_path=a.splits, folds=a.folds, seeds=a.seeds,
+                  out_dir=a.out_dir, weights_path=a.weights, resume_root=a.resume_root, threads=a.threads,
+                  device=a.device)
+
+
+def _cmd_collect(a: argparse.Namespace) -> None:
+    from cnnbench.results import collect
+
+    tables = collect(a.runs, a.out_dir)
+    print(f"{len(tables['runs'])} runs -> {a.out_dir}/runs.parquet, epochs.parquet (+ .csv)", file=sys.stderr)
+
+
+def _cmd_report(a: argparse.Namespace) -> None:
+    from cnnbench.report import build_report
+
+    build_report(results_dir=a.results, data_path=a.data, splits_path=a.splits, models_dir=a.models,
+                 baseline=a.baseline, out=a.out, title=a.title, description=a.description,
+                 variant_descriptions=json.loads(a.variant_descriptions))
+    print(f"report -> {a.out}", file=sys.stderr)
+
+
+def _cmd_describe(a: argparse.Namespace) -> None:
+    from cnnbench.describe import describe
+
+    print(describe(a.name, config=a.config, input_shape=a.input, num_classes=a.classes))
+
+
+def _cmd_list_models(a: argparse.Namespace) -> None:
+    from cnnbench.models.registry import get_entry, list_models
+
+    for name in list_models():
+        print(f"{name:11s} {get_entry(name).doc}")
+
+
+def _cmd_loop_bench(a: argparse.Namespace) -> None:
+    from cnnbench.loopbench import format_result, loop_bench
+
+    print(format_result(loop_bench(a.config, a.variant, a.steps, a.repeats, a.threads)))
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.lower().replace("x", ",").split(","))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cnnbench", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("prepare-data", help="load a data set once and cache it as .npz")
+    s.add_argument("--data-json", required=True, help="the study's data section, as JSON")
+    s.add_argument("--split-seed", type=int, default=0, help="seed of the stratified subset, if any")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=_cmd_prepare_data)
+
+    s = sub.add_parser("split", help="write the stratified k-fold split every run reads")
+    s.add_argument("--data", required=True)
+    s.add_argument("--folds", type=int, required=True)
+    s.add_argument("--repeats", type=int, default=1)
+    s.add_argument("--split-seed", type=int, default=0)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=_cmd_split)
+
+    s = sub.add_parser("train", help="train the runs of one variant (one result file per run)")
+    s.add_argument("--spec", required=True, help="resolved variant spec as JSON (from the workflow)")
+    s.add_argument("--data", required=True)
+    s.add_argument("--splits", required=True)
+    s.add_argument("--folds", type=int, nargs="+", required=True)
+    s.add_argument("--seeds", type=int, nargs="+", required=True)
+    s.add_argument("--out-dir", required=True)
+    s.add_argument("--weights", help="where to save the first run's weights")
+    s.add_argument("--resume-root", required=True, help="store of finished runs of interrupted jobs")
+    s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    s.set_defaults(func=_cmd_train)
+
+    s = sub.add_parser("collect", help="gather run files into runs/epochs tables")
+    s.add_argument("runs", nargs="+")
+    s.add_argument("--out-dir", required=True)
+    s.set_defaults(func=_cmd_collect)
+
+    s = sub.add_parser("report", help="render the study's self-contained HTML report")
+    s.add_argument("--results", required=True, help="results/<study> folder with runs.parquet")
+    s.add_argument("--data", required=True)
+    s.add_argument("--splits", required=True)
+    s.add_argument("--models", required=True, help="folder of <variant>.pt weights")
+    s.add_argument("--baseline", required=True)
+    s.add_argument("--title", required=True)
+    s.add_argument("--description", default="")
+    s.add_argument("--variant-descriptions", default="{}", help="JSON: variant -> description")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=_cmd_report)
+
+    s = sub.add_parser("describe", help="layer table (shapes, params, MACs, receptive field) of a variant or model")
+    s.add_argument("name", help="a variant of --config, or a registered model")
+    s.add_argument("--config", help="study config (default: config/config.yaml when it exists)")
+    s.add_argument("--input", type=_ints, help="input shape C,H,W or CxHxW (models only; default 1x28x28)")
+    s.add_argument("--classes", type=int, help="number of classes (models only; default 10)")
+    s.set_defaults(func=_cmd_describe)
+
+    s = sub.add_parser("loop-bench", help="img/s of the project's training loop vs a plain DataLoader loop")
+    s.add_argument("--config", default="config/config.yaml")
+    s.add_argument("--variant", help="variant to train (default: the study's baseline)")
+    s.add_argument("--steps", type=int, default=150, help="timed optimiser steps per measurement")
+    s.add_argument("--repeats", type=int, default=3, help="alternating measurements of each loop")
+    s.add_argument("--threads", type=int, default=1, help="torch threads (the workflow's default is 1)")
+    s.set_defaults(func=_cmd_loop_bench)
+
+    s = sub.add_parser("list-models", help="registered models usable as a variant's base")
+    s.set_defaults(func=_cmd_list_models)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except CnnbenchError as e:
+        print(f"cnnbench {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

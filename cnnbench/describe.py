@@ -1,0 +1,58 @@
+"""`cnnbench describe`: the layer arithmetic of a variant or model, computed from the formulas."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cnnbench.errors import ConfigError
+from cnnbench.models.geometry import LayerRow, layer_table
+from cnnbench.models.registry import get_plan, list_models
+
+DEFAULT_CONFIG = Path("config/config.yaml")
+
+
+def describe(name: str, config: str | Path | None = None, input_shape: tuple[int, ...] | None = None,
+             num_classes: int | None = None) -> str:
+    if config is None and name not in list_models() and DEFAULT_CONFIG.exists():
+        config = DEFAULT_CONFIG
+    if config is not None and name not in list_models():
+        from cnnbench.config import load_study
+
+        study = load_study(config)
+        if name not in study.variants:
+            raise ConfigError(f"{config}: no variant {name!r}; variants: {', '.join(study.variants)}; "
+                              f"models: {', '.join(list_models())}")
+        spec = study.variants[name]
+        changes = study.changes(name)
+        title = (f"variant {name!r} of study {study.name!r} (base chain: {' <- '.join(spec.chain)} <- {spec.arch})"
+                 + (f"\nchanges vs {study.baseline}: {'; '.join(changes)}" if changes else ""))
+        return title + "\n" + format_table(spec.layer_table(), spec.input_shape)
+    if input_shape is not None and len(input_shape) != 3:
+        raise ConfigError("--input: give channels, height and width, e.g. 3x32x32")
+    shape = tuple(input_shape or (1, 28, 28))
+    rows = layer_table(get_plan(name, shape, num_classes or 10), shape)
+    return f"model {name!r}\n" + format_table(rows, shape)
+
+
+def format_table(rows: list[LayerRow], input_shape: tuple[int, ...]) -> str:
+    head = ("layer", "type", "output", "params", "MACs", "RF")
+    body = [("input", "", _shape(input_shape), "", "", "1")]
+    for r in rows:
+        body.append((r.name.removeprefix("features."), r.kind, _shape(r.out_shape), f"{r.params:,}",
+                     f"{r.macs:,}", "all" if r.rf is None else str(r.rf)))
+    total_p, total_m = sum(r.params for r in rows), sum(r.macs for r in rows)
+    body.append(("total", "", "", f"{total_p:,}", f"{total_m:,}", ""))
+    widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
+    right = {3, 4, 5}
+
+    def line(row: tuple[str, ...]) -> str:
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    note = ("MACs: multiply-accumulates per image (convolutions and linear layers; FLOPs = 2 x MACs). "
+            "RF: receptive field in input pixels.")
+    return "\n".join([line(head), rule, *map(line, body[:-1]), rule, line(body[-1]), note])
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape))

@@ -1,0 +1,74 @@
+"""Run records -> tidy tables: one row per run (`runs`) and one row per run and epoch (`epochs`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+
+from cnnbench.io import atomic_path, read_json, write_json
+
+ID_COLUMNS = ["study", "variant", "fold", "seed", "spec_hash"]
+
+
+def load_records(paths: Iterable[str | Path]) -> list[dict]:
+    return [read_json(p) for p in paths]
+
+
+def runs_table(records: list[dict]) -> pd.DataFrame:
+    rows = []
+    for r in records:
+        row = {k: r[k] for k in ID_COLUMNS}
+        row |= {f"data_{k}": v for k, v in r["data"].items()}
+        for section in ("metrics", "cost", "speed", "env"):
+            row |= {k: v for k, v in r.get(section, {}).items() if not isinstance(v, (dict, list))}
+        row |= {"started_at": r["started_at"], "finished_at": r["finished_at"]}
+        rows.append(row)
+    return pd.DataFrame(rows).sort_values(["variant", "seed", "fold"], ignore_index=True)
+
+
+def epochs_table(records: list[dict]) -> pd.DataFrame:
+    rows = [{**{k: r[k] for k in ID_COLUMNS}, **e} for r in records for e in r["epochs"]]
+    return pd.DataFrame(rows).sort_values(["variant", "seed", "fold", "epoch"], ignore_index=True)
+
+
+def job_overhead(runs: pd.DataFrame, benchmark_dir: str | Path) -> pd.DataFrame:
+    """Per training job: wall time (Snakemake's `benchmark:` file), time spent training and evaluating,
+    and the rest, the job's overhead: process start, imports (torch, and torch._dynamo, which torch.optim
+    imports on first use), data loading, model building, writing results."""
+    rows = []
+    for variant, g in runs.groupby("variant"):
+        path = Path(benchmark_dir) / f"{variant}.tsv"
+        if path.exists():
+            bench = pd.read_csv(path, sep="\t").iloc[-1]
+            rows.append({"variant": variant, "job_s": float(bench["s"]), "max_rss_mb": float(bench["max_rss"]),
+                         "work_s": float(g["train_time_s"].sum() + g["eval_time_s"].sum())})
+    df = pd.DataFrame(rows, columns=["variant", "job_s", "max_rss_mb", "work_s"])
+    return df.assign(overhead_s=df["job_s"] - df["work_s"])
+
+
+def write_table(df: pd.DataFrame, path_stem: str | Path) -> list[Path]:
+    """Write `<stem>.parquet` (typed, for code) and `<stem>.csv` (for people and spreadsheets)."""
+    stem = Path(path_stem)
+    out = []
+    for suffix, write in ((".parquet", lambda p: df.to_parquet(p, index=False)),
+                          (".csv", lambda p: df.to_csv(p, index=False))):
+        path = stem.with_suffix(suffix)
+        with atomic_path(path) as tmp:
+            write(tmp)
+        out.append(path)
+    return out
+
+
+def collect(paths: Iterable[str | Path], out_dir: str | Path) -> dict[str, pd.DataFrame]:
+    """Write runs/epochs tables and `specs.json` (each variant's resolved spec, in the given order)."""
+    records = load_records(paths)
+    tables = {"runs": runs_table(records), "epochs": epochs_table(records)}
+    for name, df in tables.items():
+        write_table(df, Path(out_dir) / name)
+    specs = {}
+    for r in records:
+        specs.setdefault(r["variant"], r["spec"])
+    write_json(Path(out_dir) / "specs.json", specs)
+    return tables
