@@ -1,0 +1,23 @@
+# cnnbench: train every variant of a study on every fold, aggregate, and render the report.
+#   snakemake --cores all                                    # the default study (config/config.yaml)
+#   snakemake --cores all --configfile config/other.yaml     # another study (replaces the default)
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+if not config:  # --configfile replaces the default study instead of being merged into it
+
+    configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/aggregate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        REPORT,
+    default_target: True

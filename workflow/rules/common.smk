@@ -1,0 +1,37 @@
+# Validate and resolve the study once (one clear error naming the variant and field, before any job),
+# and define the paths every rule shares. The logic lives in the cnnbench library.
+import json
+import os
+
+from cnnbench.config import load_study
+from cnnbench.env import nvidia_gpus_visible
+
+
+STUDY = load_study(config, name_hint=(workflow.configfiles or ["config"])[-1])
+RESULTS = f"results/{STUDY.name}"
+REPORT = f"reports/{STUDY.name}/index.html"
+ENV = "../envs/cnnbench.yaml"
+RUNS = [f"fold{f}-seed{s}" for s in STUDY.seeds for f in STUDY.fold_ids]
+
+# One GPU per training job when training runs on CUDA; profiles/default caps `gpu` at the cards present.
+_device = STUDY.execution["device"]
+GPUS_PER_JOB = int(_device == "cuda" or (_device == "auto" and nvidia_gpus_visible()))
+
+
+def _cost(variant):
+    """Estimated training work of a variant: MACs per image x epochs."""
+    spec = STUDY.variants[variant]
+    return sum(r.macs for r in spec.layer_table()) * spec.train["epochs"]
+
+
+# Longest jobs first, so that the most expensive variant does not run alone at the end.
+PRIORITY = {v: rank for rank, v in enumerate(sorted(STUDY.variants, key=_cost))}
+
+
+def run_files(variant):
+    """Result files of one variant; run_files("{variant}") gives the train rule's output patterns."""
+    return [f"{RESULTS}/runs/{variant}/{run}.json" for run in RUNS]
+
+
+wildcard_constraints:
+    variant="[A-Za-z0-9][A-Za-z0-9_.-]*",

@@ -1,0 +1,26 @@
+rule report:
+    input:
+        runs=rules.collect.output.runs,
+        epochs=rules.collect.output.epochs,
+        specs=rules.collect.output.specs,
+        data=rules.prepare_data.output[0],
+        splits=rules.split.output[0],
+        weights=expand(f"{RESULTS}/models/{{variant}}.pt", variant=STUDY.variants),
+        benchmarks=expand(f"{RESULTS}/benchmarks/train/{{variant}}.tsv", variant=STUDY.variants),
+    output:
+        REPORT,
+    params:
+        results=lambda w, input: os.path.dirname(input.runs),
+        models=lambda w, input: os.path.dirname(input.weights[0]),
+        baseline=STUDY.baseline,
+        title=STUDY.name,
+        description=STUDY.description,
+        variants=json.dumps({v: s.description for v, s in STUDY.variants.items()}),
+    log:
+        f"{RESULTS}/logs/report.log",
+    conda:
+        ENV
+    shell:
+        "cnnbench report --results {params.results} --data {input.data} --splits {input.splits} "
+        "--models {params.models} --baseline {params.baseline:q} --title {params.title:q} "
+        "--description {params.description:q} --variant-descriptions {params.variants:q} --out {output} 2> {log}"
