@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from cnnbench.cli import main
-from tests.conftest import REPO, tiny_study, write_yaml
+from tests.helpers import REPO, tiny_study, write_yaml
 
 
 def cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:

@@ -8,7 +8,7 @@ import pytest
 
 from cnnbench.config import describe_changes, load_study
 from cnnbench.errors import ConfigError
-from tests.conftest import REPO, TINY_STUDY, tiny_study
+from tests.helpers import REPO, TINY_STUDY, tiny_study
 
 
 def variants(**extra):

@@ -14,7 +14,7 @@ from cnnbench.config import load_study
 from cnnbench.data import load_fold, load_source, make_splits, save_cache, save_splits
 from cnnbench.runner import train_variant
 from cnnbench.train import fit, lr_factor, set_determinism
-from tests.conftest import tiny_study
+from tests.helpers import tiny_study
 
 CPU = torch.device("cpu")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO, TINY_STUDY, tiny_study, write_yaml
+from tests.helpers import REPO, TINY_STUDY, tiny_study, write_yaml
 
 pytestmark = pytest.mark.slow
 

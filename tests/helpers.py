@@ -1,11 +1,10 @@
-"""Shared fixtures: tiny real studies (scikit-learn digits / an MNIST-5k subset) written to tmp dirs."""
+"""Shared test helpers: tiny real studies (scikit-learn digits) written as config files."""
 
 from __future__ import annotations
 
 import copy
 from pathlib import Path
 
-import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,8 +37,3 @@ def tiny_study(**changes) -> dict:
 def write_yaml(path: Path, obj: dict) -> Path:
     path.write_text(yaml.safe_dump(obj, sort_keys=False))
     return path
-
-
-@pytest.fixture
-def repo() -> Path:
-    return REPO
