@@ -146,6 +146,9 @@ def _torchvision_split(cls_name: str, data: dict, root: Path, **kwargs):
     except RuntimeError as e:  # torchvision: "Dataset not found or corrupted. You can use download=True ..."
         raise DataError(f"data.root: {data['name']} not found or corrupted under {str(root)!r} ({e}); put "
                         f"torchvision's files there or set data.download: true (needs internet)") from None
+    except OSError as e:  # download: true without a network (URLError is an OSError)
+        raise DataError(f"data.download: fetching {data['name']} into {str(root)!r} failed ({e}); without a "
+                        "network, put torchvision's files under data.root and set download: false") from None
 
 
 def _mnist_like(cls_name: str):

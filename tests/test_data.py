@@ -133,3 +133,16 @@ def test_splits_are_stratified_disjoint_and_complete(tmp_path):
 def test_too_many_folds_for_the_smallest_class():
     with pytest.raises(DataError, match="protocol.folds"):
         make_splits(np.array([0] * 10 + [1] * 2), folds=3, repeats=1, seed=0)
+
+
+def test_download_without_network_says_what_to_do(tmp_path, monkeypatch):
+    import urllib.error
+
+    import torchvision.datasets.cifar as cifar
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(cifar, "download_and_extract_archive", offline)
+    with pytest.raises(DataError, match=r"data.download: fetching cifar10 .* failed .*download: false"):
+        load_source({"name": "cifar10", "root": str(tmp_path), "download": True})
