@@ -76,6 +76,14 @@ def _cmd_loop_bench(a: argparse.Namespace) -> None:
     print(format_result(loop_bench(a.config, a.variant, a.steps, a.repeats, a.threads)))
 
 
+def _cmd_verify(a: argparse.Namespace) -> int:
+    from cnnbench.verify import verify
+
+    verdict = verify(a.record, a.data, a.splits, a.device)
+    print(verdict)
+    return 0 if verdict.match else 1
+
+
 def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.lower().replace("x", ",").split(","))
 
@@ -143,6 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=1, help="torch threads (the workflow's default is 1)")
     s.set_defaults(func=_cmd_loop_bench)
 
+    s = sub.add_parser("verify", help="re-run a run from its record; exact match expected on the CPU")
+    s.add_argument("record", help="results/<study>/runs/<variant>/fold<k>-seed<s>.json")
+    s.add_argument("--data", help="data cache the run used (default: next to the record's study folder)")
+    s.add_argument("--splits", help="split file the run used (default: next to the record's study folder)")
+    s.add_argument("--device", choices=["cpu", "cuda"], help="default: the device the run used")
+    s.set_defaults(func=_cmd_verify)
+
     s = sub.add_parser("list-models", help="registered models usable as a variant's base")
     s.set_defaults(func=_cmd_list_models)
     return p
@@ -151,11 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        status = args.func(args)
     except CnnbenchError as e:
         print(f"cnnbench {args.command}: error: {e}", file=sys.stderr)
         return 2
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

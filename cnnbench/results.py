@@ -17,20 +17,43 @@ def load_records(paths: Iterable[str | Path]) -> list[dict]:
 
 
 def runs_table(records: list[dict]) -> pd.DataFrame:
+    """One row per run: ids, data, metrics, cost, speed (latency included), memory, diagnostics, env."""
     rows = []
     for r in records:
         row = {k: r[k] for k in ID_COLUMNS}
         row |= {f"data_{k}": v for k, v in r["data"].items()}
         for section in ("metrics", "cost", "speed", "env"):
             row |= {k: v for k, v in r.get(section, {}).items() if not isinstance(v, (dict, list))}
+        row |= {f"memory_{k}": v for k, v in r.get("memory", {}).items()}
+        row["dead_fraction"] = r.get("diagnostics", {}).get("dead_fraction")
         row |= {"started_at": r["started_at"], "finished_at": r["finished_at"]}
         rows.append(row)
     return pd.DataFrame(rows).sort_values(["variant", "seed", "fold"], ignore_index=True)
 
 
 def epochs_table(records: list[dict]) -> pd.DataFrame:
-    rows = [{**{k: r[k] for k in ID_COLUMNS}, **e} for r in records for e in r["epochs"]]
+    rows = [{**{k: r[k] for k in ID_COLUMNS}, **{k: v for k, v in e.items() if not isinstance(v, dict)}}
+            for r in records for e in r["epochs"]]
     return pd.DataFrame(rows).sort_values(["variant", "seed", "fold", "epoch"], ignore_index=True)
+
+
+def layers_table(records: list[dict]) -> pd.DataFrame:
+    """One row per run, epoch and conv/linear layer: mean gradient norm over the epoch, weight norm at its end."""
+    rows = []
+    for r in records:
+        ids = {k: r[k] for k in ID_COLUMNS}
+        for e in r["epochs"]:
+            for layer, g in e.get("grad_norm", {}).items():
+                rows.append({**ids, "epoch": e["epoch"], "layer": layer, "grad_norm": g,
+                             "weight_norm": e["weight_norm"][layer]})
+    return pd.DataFrame(rows, columns=[*ID_COLUMNS, "epoch", "layer", "grad_norm", "weight_norm"])
+
+
+def dead_filters_table(records: list[dict]) -> pd.DataFrame:
+    """One row per run and ReLU layer: channels that never fire on the validation set (final model)."""
+    rows = [{**{k: r[k] for k in ID_COLUMNS}, "layer": layer, **d, "fraction": d["dead"] / d["total"]}
+            for r in records for layer, d in r.get("diagnostics", {}).get("dead_filters", {}).items()]
+    return pd.DataFrame(rows, columns=[*ID_COLUMNS, "layer", "dead", "total", "fraction"])
 
 
 def job_overhead(runs: pd.DataFrame, benchmark_dir: str | Path) -> pd.DataFrame:
@@ -62,9 +85,11 @@ def write_table(df: pd.DataFrame, path_stem: str | Path) -> list[Path]:
 
 
 def collect(paths: Iterable[str | Path], out_dir: str | Path) -> dict[str, pd.DataFrame]:
-    """Write runs/epochs tables and `specs.json` (each variant's resolved spec, in the given order)."""
+    """Write the runs, epochs, layers and dead_filters tables and `specs.json` (each variant's resolved
+    spec, in the given order)."""
     records = load_records(paths)
-    tables = {"runs": runs_table(records), "epochs": epochs_table(records)}
+    tables = {"runs": runs_table(records), "epochs": epochs_table(records), "layers": layers_table(records),
+              "dead_filters": dead_filters_table(records)}
     for name, df in tables.items():
         write_table(df, Path(out_dir) / name)
     specs = {}

@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 from cnnbench.config import VariantSpec
-from cnnbench.data import ImageData, file_hash, load_cache, load_fold
+from cnnbench.data import file_hash, load_cache, load_fold
 from cnnbench.io import atomic_path, read_json, write_json
 
 RECORD_SCHEMA = 1
@@ -60,17 +60,19 @@ def train_variant(spec: VariantSpec, *, data_path: str | Path, splits_path: str 
     import torch
 
     from cnnbench.env import environment
+    from cnnbench.measure import cost
     from cnnbench.train import fit, resolve_device, set_determinism
 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     dev = resolve_device(device)
     set_determinism(dev, threads)
     images = load_cache(data_path)
-    split_sha = file_hash(splits_path)
+    split_sha, data_sha = file_hash(splits_path), file_hash(data_path)
     resume = Path(resume_root) / spec.name / f"{spec.spec_hash}-{split_sha}"
     runs = [(f, s) for s in seeds for f in folds]
     progress = Progress(spec, len(runs), log)
     env = environment(dev)
+    job_cost = cost(spec)  # the same for every run of the variant
     written = []
     for index, (fold, seed) in enumerate(runs):
         name = run_name(fold, seed)
@@ -83,7 +85,9 @@ def train_variant(spec: VariantSpec, *, data_path: str | Path, splits_path: str 
             train_idx, val_idx = load_fold(splits_path, fold, images.y)
             started = datetime.now(timezone.utc)
             result = fit(spec, images, train_idx, val_idx, seed=seed, device=dev, on_epoch=progress.epoch)
-            record = make_record(spec, fold, seed, result, images, train_idx, val_idx, split_sha, env, started)
+            record = make_record(spec, fold, seed, result, train_idx, val_idx, job_cost,
+                                 {"split_sha256": split_sha, "data_sha256": data_sha, "name": images.name},
+                                 env, started)
             if index == 0:
                 _save_weights(resume / f"{name}.pt", result.model, spec, fold, seed)
             write_json(stored, record)
@@ -97,37 +101,46 @@ def train_variant(spec: VariantSpec, *, data_path: str | Path, splits_path: str 
     return written
 
 
-def make_record(spec: VariantSpec, fold: int, seed: int, result, images: ImageData, train_idx: np.ndarray,
-                val_idx: np.ndarray, split_sha: str, env: dict, started: datetime) -> dict:
+def make_record(spec: VariantSpec, fold: int, seed: int, result, train_idx: np.ndarray, val_idx: np.ndarray,
+                cost: dict, data: dict, env: dict, started: datetime) -> dict:
+    """One run's record: what was trained (spec, seed, fold, data), what came out, where, and how fast."""
     last = result.epochs[-1]
     best = max(result.epochs, key=lambda e: e["val_acc"])
-    rows = spec.layer_table()
+    bs = spec.train["batch_size"]
+    dead = result.dead_filters
     return {
         "schema": RECORD_SCHEMA,
         "study": spec.study, "variant": spec.name, "fold": fold, "seed": seed,
         "spec_hash": spec.spec_hash,
-        "data": {"name": images.name, "n_train": int(len(train_idx)), "n_val": int(len(val_idx)),
-                 "split_sha256": split_sha},
+        "data": {**data, "n_train": int(len(train_idx)), "n_val": int(len(val_idx))},
         "metrics": {
             "val_acc": last["val_acc"], "val_loss": last["val_loss"],
             "train_acc": last["train_acc"], "train_loss": last["train_loss"],
             "best_val_acc": best["val_acc"], "best_epoch": best["epoch"],
             **(result.test or {}),
         },
-        "cost": {"params": int(sum(p.numel() for p in result.model.parameters())),
-                 "macs_forward": int(sum(r.macs for r in rows))},
+        "cost": cost,
         "speed": {"train_img_per_s": result.train_img_per_s,
                   "epoch_time_s": result.train_time_s / len(result.epochs),
                   "train_time_s": result.train_time_s,
                   "eval_time_s": sum(e["eval_time_s"] for e in result.epochs) + (result.test or {}).get("test_time_s", 0.0),
-                  "images_seen": result.images_seen, "fit_wall_s": result.wall_s},
+                  "images_seen": result.images_seen, "fit_wall_s": result.wall_s,
+                  "latency_b1_ms": result.latency["batch_1"]["median_ms"],
+                  "latency_b1_iqr_ms": result.latency["batch_1"]["iqr_ms"],
+                  "latency_batch": bs,
+                  "latency_bN_ms": result.latency[f"batch_{bs}"]["median_ms"],
+                  "latency_bN_iqr_ms": result.latency[f"batch_{bs}"]["iqr_ms"]},
+        "latency": result.latency,
+        "memory": result.memory,
+        "diagnostics": {"dead_filters": dead,
+                        "dead_fraction": (sum(d["dead"] for d in dead.values()) /
+                                          max(1, sum(d["total"] for d in dead.values()))) if dead else None},
         "epochs": result.epochs,
         "val_pred": result.val_pred.tolist(),  # in the order of the fold's validation indices
         "env": env,
         "started_at": started.isoformat(timespec="seconds"),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "spec": spec.run_dict(),
-        **result.extras,
     }
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -20,6 +20,7 @@ from torch import nn
 from cnnbench.augment import augment, is_active
 from cnnbench.config import VariantSpec
 from cnnbench.data import ImageData
+from cnnbench.measure import LayerNorms, PeakMemory, dead_filters, latency
 from cnnbench.models.build import build_model
 
 WARMUP_STEPS = 5  # steps excluded from the throughput figure (allocator and kernel set-up)
@@ -61,8 +62,10 @@ class FitResult:
     train_time_s: float  # training steps only, all epochs
     images_seen: int
     wall_s: float  # the whole fit: model build, data to device, training, evaluation
+    memory: dict  # peak memory of training (see measure.PeakMemory)
+    latency: dict  # {"batch_1": {...}, "batch_<N>": {...}} in eval mode, after training
+    dead_filters: dict  # per ReLU layer: dead channels on the validation set, final model
     test: dict | None = None  # loss/acc on the official test split
-    extras: dict = field(default_factory=dict)
 
 
 class Images:
@@ -125,50 +128,53 @@ def fit(spec: VariantSpec, images: ImageData, train_idx: np.ndarray, val_idx: np
         device: torch.device, on_epoch: Callable[[dict], None] | None = None) -> FitResult:
     t = spec.train
     fit_start = time.perf_counter()
-    torch.manual_seed(seed)
-    shuffle_gen = torch.Generator().manual_seed(seed)
-    aug_gen = torch.Generator(device=device).manual_seed(seed)
-    model = build_model(spec.plan(), spec.input_shape).to(device, memory_format=torch.channels_last)
+    memory = PeakMemory(device)
+    with memory:
+        torch.manual_seed(seed)
+        shuffle_gen = torch.Generator().manual_seed(seed)
+        aug_gen = torch.Generator(device=device).manual_seed(seed)
+        model = build_model(spec.plan(), spec.input_shape).to(device, memory_format=torch.channels_last)
 
-    x_all = torch.from_numpy(images.x).to(device)  # (N, C, H, W) uint8
-    y_all = torch.from_numpy(images.y).to(device)
-    tr, va = torch.from_numpy(train_idx).to(device), torch.from_numpy(val_idx).to(device)
-    mean, std = Images.stats(x_all[tr])
-    x_train, y_train = Images(x_all[tr], mean, std, t["augment"], aug_gen), y_all[tr]
-    x_val, y_val = Images(x_all[va], mean, std), y_all[va]
+        x_all = torch.from_numpy(images.x).to(device)  # (N, C, H, W) uint8
+        y_all = torch.from_numpy(images.y).to(device)
+        tr, va = torch.from_numpy(train_idx).to(device), torch.from_numpy(val_idx).to(device)
+        mean, std = Images.stats(x_all[tr])
+        x_train, y_train = Images(x_all[tr], mean, std, t["augment"], aug_gen), y_all[tr]
+        x_val, y_val = Images(x_all[va], mean, std), y_all[va]
 
-    bs = t["batch_size"]
-    steps = len(train_idx) // bs  # the last partial batch is dropped
-    if steps == 0:
-        from cnnbench.errors import ConfigError
+        bs = t["batch_size"]
+        steps = len(train_idx) // bs  # the last partial batch is dropped
+        if steps == 0:
+            from cnnbench.errors import ConfigError
 
-        raise ConfigError(f"variant {spec.name!r}, field 'batch_size': {bs} exceeds the {len(train_idx)} "
-                          "training images of a fold")
-    total_steps = steps * t["epochs"]
-    opt = make_optimizer(model, t)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(t["schedule"], s, total_steps))
-    penalised = [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+            raise ConfigError(f"variant {spec.name!r}, field 'batch_size': {bs} exceeds the {len(train_idx)} "
+                              "training images of a fold")
+        total_steps = steps * t["epochs"]
+        opt = make_optimizer(model, t)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(t["schedule"], s, total_steps))
+        penalised = [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        norms = LayerNorms(model)
 
-    epochs, train_time, warm_time, warm_images = [], 0.0, None, 0
-    for epoch in range(1, t["epochs"] + 1):
-        perm = torch.randperm(len(train_idx), generator=shuffle_gen).to(device)
-        sync(device)
-        t0 = time.perf_counter()
-        warm = WARMUP_STEPS if epoch == 1 else None
-        loss_sum, correct, warm_at = train_epoch(model, opt, sched, x_train, y_train, perm, bs, steps,
-                                                 t["label_smoothing"], t["l1"], penalised, warm)
-        if warm_at is not None:
-            warm_time, warm_images = warm_at - t0, min(WARMUP_STEPS, steps - 1) * bs
-        epoch_time = time.perf_counter() - t0
-        train_time += epoch_time
-        t1 = time.perf_counter()
-        val_loss, val_acc, val_pred = evaluate(model, x_val, y_val)
-        row = {"epoch": epoch, "train_loss": loss_sum / (steps * bs), "train_acc": correct / (steps * bs),
-               "val_loss": val_loss, "val_acc": val_acc, "lr": opt.param_groups[0]["lr"], "train_time_s": epoch_time,
-               "eval_time_s": time.perf_counter() - t1}
-        epochs.append(row)
-        if on_epoch:
-            on_epoch(row)
+        epochs, train_time, warm_time, warm_images = [], 0.0, None, 0
+        for epoch in range(1, t["epochs"] + 1):
+            perm = torch.randperm(len(train_idx), generator=shuffle_gen).to(device)
+            sync(device)
+            t0 = time.perf_counter()
+            warm = WARMUP_STEPS if epoch == 1 else None
+            loss_sum, correct, warm_at = train_epoch(model, opt, sched, x_train, y_train, perm, bs, steps,
+                                                     t["label_smoothing"], t["l1"], penalised, warm, norms)
+            if warm_at is not None:
+                warm_time, warm_images = warm_at - t0, min(WARMUP_STEPS, steps - 1) * bs
+            epoch_time = time.perf_counter() - t0
+            train_time += epoch_time
+            t1 = time.perf_counter()
+            val_loss, val_acc, val_pred = evaluate(model, x_val, y_val)
+            row = {"epoch": epoch, "train_loss": loss_sum / (steps * bs), "train_acc": correct / (steps * bs),
+                   "val_loss": val_loss, "val_acc": val_acc, "lr": opt.param_groups[0]["lr"],
+                   "train_time_s": epoch_time, "eval_time_s": time.perf_counter() - t1, **norms.end_epoch()}
+            epochs.append(row)
+            if on_epoch:
+                on_epoch(row)
 
     images_seen = steps * bs * t["epochs"]
     warm_time = warm_time or 0.0
@@ -181,16 +187,20 @@ def fit(spec: VariantSpec, images: ImageData, train_idx: np.ndarray, val_idx: np
         test_loss, test_acc, _ = evaluate(model, x_test, y_test)
         test = {"test_loss": test_loss, "test_acc": test_acc, "n_test": int(len(images.y_test)),
                 "test_time_s": time.perf_counter() - t_test}
+    dead = dead_filters(model, x_val)
+    lat = {f"batch_{b}": latency(model, spec.input_shape, b, device) for b in (1, bs)}
     return FitResult(model, epochs, val_pred, throughput, train_time, images_seen, time.perf_counter() - fit_start,
-                     test)
+                     memory.as_dict(), lat, dead, test)
 
 
 def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, sched, x_train: Images,
                 y_train: torch.Tensor, perm: torch.Tensor, bs: int, steps: int, label_smoothing: float = 0.0,
-                l1: float = 0.0, penalised: list[torch.Tensor] = (), warmup_steps: int | None = None
-                ) -> tuple[float, int, float | None]:
+                l1: float = 0.0, penalised: list[torch.Tensor] = (), warmup_steps: int | None = None,
+                norms: LayerNorms | None = None) -> tuple[float, int, float | None]:
     """`steps` optimiser steps over batches `perm[i*bs:(i+1)*bs]`. Returns summed loss, correct count and,
-    if `warmup_steps` is given, the perf_counter time when that many steps had finished (synchronised)."""
+    if `warmup_steps` is given, the perf_counter time when that many steps had finished (synchronised).
+    `norms` samples per-layer gradient norms on a few evenly spaced steps."""
+    every = norms.every(steps) if norms else 0
     model.train()
     device = y_train.device
     loss_sum = torch.zeros((), device=device)  # accumulated on the device: no sync per step
@@ -204,6 +214,8 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, sched, x_train: Im
         objective = loss + l1 * sum(w.abs().sum() for w in penalised) if l1 else loss
         opt.zero_grad(set_to_none=True)
         objective.backward()
+        if norms and i % every == 0:
+            norms.sample_gradients()
         opt.step()
         if sched is not None:
             sched.step()

@@ -3,6 +3,8 @@ rule report:
         runs=rules.collect.output.runs,
         epochs=rules.collect.output.epochs,
         specs=rules.collect.output.specs,
+        layers=rules.collect.output.layers,
+        dead_filters=rules.collect.output.dead_filters,
         data=rules.prepare_data.output[0],
         splits=rules.split.output[0],
         weights=expand(f"{RESULTS}/models/{{variant}}.pt", variant=STUDY.variants),

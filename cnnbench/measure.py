@@ -1,0 +1,192 @@
+"""Per-run measurements beyond accuracy: cost, latency, peak memory, and diagnostics of the network.
+
+Each number means one thing, measured the way the field's tools measure it:
+- FLOPs from `torch.utils.flop_counter.FlopCounterMode` (convolutions and matrix products; it counts
+  2 FLOPs per multiply-accumulate), per image, for a forward pass and for a training step (with a
+  correction for grouped-convolution backward on torch releases that lack it, see `_flop_fixes`);
+- latency from `torch.utils.benchmark.Timer` (synchronises CUDA), median and IQR over repeated blocks
+  after an untimed warm-up;
+- peak memory: the CUDA allocator's peak on a GPU, the process's peak RSS (VmHWM, reset per run) on
+  the CPU;
+- dead filters: channels whose ReLU output is zero for every validation image at every position;
+- per-layer gradient and weight L2 norms of every conv and linear layer.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from cnnbench.models.build import build_model
+
+FLOP_COUNTER = "torch.utils.flop_counter.FlopCounterMode (2 FLOPs per multiply-accumulate)"
+
+
+def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[float, float]:
+    """FLOPs per image of a forward pass and of a training step (forward + backward; the input needs no
+    gradient, so the first layer computes only its weight gradient)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.randn(2, *input_shape)  # 2 images: BatchNorm needs more than one in training mode
+    with FlopCounterMode(display=False, custom_mapping=_flop_fixes()) as fc:
+        model(x)
+    forward = fc.get_total_flops() / 2
+    with FlopCounterMode(display=False, custom_mapping=_flop_fixes()) as fc:
+        model(x).sum().backward()
+    model.zero_grad(set_to_none=True)
+    return forward, fc.get_total_flops() / 2
+
+
+@functools.cache
+def _flop_fixes() -> dict:
+    """Corrections to torch's FLOP formulas where the installed torch needs them.
+
+    Before pytorch/pytorch#183405 (2026), the weight-gradient term of `convolution_backward` ignored
+    `groups`: a depthwise conv's training step counted 66x its forward pass instead of 3x. Probe a
+    4-group 1x1 conv (forward 32 FLOPs, weight gradient 32 FLOPs): a correct torch counts 64."""
+    from torch.utils import flop_counter
+
+    conv = nn.Conv2d(4, 4, 1, groups=4, bias=False)
+    with flop_counter.FlopCounterMode(display=False) as fc:
+        conv(torch.randn(1, 4, 2, 2)).sum().backward()
+    if fc.get_total_flops() == 64:
+        return {}
+
+    def conv_backward_flop(grad_out, x, w, bias, stride, padding, dilation, transposed, output_padding, groups,
+                           output_mask, out_shape=None, **kwargs) -> int:
+        args = [grad_out, x, w, bias, stride, padding, dilation, transposed, output_padding, groups]
+        grad_input = flop_counter.conv_backward_flop(*args, [output_mask[0], False, False], out_val=out_shape)
+        grad_weight = flop_counter.conv_backward_flop(*args, [False, output_mask[1], False], out_val=out_shape)
+        return grad_input + grad_weight // groups
+
+    return {torch.ops.aten.convolution_backward: conv_backward_flop}
+
+
+def cost(spec) -> dict:
+    """Parameters, MACs (from the plan's formulas) and FLOPs (counted by torch) per image, of a freshly
+    built model on the CPU: counts depend on neither weights nor device."""
+    model = build_model(spec.plan(), spec.input_shape)
+    forward, step = count_flops(model, spec.input_shape)
+    return {"params": sum(p.numel() for p in model.parameters()),
+            "macs_forward": int(sum(r.macs for r in spec.layer_table())),
+            "flops_forward": int(forward), "flops_train_step": int(step), "flop_counter": FLOP_COUNTER}
+
+
+@torch.inference_mode()
+def latency(model: nn.Module, input_shape: tuple[int, ...], batch: int, device: torch.device,
+            repeats: int = 25, block_s: float = 0.004, warmup: int = 3) -> dict:
+    """Inference latency of one batch in eval mode: median and IQR (ms) over `repeats` timed blocks,
+    each block averaging enough calls to last ~`block_s`; `warmup` calls before are not timed."""
+    from torch.utils import benchmark
+
+    was_training = model.training
+    model.eval()
+    x = torch.randn(batch, *input_shape, device=device).contiguous(memory_format=torch.channels_last)
+    timer = benchmark.Timer(stmt="model(x)", globals={"model": model, "x": x}, num_threads=torch.get_num_threads())
+    single = timer.timeit(warmup).median  # warm-up: allocator, kernel selection, caches
+    number = max(1, int(block_s / max(single, 1e-7)))
+    times = np.array([timer.timeit(number).median for _ in range(repeats)]) * 1e3
+    model.train(was_training)
+    q1, median, q3 = np.percentile(times, [25, 50, 75])
+    return {"median_ms": float(median), "iqr_ms": float(q3 - q1), "blocks": repeats, "calls_per_block": number}
+
+
+class PeakMemory:
+    """Peak memory of what runs inside the `with` block, in MiB."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.kind = "cuda_allocator_peak" if device.type == "cuda" else "process_peak_rss"
+        self.peak_mb = self.start_mb = float("nan")
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.start_mb = torch.cuda.memory_allocated(self.device) / 2**20
+        else:
+            _reset_peak_rss()
+            self.start_mb = _status_kb("VmRSS") / 1024
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+        else:
+            self.peak_mb = _status_kb("VmHWM") / 1024
+
+    def as_dict(self) -> dict:
+        return {"peak_mb": self.peak_mb, "start_mb": self.start_mb, "kind": self.kind}
+
+
+def _status_kb(field: str) -> float:
+    try:
+        return float(re.search(rf"{field}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
+    except (OSError, AttributeError):  # not Linux: the process's lifetime peak is the best available
+        import resource
+
+        return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+def _reset_peak_rss() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux >= 4.0: resets VmHWM to the current RSS
+    except OSError:
+        pass
+
+
+@torch.inference_mode()
+def dead_filters(model: nn.Module, x, batch: int = 500) -> dict[str, dict]:
+    """For every ReLU: how many of its channels output zero for every image of `x` (the validation set)
+    at every position. `x[i:j]` must give model-ready batches."""
+    was_training = model.training
+    model.eval()
+    relus = {name: m for name, m in model.named_modules() if isinstance(m, nn.ReLU)}
+    peak: dict[str, torch.Tensor] = {}
+
+    def hook(name):
+        def record(module, inputs, out):
+            m = out.amax(dim=(0, 2, 3)) if out.dim() == 4 else out.amax(dim=0)  # per channel/unit
+            peak[name] = m if name not in peak else torch.maximum(peak[name], m)
+        return record
+
+    handles = [m.register_forward_hook(hook(name)) for name, m in relus.items()]
+    try:
+        for i in range(0, len(x), batch):
+            model(x[i:i + batch])
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return {name: {"dead": int((p <= 0).sum()), "total": int(p.numel())} for name, p in peak.items()}
+
+
+class LayerNorms:
+    """L2 norms of the gradient (sampled during an epoch, averaged) and of the weight (at the epoch's
+    end) of every conv and linear layer: where gradients vanish, and what weight decay does."""
+
+    def __init__(self, model: nn.Module, samples_per_epoch: int = 8):
+        self.names = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        self.weights = [model.get_submodule(n).weight for n in self.names]
+        self.samples_per_epoch = samples_per_epoch
+        self._sum = None
+        self._count = 0
+
+    def every(self, steps: int) -> int:
+        return max(1, steps // self.samples_per_epoch)
+
+    def sample_gradients(self) -> None:
+        norms = torch.stack([torch.linalg.vector_norm(w.grad) for w in self.weights])  # stays on the device
+        self._sum = norms if self._sum is None else self._sum + norms
+        self._count += 1
+
+    @torch.no_grad()
+    def end_epoch(self) -> dict[str, dict[str, float]]:
+        grads = (self._sum / self._count).tolist() if self._count else [float("nan")] * len(self.names)
+        weights = torch.stack([torch.linalg.vector_norm(w) for w in self.weights]).tolist()
+        self._sum, self._count = None, 0
+        return {"grad_norm": dict(zip(self.names, grads)), "weight_norm": dict(zip(self.names, weights))}
