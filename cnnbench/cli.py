@@ -44,7 +44,7 @@ def _cmd_train(a: argparse.Namespace) -> None:
 def _cmd_collect(a: argparse.Namespace) -> None:
     from cnnbench.results import collect
 
-    tables = collect(a.runs, a.out_dir)
+    tables = collect(a.runs, a.out_dir, a.splits)
     print(f"{len(tables['runs'])} runs -> {a.out_dir}/runs.parquet, epochs.parquet (+ .csv)", file=sys.stderr)
 
 
@@ -121,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("collect", help="gather run files into runs/epochs tables")
     s.add_argument("runs", nargs="+")
+    s.add_argument("--splits", required=True, help="the split the runs used (maps predictions to images)")
     s.add_argument("--out-dir", required=True)
     s.set_defaults(func=_cmd_collect)
 

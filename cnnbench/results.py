@@ -56,6 +56,15 @@ def dead_filters_table(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=[*ID_COLUMNS, "layer", "dead", "total", "fraction"])
 
 
+def predictions_table(records: list[dict], split_path: str | Path) -> pd.DataFrame:
+    """One row per run and validation image: the image's index in the data cache and the predicted class
+    (the true class is in the cache); what confusion matrices and misclassified galleries are made of."""
+    val = read_json(split_path)["val"]
+    frames = [pd.DataFrame({**{k: r[k] for k in ID_COLUMNS}, "index": val[r["fold"]], "pred": r["val_pred"]})
+              for r in records]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*ID_COLUMNS, "index", "pred"])
+
+
 def job_overhead(runs: pd.DataFrame, benchmark_dir: str | Path) -> pd.DataFrame:
     """Per training job: wall time (Snakemake's `benchmark:` file), time spent training and evaluating,
     and the rest, the job's overhead: process start, imports (torch, and torch._dynamo, which torch.optim
@@ -84,12 +93,12 @@ def write_table(df: pd.DataFrame, path_stem: str | Path) -> list[Path]:
     return out
 
 
-def collect(paths: Iterable[str | Path], out_dir: str | Path) -> dict[str, pd.DataFrame]:
-    """Write the runs, epochs, layers and dead_filters tables and `specs.json` (each variant's resolved
-    spec, in the given order)."""
+def collect(paths: Iterable[str | Path], out_dir: str | Path, split_path: str | Path) -> dict[str, pd.DataFrame]:
+    """Write the runs, epochs, layers, dead_filters and predictions tables and `specs.json` (each
+    variant's resolved spec, in the given order)."""
     records = load_records(paths)
     tables = {"runs": runs_table(records), "epochs": epochs_table(records), "layers": layers_table(records),
-              "dead_filters": dead_filters_table(records)}
+              "dead_filters": dead_filters_table(records), "predictions": predictions_table(records, split_path)}
     for name, df in tables.items():
         write_table(df, Path(out_dir) / name)
     specs = {}

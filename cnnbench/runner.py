@@ -20,7 +20,7 @@ from cnnbench.config import VariantSpec
 from cnnbench.data import file_hash, load_cache, load_fold
 from cnnbench.io import atomic_path, read_json, write_json
 
-RECORD_SCHEMA = 1
+RECORD_SCHEMA = 2  # bump when a record gains or changes fields: the workflow then retrains (a param)
 
 
 def run_name(fold: int, seed: int) -> str:

@@ -14,6 +14,8 @@ import pytest
 from tests.helpers import REPO, TINY_STUDY, tiny_study, write_yaml
 
 pytestmark = pytest.mark.slow
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+                 "--disable-background-networking", "--disable-component-update"]
 
 
 def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
@@ -53,6 +55,46 @@ def test_study_produces_results_and_report(finished):
     assert (results / "benchmarks" / "train" / "baseline.tsv").exists()
     assert not list(results.rglob("*.tmp*"))  # atomic writes leave no temporaries
     assert planned_train_jobs(finished) == []  # nothing left to do
+
+
+def test_report_renders_in_a_real_browser(finished, chromium, tmp_path):
+    """The page loads offline with no failed requests, every image decodes, sections are there."""
+    from playwright.sync_api import sync_playwright
+
+    page_path = finished / "reports" / "tiny" / "index.html"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        failed, errors = [], []
+        page.on("requestfailed", lambda r: failed.append(r.url))
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(page_path.as_uri())
+        page.evaluate("document.querySelectorAll('details').forEach(d => d.open = true)")
+        images = page.evaluate("Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.alt])")
+        page.click("table.sortable th:nth-child(8)")  # sort by accuracy
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        sections = page.evaluate("Array.from(document.querySelectorAll('section h2')).map(h => h.textContent)")
+        browser.close()
+    assert failed == [] and errors == []
+    assert len(images) >= 20 and all(ok and width > 0 for ok, width, _ in images), images
+    assert {"Findings", "Summary", "Effects on accuracy", "Accuracy vs cost", "Learning curves",
+            "Cost, speed, memory", "Per variant", "Environment and provenance"} <= set(sections)
+    assert "Ranking" not in sections  # a Friedman ranking needs three variants; this study has two
+    assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def test_report_numbers_come_from_the_runs(finished):
+    runs = pd.read_parquet(finished / "results" / "tiny" / "runs.parquet")
+    html = (finished / "reports" / "tiny" / "index.html").read_text()
+    for variant, acc in runs.groupby("variant")["val_acc"].mean().items():
+        assert f"{100 * acc:.2f} &plusmn;" in html, variant
+    assert "Nadeau-Bengio" in html and "Grad-CAM" in html
+
+
+def test_snakemake_report_collects_the_marked_outputs(finished):
+    out = snakemake(finished, "--report", str(finished / "reports" / "tiny" / "snakemake.html"))
+    assert out.returncode == 0, out.stderr
+    assert (finished / "reports" / "tiny" / "snakemake.html").stat().st_size > 10_000
 
 
 def test_adding_a_variant_trains_only_that_variant(finished):

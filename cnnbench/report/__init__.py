@@ -18,7 +18,7 @@ def build_report(*, results_dir: str | Path, data_path: str | Path, splits_path:
                  variant_descriptions: dict[str, str] | None = None) -> Path:
     ctx = ReportContext.load(results_dir=results_dir, data_path=data_path, splits_path=splits_path,
                              models_dir=models_dir, baseline=baseline, title=title, description=description,
-                             variant_descriptions=variant_descriptions or {})
+                             out_dir=Path(out).parent, variant_descriptions=variant_descriptions or {})
     sections = [s for make in SECTIONS if (s := make(ctx)) is not None]
     html = render_page(ctx, sections)
     with atomic_path(out) as tmp:

@@ -1,15 +1,17 @@
-"""Everything a report section may read, loaded once."""
+"""Everything a report section may read, loaded once; expensive derived data is cached here."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from cnnbench.config import VariantSpec, describe_changes
-from cnnbench.data import ImageData, load_cache
+from cnnbench.data import ImageData, load_cache, load_fold
 from cnnbench.errors import CnnbenchError
 from cnnbench.io import read_json
 
@@ -19,27 +21,38 @@ class ReportContext:
     title: str
     description: str
     baseline: str
-    runs: pd.DataFrame  # one row per run
-    epochs: pd.DataFrame  # one row per run and epoch
-    specs: dict[str, VariantSpec]  # in config order
-    variant_descriptions: dict[str, str]
     results_dir: Path
     data_path: Path
     splits_path: Path
     models_dir: Path
-    cache: dict = field(default_factory=dict)  # for sections that share an expensive computation
+    out_dir: Path  # where index.html goes (links to the data files are relative to it)
+    variant_descriptions: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, *, results_dir, data_path, splits_path, models_dir, baseline, title, description="",
-             variant_descriptions=None):
-        results_dir = Path(results_dir)
-        specs = {k: VariantSpec.from_dict(v) for k, v in read_json(results_dir / "specs.json").items()}
-        if baseline not in specs:
-            raise CnnbenchError(f"baseline {baseline!r} has no runs in {results_dir}; variants: {', '.join(specs)}")
-        return cls(title, description, baseline, pd.read_parquet(results_dir / "runs.parquet"),
-                   pd.read_parquet(results_dir / "epochs.parquet"), specs, variant_descriptions or {},
-                   results_dir, Path(data_path),
-                   Path(splits_path), Path(models_dir))
+    def load(cls, *, results_dir, data_path, splits_path, models_dir, baseline, title, out_dir, description="",
+             variant_descriptions=None) -> "ReportContext":
+        ctx = cls(title, description, baseline, Path(results_dir), Path(data_path), Path(splits_path),
+                  Path(models_dir), Path(out_dir), variant_descriptions or {})
+        if baseline not in ctx.specs:
+            raise CnnbenchError(f"baseline {baseline!r} has no runs in {results_dir}; variants: {', '.join(ctx.specs)}")
+        return ctx
+
+    # --- tables written by `collect` ---------------------------------------------------------------
+    def table(self, name: str) -> pd.DataFrame:
+        return pd.read_parquet(self.results_dir / f"{name}.parquet")
+
+    @cached_property
+    def runs(self) -> pd.DataFrame:
+        return self.table("runs")
+
+    @cached_property
+    def epochs(self) -> pd.DataFrame:
+        return self.table("epochs")
+
+    @cached_property
+    def specs(self) -> dict[str, VariantSpec]:
+        """Resolved specs, in config order."""
+        return {k: VariantSpec.from_dict(v) for k, v in read_json(self.results_dir / "specs.json").items()}
 
     @property
     def variants(self) -> list[str]:
@@ -49,6 +62,46 @@ class ReportContext:
     def changes(self, variant: str) -> list[str]:
         return describe_changes(self.specs[self.baseline], self.specs[variant])
 
+    def link(self, path: Path) -> str:
+        """A link target relative to the report, so the page works wherever the repo is."""
+        return Path(os.path.relpath(path, self.out_dir)).as_posix()
+
+    # --- derived ----------------------------------------------------------------------------------
+    @cached_property
+    def comparison(self) -> pd.DataFrame:
+        from cnnbench.stats import compare
+
+        return compare(self.runs, self.baseline, "val_acc").set_index("variant")
+
+    @cached_property
+    def devices(self) -> list[str]:
+        return sorted(set(self.runs["device_name"].astype(str)))
+
     @cached_property
     def images(self) -> ImageData:
         return load_cache(self.data_path)
+
+    def fold(self, fold: int) -> tuple[np.ndarray, np.ndarray]:
+        return load_fold(self.splits_path, fold, self.images.y)
+
+    def model(self, variant: str):
+        """The variant's saved model (its first run), on the CPU in eval mode, with the normalisation its
+        fold used; None if the weights are missing."""
+        import torch
+
+        from cnnbench.models.build import build_model
+        from cnnbench.train import Images
+
+        path = self.models_dir / f"{variant}.pt"
+        if not path.exists():
+            return None
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        spec = VariantSpec.from_dict(saved["spec"])
+        model = build_model(spec.plan(), spec.input_shape)
+        model.load_state_dict(saved["state_dict"])
+        model.eval()
+        train_idx, val_idx = self.fold(saved["fold"])
+        x = torch.from_numpy(self.images.x)
+        mean, std = Images.stats(x[torch.from_numpy(train_idx)])
+        val = Images(x[torch.from_numpy(val_idx)], mean, std)
+        return model, val, val_idx, saved

@@ -15,6 +15,7 @@ import seaborn as sns  # noqa: E402
 sns.set_theme(style="whitegrid", context="notebook", font_scale=0.9)
 BASELINE_COLOR = "0.35"
 VARIANT_COLOR = sns.color_palette("deep")[0]
+VERDICT_COLORS = {"better": "#1a7f37", "worse": "#c62828", "no detectable difference": "0.45"}
 
 
 def figure_html(fig: plt.Figure, alt: str, caption: str = "") -> str:

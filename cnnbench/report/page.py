@@ -32,6 +32,7 @@ figcaption{font-size:.85rem;color:#5f6b7a;max-width:900px}
 .grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(340px,1fr));gap:1rem}
 details{margin:.6rem 0;background:#fff;border:1px solid #e3e6ec;border-radius:4px;padding:.3rem .8rem}
 summary{cursor:pointer;font-weight:600}
+table.sortable th{cursor:pointer} table.sortable th:hover{background:#e3e8f2}
 </style></head><body>
 <header><h1>cnnbench study: {{ title }}</h1>{% if description %}<p>{{ description }}</p>{% endif %}</header>
 <nav>{% for s in sections %}<a href="#{{ s.id }}">{{ s.title }}</a>{% endfor %}</nav>
@@ -41,7 +42,19 @@ summary{cursor:pointer;font-weight:600}
 </section>
 {% endfor %}
 <p class="note">Generated {{ generated }} by cnnbench from the run files under <code>{{ results }}</code>.</p>
-</main></body></html>
+</main>
+<script>
+// click a column header of a sortable table: numeric cells sort by their data-v value
+document.querySelectorAll("table.sortable th").forEach((th, col) => th.addEventListener("click", () => {
+  const body = th.closest("table").tBodies[0], rows = Array.from(body.rows);
+  const dir = th.dataset.dir === "asc" ? -1 : 1;
+  th.dataset.dir = dir === 1 ? "asc" : "desc";
+  const key = r => { const c = r.cells[col]; return c.dataset.v !== undefined ? parseFloat(c.dataset.v) : c.textContent; };
+  rows.sort((a, b) => { const x = key(a), y = key(b);
+    return dir * (typeof x === "number" && typeof y === "number" ? x - y : String(x).localeCompare(String(y))); });
+  rows.forEach(r => body.appendChild(r));
+}));
+</script></body></html>
 """)
 
 

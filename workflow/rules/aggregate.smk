@@ -1,15 +1,18 @@
 rule collect:
     input:
-        [f for v in STUDY.variants for f in run_files(v)],
+        runs=[f for v in STUDY.variants for f in run_files(v)],
+        splits=rules.split.output[0],
     output:
         runs=f"{RESULTS}/runs.parquet",
-        runs_csv=f"{RESULTS}/runs.csv",
+        runs_csv=report(f"{RESULTS}/runs.csv", caption="../report/runs.rst", category="Tables"),
         epochs=f"{RESULTS}/epochs.parquet",
-        epochs_csv=f"{RESULTS}/epochs.csv",
+        epochs_csv=report(f"{RESULTS}/epochs.csv", caption="../report/epochs.rst", category="Tables"),
         layers=f"{RESULTS}/layers.parquet",
         layers_csv=f"{RESULTS}/layers.csv",
         dead_filters=f"{RESULTS}/dead_filters.parquet",
         dead_filters_csv=f"{RESULTS}/dead_filters.csv",
+        predictions=f"{RESULTS}/predictions.parquet",
+        predictions_csv=f"{RESULTS}/predictions.csv",
         specs=f"{RESULTS}/specs.json",
     params:
         out_dir=lambda w, output: os.path.dirname(output.runs),
@@ -18,4 +21,4 @@ rule collect:
     conda:
         ENV
     shell:
-        "cnnbench collect {input} --out-dir {params.out_dir} 2> {log}"
+        "cnnbench collect {input.runs} --splits {input.splits} --out-dir {params.out_dir} 2> {log}"

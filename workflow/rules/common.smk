@@ -5,6 +5,7 @@ import os
 
 from cnnbench.config import load_study
 from cnnbench.env import nvidia_gpus_visible
+from cnnbench.runner import RECORD_SCHEMA
 
 
 STUDY = load_study(config, name_hint=(workflow.configfiles or ["config"])[-1])

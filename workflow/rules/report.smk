@@ -5,12 +5,13 @@ rule report:
         specs=rules.collect.output.specs,
         layers=rules.collect.output.layers,
         dead_filters=rules.collect.output.dead_filters,
+        predictions=rules.collect.output.predictions,
         data=rules.prepare_data.output[0],
         splits=rules.split.output[0],
         weights=expand(f"{RESULTS}/models/{{variant}}.pt", variant=STUDY.variants),
         benchmarks=expand(f"{RESULTS}/benchmarks/train/{{variant}}.tsv", variant=STUDY.variants),
     output:
-        REPORT,
+        report(REPORT, caption="../report/study.rst", category="Study report"),
     params:
         results=lambda w, input: os.path.dirname(input.runs),
         models=lambda w, input: os.path.dirname(input.weights[0]),

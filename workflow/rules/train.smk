@@ -12,6 +12,7 @@ rule train:
     params:
         spec=lambda w: json.dumps(STUDY.variants[w.variant].run_dict(), sort_keys=True),
         spec_hash=lambda w: STUDY.variants[w.variant].spec_hash,
+        record_schema=RECORD_SCHEMA,
         folds=" ".join(map(str, STUDY.fold_ids)),
         seeds=" ".join(map(str, STUDY.seeds)),
         device=STUDY.execution["device"],
