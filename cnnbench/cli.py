@@ -84,6 +84,12 @@ def _cmd_verify(a: argparse.Namespace) -> int:
     return 0 if verdict.match else 1
 
 
+def _cmd_bench_report(a: argparse.Namespace) -> None:
+    from cnnbench.benchreport import bench_report
+
+    print(bench_report(a.json, a.other, a.threshold, a.html))
+
+
 def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.lower().replace("x", ",").split(","))
 
@@ -158,6 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--splits", help="split file the run used (default: next to the record's study folder)")
     s.add_argument("--device", choices=["cpu", "cuda"], help="default: the device the run used")
     s.set_defaults(func=_cmd_verify)
+
+    s = sub.add_parser("bench-report", help="theory vs practice table from pytest-benchmark JSON (two: the change)")
+    s.add_argument("json", help="pytest tests/bench --benchmark-only --benchmark-json FILE")
+    s.add_argument("other", nargs="?", help="a second run (another machine or commit) to compare with")
+    s.add_argument("--threshold", type=float, default=0.10, help="flag medians that moved more than this (0.10 = 10%%)")
+    s.add_argument("--html", help="also write an HTML page here")
+    s.set_defaults(func=_cmd_bench_report)
 
     s = sub.add_parser("list-models", help="registered models usable as a variant's base")
     s.set_defaults(func=_cmd_list_models)

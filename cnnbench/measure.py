@@ -37,7 +37,9 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[float, 
         model(x)
     forward = fc.get_total_flops() / 2
     with FlopCounterMode(display=False, custom_mapping=_flop_fixes()) as fc:
-        model(x).sum().backward()
+        out = model(x)
+        if out.requires_grad:  # a parameter-free module (pooling) has no backward of its own here
+            out.sum().backward()
     model.zero_grad(set_to_none=True)
     return forward, fc.get_total_flops() / 2
 

@@ -66,16 +66,17 @@ def predictions_table(records: list[dict], split_path: str | Path) -> pd.DataFra
 
 
 def job_overhead(runs: pd.DataFrame, benchmark_dir: str | Path) -> pd.DataFrame:
-    """Per training job: wall time (Snakemake's `benchmark:` file), time spent training and evaluating,
-    and the rest, the job's overhead: process start, imports (torch, and torch._dynamo, which torch.optim
-    imports on first use), data loading, model building, writing results."""
+    """Per training job: wall time (Snakemake's `benchmark:` file), time spent training, evaluating and
+    measuring (latency, dead filters), and the rest, the job's overhead: process start, imports (torch,
+    and torch._dynamo, which torch.optim imports on first use), data loading, model building, writing."""
     rows = []
     for variant, g in runs.groupby("variant"):
         path = Path(benchmark_dir) / f"{variant}.tsv"
         if path.exists():
             bench = pd.read_csv(path, sep="\t").iloc[-1]
             rows.append({"variant": variant, "job_s": float(bench["s"]), "max_rss_mb": float(bench["max_rss"]),
-                         "work_s": float(g["train_time_s"].sum() + g["eval_time_s"].sum())})
+                         "work_s": float(g["train_time_s"].sum() + g["eval_time_s"].sum()
+                                         + g["measure_time_s"].sum())})
     df = pd.DataFrame(rows, columns=["variant", "job_s", "max_rss_mb", "work_s"])
     return df.assign(overhead_s=df["job_s"] - df["work_s"])
 

@@ -20,7 +20,7 @@ from cnnbench.config import VariantSpec
 from cnnbench.data import file_hash, load_cache, load_fold
 from cnnbench.io import atomic_path, read_json, write_json
 
-RECORD_SCHEMA = 2  # bump when a record gains or changes fields: the workflow then retrains (a param)
+RECORD_SCHEMA = 3  # bump when a record gains or changes fields: the workflow then retrains (a param)
 
 
 def run_name(fold: int, seed: int) -> str:
@@ -124,6 +124,7 @@ def make_record(spec: VariantSpec, fold: int, seed: int, result, train_idx: np.n
                   "epoch_time_s": result.train_time_s / len(result.epochs),
                   "train_time_s": result.train_time_s,
                   "eval_time_s": sum(e["eval_time_s"] for e in result.epochs) + (result.test or {}).get("test_time_s", 0.0),
+                  "measure_time_s": result.measure_time_s,
                   "images_seen": result.images_seen, "fit_wall_s": result.wall_s,
                   "latency_b1_ms": result.latency["batch_1"]["median_ms"],
                   "latency_b1_iqr_ms": result.latency["batch_1"]["iqr_ms"],

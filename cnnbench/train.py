@@ -61,7 +61,8 @@ class FitResult:
     train_img_per_s: float  # warm-up excluded
     train_time_s: float  # training steps only, all epochs
     images_seen: int
-    wall_s: float  # the whole fit: model build, data to device, training, evaluation
+    wall_s: float  # the whole fit: model build, data to device, training, evaluation, measurement
+    measure_time_s: float  # dead-filter pass and latency timing after training
     memory: dict  # peak memory of training (see measure.PeakMemory)
     latency: dict  # {"batch_1": {...}, "batch_<N>": {...}} in eval mode, after training
     dead_filters: dict  # per ReLU layer: dead channels on the validation set, final model
@@ -187,10 +188,11 @@ def fit(spec: VariantSpec, images: ImageData, train_idx: np.ndarray, val_idx: np
         test_loss, test_acc, _ = evaluate(model, x_test, y_test)
         test = {"test_loss": test_loss, "test_acc": test_acc, "n_test": int(len(images.y_test)),
                 "test_time_s": time.perf_counter() - t_test}
+    t_measure = time.perf_counter()
     dead = dead_filters(model, x_val)
     lat = {f"batch_{b}": latency(model, spec.input_shape, b, device) for b in (1, bs)}
     return FitResult(model, epochs, val_pred, throughput, train_time, images_seen, time.perf_counter() - fit_start,
-                     memory.as_dict(), lat, dead, test)
+                     time.perf_counter() - t_measure, memory.as_dict(), lat, dead, test)
 
 
 def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, sched, x_train: Images,

@@ -5,41 +5,21 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 
+from cnnbench.report.tables import html_table
 from cnnbench.report.figures import BASELINE_COLOR, VARIANT_COLOR, VERDICT_COLORS, figure_html, plt, sns
 from cnnbench.results import job_overhead
 from cnnbench.stats import friedman
-
-Cell = str | tuple[str, float]  # display text, or (display text, sort key)
-
 
 @dataclass(frozen=True)
 class Section:
     id: str
     title: str
     html: str
-
-
-def html_table(header: list[str], rows: Iterable[list[Cell]], numeric: set[int] = frozenset(),
-               row_class: Callable[[int], str] = lambda i: "", sortable: bool = False) -> str:
-    """An HTML table; cells are HTML already (escape text before). (text, key) cells sort by key."""
-    head = "".join(f'<th class="num">{html.escape(h)}</th>' if i in numeric else f"<th>{html.escape(h)}</th>"
-                   for i, h in enumerate(header))
-    body = []
-    for r, row in enumerate(rows):
-        cells = []
-        for i, cell in enumerate(row):
-            text, key = cell if isinstance(cell, tuple) else (cell, None)
-            attrs = (' class="num"' if i in numeric else "") + (f' data-v="{key}"' if key is not None else "")
-            cells.append(f"<td{attrs}>{text}</td>")
-        cls = row_class(r)
-        body.append(f'<tr class="{cls}">{"".join(cells)}</tr>' if cls else f"<tr>{''.join(cells)}</tr>")
-    kind = ' class="sortable"' if sortable else ""
-    return f"<table{kind}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
 def pts(x: float, sign: bool = True) -> str:
@@ -327,8 +307,9 @@ def environment(ctx) -> Section:
     jobs = job_overhead(runs, ctx.results_dir / "benchmarks" / "train")
     if len(jobs):
         share = jobs["overhead_s"].sum() / jobs["job_s"].sum()
-        rows.append(["workflow overhead", f"{share:.1%} of training-job time outside training and evaluation "
-                     f"(process start, imports, data loading, model building): {jobs['overhead_s'].sum():.1f} s "
+        rows.append(["workflow overhead", f"{share:.1%} of training-job time outside training, evaluation and "
+                     f"measurement (process start, imports, data loading, model building): "
+                     f"{jobs['overhead_s'].sum():.1f} s "
                      f"of {jobs['job_s'].sum():.1f} s over {len(jobs)} jobs"])
     env = html_table(["", "value"], rows)
     spec_rows = [[html.escape(v), f"<code>{s.spec_hash}</code>", html.escape(s.arch),
@@ -336,7 +317,7 @@ def environment(ctx) -> Section:
     specs = html_table(["variant", "spec hash", "model", "base chain"], spec_rows)
     job_rows = [[html.escape(j.variant), f"{j.job_s:.1f}", f"{j.work_s:.1f}", f"{j.overhead_s:.1f}",
                  f"{j.max_rss_mb:,.0f}"] for j in jobs.itertuples()]
-    jobs_html = html_table(["training job", "wall s (Snakemake benchmark)", "training + evaluation s",
+    jobs_html = html_table(["training job", "wall s (Snakemake benchmark)", "training + evaluation + measurement s",
                             "overhead s", "max RSS MiB"], job_rows, numeric={1, 2, 3, 4}) if job_rows else ""
     return Section("environment", "Environment and provenance", env + specs + jobs_html)
 

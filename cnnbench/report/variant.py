@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from cnnbench.report.figures import figure_html, plt, sns
+from cnnbench.report.tables import html_table
 
 GALLERY = 16  # misclassified examples shown
 CAM_IMAGES = 6
@@ -36,8 +37,6 @@ def variant_details(ctx, variant: str, open_: bool = False) -> str:
 
 
 def layer_table_html(spec) -> str:
-    from cnnbench.report.sections import html_table
-
     rows = [[html.escape(r.name.removeprefix("features.")), html.escape(r.kind), "x".join(map(str, r.out_shape)),
              f"{r.params:,}", f"{r.macs:,}", "all" if r.rf is None else str(r.rf)] for r in spec.layer_table()]
     total = sum(r.params for r in spec.layer_table()), sum(r.macs for r in spec.layer_table())
