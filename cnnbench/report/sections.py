@@ -38,7 +38,10 @@ def verdict_html(row: pd.Series) -> str:
     css = {"better": "better", "worse": "worse"}.get(row["verdict"], "nodiff")
     text = html.escape(row["verdict"])
     if row["below_noise"]:
-        text += f' <span class="note">(|&Delta;| within &plusmn;{pts(row["noise_floor"], False)} pts, the noise of one fold)</span>'
+        noise = pts(row["noise_floor"], False)
+        text += (f' <span class="note">(smaller than the &plusmn;{noise}-pt noise of a single fold: detectable only '
+                 "across the paired runs)</span>" if css != "nodiff" else
+                 f' <span class="note">(|&Delta;| within the &plusmn;{noise}-pt noise of a single fold)</span>')
     return f'<span class="{css}">{text}</span>'
 
 
@@ -82,7 +85,9 @@ def findings(ctx) -> Section:
             f"{pts(base.acc_mean, False)}% &plusmn; {pts(base.acc_sd, False)}), paired on the same "
             f"{n_pairs} runs ({split['repeats']} &times; {split['folds']}-fold cross-validation). "
             "Differences in percentage points with 95% confidence intervals from the Nadeau-Bengio corrected "
-            "resampled t-test; p-values Holm-adjusted over the variants.</p>")
+            "resampled t-test. The intervals are per comparison; the verdict uses p-values Holm-adjusted over "
+            f"the {len(cmp)} variants, so an interval that just excludes 0 can still be 'no detectable "
+            "difference'.</p>")
     return Section("findings", "Findings", lead + (f"<ul>{''.join(items)}</ul>" if items else ""))
 
 
