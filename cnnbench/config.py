@@ -236,7 +236,7 @@ def _resolve(raw: dict) -> Study:
     info = dataset_info(data)
     protocol = dict(raw.get("protocol", {}))
     split = {k: protocol.pop(k, v) for k, v in SPLIT_DEFAULTS.items()}
-    train_defaults = _merge(_train_defaults(), protocol)
+    train_defaults = _merge(asdict(TrainKnobs()), protocol)
     execution = {**EXECUTION_DEFAULTS, **raw.get("execution", {})}
     variants_raw: dict[str, dict] = raw["variants"]
     baseline = raw.get("baseline", "baseline")
@@ -252,10 +252,6 @@ def _resolve(raw: dict) -> Study:
         specs[name] = _resolve_variant(raw["study"], name, variants_raw, train_defaults, data_identity,
                                        {k: split[k] for k in ("folds", "repeats", "split_seed")}, info)
     return Study(raw["study"], raw.get("description", ""), data, split, execution, baseline, specs)
-
-
-def _train_defaults() -> dict[str, Any]:
-    return asdict(TrainKnobs())
 
 
 def _resolve_variant(study: str, name: str, variants: dict[str, dict], train_defaults: dict,

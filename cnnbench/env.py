@@ -7,8 +7,12 @@ import socket
 import subprocess
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cnnbench
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _version(package: str) -> str | None:

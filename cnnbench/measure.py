@@ -14,6 +14,7 @@ Each number means one thing, measured the way the field's tools measure it:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 from pathlib import Path
@@ -135,10 +136,8 @@ def _status_kb(field: str) -> float:
 
 
 def _reset_peak_rss() -> None:
-    try:
+    with contextlib.suppress(OSError):  # not Linux: the lifetime peak stays (see _status_kb)
         Path("/proc/self/clear_refs").write_text("5")  # Linux >= 4.0: resets VmHWM to the current RSS
-    except OSError:
-        pass
 
 
 @torch.inference_mode()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import shutil
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -57,7 +56,6 @@ def train_variant(spec: VariantSpec, *, data_path: str | Path, splits_path: str 
                   seeds: list[int], out_dir: str | Path, weights_path: str | Path | None,
                   resume_root: str | Path, threads: int = 1, device: str = "auto",
                   log: Callable[[str], None] | None = None) -> list[Path]:
-    import torch
 
     from cnnbench.env import environment
     from cnnbench.measure import cost

@@ -32,7 +32,6 @@ class Verdict:
 
 def verify(record_path: str | Path, data: str | Path | None = None, splits: str | Path | None = None,
            device: str | None = None) -> Verdict:
-    import torch
 
     from cnnbench.train import fit, resolve_device, set_determinism
 
