@@ -11,7 +11,7 @@ import torch
 from cnnbench import train as train_module
 from cnnbench.augment import augment
 from cnnbench.config import load_study
-from cnnbench.data import load_fold, load_source, make_splits, save_cache, save_splits
+from cnnbench.data import ImageData, load_fold, load_source, make_splits, save_cache, save_splits
 from cnnbench.runner import train_variant
 from cnnbench.train import fit, lr_factor, set_determinism
 from tests.helpers import tiny_study
@@ -40,6 +40,14 @@ def test_loss_goes_down_and_beats_chance(prepared):
     assert result.epochs[-1]["val_acc"] > 0.5  # chance is 0.1
     assert len(result.val_pred) == len(val_idx) and result.train_img_per_s > 0
     assert result.images_seen == 3 * (len(train_idx) // 32) * 32
+
+
+def test_every_fold_is_also_scored_on_an_official_test_split(prepared):
+    study, images, root = prepared
+    with_test = ImageData(images.name, images.x[:200], images.y[:200], images.classes, images.x[200:], images.y[200:])
+    result = fit(study.variants["baseline"], with_test, np.arange(100), np.arange(100, 200), seed=0, device=CPU)
+    assert result.test["n_test"] == 100 and 0 <= result.test["test_acc"] <= 1 and result.test["test_loss"] > 0
+    assert fit(study.variants["baseline"], images, np.arange(100), np.arange(100, 200), seed=0, device=CPU).test is None
 
 
 def test_same_run_twice_gives_identical_numbers(prepared):

@@ -77,7 +77,7 @@ def test_report_renders_in_a_real_browser(finished, chromium, tmp_path):
         browser.close()
     assert failed == [] and errors == []
     assert len(images) >= 20 and all(ok and width > 0 for ok, width, _ in images), images
-    assert {"Findings", "Summary", "Effects on accuracy", "Accuracy vs cost", "Learning curves",
+    assert {"Findings", "Summary", "Accuracy per variant", "Effects on accuracy", "Accuracy vs cost", "Learning curves",
             "Cost, speed, memory", "Per variant", "Environment and provenance"} <= set(sections)
     assert "Ranking" not in sections  # a Friedman ranking needs three variants; this study has two
     assert (tmp_path / "report.png").stat().st_size > 10_000

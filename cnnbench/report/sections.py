@@ -119,6 +119,22 @@ def summary_table(ctx) -> Section:
     return Section("summary", "Summary", table + note)
 
 
+def accuracy_plot(ctx) -> Section:
+    runs = ctx.runs.assign(acc=lambda d: 100 * d["val_acc"])
+    order = ctx.variants
+    fig, ax = plt.subplots(figsize=(8, 0.42 * len(order) + 1.2))
+    palette = {v: BASELINE_COLOR if v == ctx.baseline else VARIANT_COLOR for v in order}
+    sns.stripplot(data=runs, y="variant", x="acc", order=order, hue="variant", palette=palette, legend=False,
+                  size=5, alpha=0.6, jitter=0.15, ax=ax)
+    sns.pointplot(data=runs, y="variant", x="acc", order=order, errorbar="sd", color="black", linestyle="none",
+                  markers="d", markersize=5, err_kws={"linewidth": 1.2}, ax=ax)
+    ax.axvline(runs.loc[runs.variant == ctx.baseline, "acc"].mean(), color=BASELINE_COLOR, ls="--", lw=1)
+    ax.set(xlabel="validation accuracy (%)", ylabel="")
+    return Section("accuracy", "Accuracy per variant", figure_html(
+        fig, "validation accuracy per variant", "Each dot is one run (fold, seed); diamond and bar: mean &plusmn; "
+        "sd over runs; dashed line: the baseline's mean."))
+
+
 def effects(ctx) -> Section | None:
     cmp = ctx.comparison
     if cmp.empty:
@@ -350,5 +366,5 @@ def per_variant(ctx) -> Section:
                                                       for v in ctx.variants))
 
 
-SECTIONS: list[Callable] = [findings, summary_table, effects, cost_vs_accuracy, learning_curves, error_edfs,
+SECTIONS: list[Callable] = [findings, summary_table, accuracy_plot, effects, cost_vs_accuracy, learning_curves, error_edfs,
                             ranking, measurements, per_variant, environment, data_files]
