@@ -14,7 +14,7 @@ import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass, field, fields
-from functools import cache
+from functools import cache, cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -92,7 +92,7 @@ class VariantSpec:
                 "num_classes": self.num_classes,
                 "plan": hashlib.sha256(repr(self.plan()).encode()).hexdigest()[:16]}
 
-    @property
+    @cached_property  # the plan digest rebuilds the network plan: compute it once per spec
     def spec_hash(self) -> str:
         blob = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]

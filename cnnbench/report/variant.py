@@ -37,9 +37,10 @@ def variant_details(ctx, variant: str, open_: bool = False) -> str:
 
 
 def layer_table_html(spec) -> str:
+    layers = spec.layer_table()
     rows = [[html.escape(r.name.removeprefix("features.")), html.escape(r.kind), "x".join(map(str, r.out_shape)),
-             f"{r.params:,}", f"{r.macs:,}", "all" if r.rf is None else str(r.rf)] for r in spec.layer_table()]
-    total = sum(r.params for r in spec.layer_table()), sum(r.macs for r in spec.layer_table())
+             f"{r.params:,}", f"{r.macs:,}", "all" if r.rf is None else str(r.rf)] for r in layers]
+    total = sum(r.params for r in layers), sum(r.macs for r in layers)
     rows.append(["<b>total</b>", "", "", f"<b>{total[0]:,}</b>", f"<b>{total[1]:,}</b>", ""])
     table = html_table(["layer", "type", "output", "params", "MACs", "receptive field"], rows, numeric={3, 4, 5})
     return f"<details><summary>Layer table ({len(rows) - 1} layers)</summary>{table}</details>"
