@@ -1,7 +1,8 @@
 """`cnnbench bench-report`: pytest-benchmark JSON -> theory vs practice, and the change between two runs.
 
 One file: for every question of tests/bench, the MAC and parameter ratios theory predicts next to the
-time ratio measured in the same run. Two files (two machines, or two commits): every benchmark's median
+time ratio measured in the same run (forward+backward MACs: forward, input gradient and weight gradient
+of every conv, the work the benchmark times). Two files (two machines, or two commits): every benchmark's median
 before and after, flagged - not failed - when it moved by more than a threshold.
 """
 
@@ -128,7 +129,8 @@ def format_html(tvp: pd.DataFrame, meta: dict, changes: pd.DataFrame | None = No
             ".worse{color:#c62828;font-weight:600}.better{color:#1a7f37;font-weight:600}</style></head><body>"
             f"<h1>{title}</h1><p>{html.escape(meta['file'])}, commit {html.escape(str(meta['commit'])[:10])}, "
             f"{html.escape(meta['datetime'])}. Ratios: how many times cheaper case b is than case a in theory, "
-            f"and how many times faster it ran (median of a / median of b).</p>{body}</body></html>")
+            f"and how many times faster it ran (median of a / median of b). MACs of forward+backward count "
+            f"every conv's forward, input gradient and weight gradient.</p>{body}</body></html>")
 
 
 def bench_report(path: str | Path, other: str | Path | None = None, threshold: float = 0.10,

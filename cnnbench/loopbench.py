@@ -39,7 +39,7 @@ def project_loop(spec: VariantSpec, x: torch.Tensor, y: torch.Tensor, steps: int
     n_perm = -(-(steps + WARMUP) * bs // len(y))
     gen = torch.Generator().manual_seed(seed)
     perm = torch.cat([torch.randperm(len(y), generator=gen) for _ in range(n_perm)])
-    _, _, warm_at = train_epoch(model, opt, None, images, y, perm, bs, steps + WARMUP + 1, warmup_steps=WARMUP)
+    _, _, warm_at = train_epoch(model, opt, None, images, y, perm, bs, steps + WARMUP, warmup_steps=WARMUP)
     return steps * bs / (time.perf_counter() - warm_at)
 
 

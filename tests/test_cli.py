@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 from cnnbench.cli import main
 from tests.helpers import REPO, tiny_study, write_yaml
@@ -49,11 +53,52 @@ def test_list_models(capsys):
         assert name in out
 
 
-def test_loop_bench_runs_both_loops(tmp_path):
-    from cnnbench.loopbench import format_result, loop_bench
+@pytest.fixture(scope="module")
+def loop_run(tmp_path_factory):
+    """loop_bench on the tiny study, with every training forward pass of each loop recorded
+    (time, batch size): one list per loop, in the order they ran (reference, then project)."""
+    from cnnbench import loopbench
 
-    cfg = write_yaml(tmp_path / "s.yaml", tiny_study())
-    r = loop_bench(cfg, steps=3, repeats=1)
-    assert r["reference_img_per_s"] > 0 and r["project_img_per_s"] > 0
-    assert r["ratio"] == r["project_img_per_s"] / r["reference_img_per_s"]
-    assert "speed-up" in format_result(r)
+    cfg = write_yaml(tmp_path_factory.mktemp("loop") / "s.yaml", tiny_study())
+    loops: list[list[tuple[float, int]]] = []
+
+    def recording_build(plan, shape):
+        model = real_build(plan, shape)
+        seen: list[tuple[float, int]] = []
+        loops.append(seen)
+        model.register_forward_pre_hook(lambda m, args: seen.append((time.perf_counter(), args[0].shape[0])))
+        return model
+
+    real_build = loopbench.build_model
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(loopbench, "build_model", recording_build)
+        t0 = time.perf_counter()
+        r = loopbench.loop_bench(cfg, steps=3, repeats=1)
+        wall = time.perf_counter() - t0
+    return r, loops, wall
+
+
+def test_loop_bench_runs_both_loops(loop_run):
+    from cnnbench.loopbench import WARMUP, format_result
+
+    r, (reference, project), wall = loop_run
+    bs, steps = r["batch_size"], r["steps"]
+    assert (bs, steps) == (32, 3) and len(r["reference_all"]) == len(r["project_all"]) == 1
+    assert len(reference) == WARMUP + steps  # untimed warm-up, then the timed steps
+    for loop, img_per_s in ((reference, r["reference_img_per_s"]), (project, r["project_img_per_s"])):
+        assert [b for _, b in loop] == [bs] * len(loop)  # full batches only
+        assert steps * bs / wall <= img_per_s  # the timed steps took no longer than the whole call
+        # ... and no less than from the first timed forward pass to the last one
+        assert img_per_s <= steps * bs / (loop[-1][0] - loop[WARMUP][0])
+    assert math.isfinite(r["ratio"]) and r["ratio"] > 0
+    text = format_result(r)
+    assert f"speed-up: {r['ratio']:.2f}x" in text
+    assert f"{r['reference_img_per_s']:,.0f} img/s" in text and f"{r['project_img_per_s']:,.0f} img/s" in text
+    assert f"{steps} timed steps of batch {bs}" in text
+
+
+def test_both_loops_run_the_same_number_of_steps(loop_run):
+    from cnnbench.loopbench import WARMUP
+
+    r, (reference, project), _ = loop_run
+    assert len(project) == len(reference) == WARMUP + r["steps"]

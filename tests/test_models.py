@@ -8,7 +8,7 @@ from torch import nn
 
 from cnnbench.models.build import build_model
 from cnnbench.models.geometry import layer_table
-from cnnbench.models.registry import get_model, get_plan, list_models
+from cnnbench.models.registry import get_entry, get_model, get_plan, list_models
 
 # (knobs, expected out shape of each stage for a 1x28x28 input, changed vs the cnn baseline)
 KNOB_CASES = {
@@ -136,6 +136,37 @@ def test_resnet18_matches_torchvision():
     assert params_of(ours) == params_of(resnet18()) == 11_689_512
     rows = layer_table(get_plan("resnet18", (3, 224, 224), 1000), (3, 224, 224))
     assert sum(r.macs for r in rows) == 1_814_073_344  # torchvision's published 1.81 GFLOPs (as MACs)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_presets_claiming_a_torchvision_model_match_it(name):
+    """A preset that names a torchvision model (its `torchvision=` field, or a name torchvision uses)
+    has torchvision's parameter count at 3x224x224 and 1000 classes, checked against torchvision itself
+    (weights=None: nothing is downloaded). A description that mentions torchvision must make the claim
+    checkable. (`vgg11` had a 512-512 head: 22,841,704 parameters against vgg11's 132,863,336.)"""
+    import torchvision
+
+    entry = get_entry(name)
+    claim = entry.torchvision or (name if name in torchvision.models.list_models() else None)
+    if claim is None:
+        assert "torchvision" not in entry.doc, f"{name}: its description names torchvision; set torchvision="
+        return
+    ours = params_of(get_model(name, (3, 224, 224), 1000))
+    assert ours == params_of(torchvision.models.get_model(claim, weights=None)), f"{name} vs torchvision {claim}"
+
+
+def test_resnet18_is_the_checked_torchvision_claim():
+    assert get_entry("resnet18").torchvision == "resnet18"
+    assert params_of(get_model("resnet18", (3, 224, 224), 1000)) == 11_689_512
+
+
+def test_renamed_vgg11_still_resolves_with_a_warning():
+    """`vgg11` became `vgg11_slim` (timm-style deprecation map): old configs keep working, warned."""
+    with pytest.warns(FutureWarning, match="'vgg11' is deprecated and maps to 'vgg11_slim'.*4096-4096"):
+        plan = get_plan("vgg11", (3, 32, 32), 10)
+    assert plan == get_plan("vgg11_slim", (3, 32, 32), 10)
+    assert "vgg11" not in list_models() and "vgg11_slim" in list_models()
+    assert params_of(get_model("vgg11_slim", (3, 224, 224), 1000)) == 22_841_704
 
 
 def test_registry_errors_are_clear():

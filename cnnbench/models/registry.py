@@ -2,13 +2,17 @@
 
 A registered model is a plan function plus its default knobs. The presets below are points of the
 `convnet` design space, so every knob can be ablated on every preset and each preset can be the
-`base:` of a variant in a study config.
+`base:` of a variant in a study config. A preset that reproduces a torchvision model names it
+(`torchvision=`), and tests/test_models.py checks the parameter count against torchvision itself.
+Renamed presets stay resolvable through `_DEPRECATED` (timm's deprecation map): the old name gives
+the new entry with a FutureWarning, and is no longer listed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -25,16 +29,25 @@ class ModelEntry:
     doc: str
     defaults: dict[str, Any]  # every knob the plan function takes, with its default
     plan_fn: PlanFn
+    torchvision: str | None = None  # the torchvision model it reproduces (same layers and parameter count)
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
+# old name -> (current name, why it changed); the old name keeps working, with a FutureWarning
+_DEPRECATED: dict[str, tuple[str, str]] = {
+    "vgg11": ("vgg11_slim", "its head is 512-512, not VGG-11's 4096-4096 (22,841,704 parameters at 224x224 and "
+                            "1000 classes against torchvision vgg11's 132,863,336)"),
+}
 
 
-def register_model(name: str, doc: str, plan_fn: PlanFn | None = None, **defaults: Any) -> ModelEntry:
+def register_model(name: str, doc: str, plan_fn: PlanFn | None = None, torchvision: str | None = None,
+                   **defaults: Any) -> ModelEntry:
     """Register a model. Without `plan_fn` it is a preset of the convnet family (`defaults` override
-    the family's defaults); with one, `defaults` must list every knob that function takes."""
-    if name in _REGISTRY:
-        raise ValueError(f"model {name!r} is already registered")
+    the family's defaults); with one, `defaults` must list every knob that function takes. `torchvision`
+    names the torchvision model it reproduces exactly, a claim the tests check."""
+    if name in _REGISTRY or name in _DEPRECATED:
+        raise ValueError(f"model {name!r} is already registered" if name in _REGISTRY else
+                         f"model name {name!r} is deprecated (now {_DEPRECATED[name][0]!r}); choose another name")
     if plan_fn is None:
         base = {f.name: getattr(ConvNetKnobs(), f.name) for f in dataclasses.fields(ConvNetKnobs)}
         unknown = set(defaults) - set(base)
@@ -42,7 +55,7 @@ def register_model(name: str, doc: str, plan_fn: PlanFn | None = None, **default
             raise ValueError(f"{name}: unknown convnet knobs {sorted(unknown)}")
         defaults = _jsonable({**base, **defaults})
         plan_fn = _convnet_from_dict
-    entry = ModelEntry(name, doc, defaults, plan_fn)
+    entry = ModelEntry(name, doc, defaults, plan_fn, torchvision)
     _REGISTRY[name] = entry
     return entry
 
@@ -52,6 +65,11 @@ def list_models() -> list[str]:
 
 
 def get_entry(name: str) -> ModelEntry:
+    if name in _DEPRECATED:
+        current, why = _DEPRECATED[name]
+        warnings.warn(f"model {name!r} is deprecated and maps to {current!r}: {why}; use {current!r}",
+                      FutureWarning, stacklevel=2)
+        name = current
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -96,8 +114,9 @@ register_model(
     "lenet", "LeNet-5 (LeCun 1998): 5x5 convs 6-16, average pooling, tanh, fc 120-84.",
     widths=[6, 16], kernel_size=5, padding="valid", pool="avg", activation="tanh", hidden=[120, 84])
 register_model(
-    "vgg11", "VGG-11 (Simonyan & Zisserman 2015): 3x3 convs 64-128-256x2-512x2-512x2 with max pooling; "
-    "CIFAR-style head (512-512). Use width: 16 for small data.",
+    "vgg11_slim", "VGG-11's convolutions (Simonyan & Zisserman 2015: 3x3 convs 64-128-256x2-512x2-512x2 with "
+    "max pooling) under a slim CIFAR-style head (512-512, not the paper's 4096-4096; 22,841,704 parameters at "
+    "224x224 and 1000 classes, against VGG-11's 132,863,336). Use width: 16 for small data.",
     widths=[64, 128, 256, 512, 512], blocks=[1, 1, 2, 2, 2], pool_ceil=True, hidden=[512, 512], dropout=0.5)
 register_model(
     "resnet20", "CIFAR ResNet-20 (He et al. 2016): 3x3 stem, 3 stages x 3 basic blocks, 16-32-64 channels, "
@@ -110,7 +129,7 @@ register_model(
     shortcut=True, bn=True, head="gap")
 register_model(
     "resnet18", "ImageNet ResNet-18: 7x7/2 stem + max pool, 4 stages x 2 basic blocks, 64-512 channels "
-    "(11,689,512 parameters at 1000 classes, as torchvision's).",
+    "(11,689,512 parameters at 1000 classes, as torchvision's).", torchvision="resnet18",
     stem="imagenet", widths=[64, 128, 256, 512], blocks=2, block="basic", stride=[1, 2, 2, 2], pool="none",
     shortcut=True, bn=True, head="gap")
 register_model(
