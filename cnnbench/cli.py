@@ -40,10 +40,23 @@ def _cmd_train(a: argparse.Namespace) -> None:
                   device=a.device)
 
 
+def _cmd_time(a: argparse.Namespace) -> None:
+    from cnnbench.config import VariantSpec
+    from cnnbench.io import write_json
+    from cnnbench.timing import time_variant
+
+    spec = VariantSpec.from_dict(json.loads(a.spec))
+    t = time_variant(spec, data_path=a.data, splits_path=a.splits, device=a.device, threads=a.threads)
+    write_json(a.out, t)
+    print(f"[{spec.study}/{spec.name}] measured alone: {t['train_img_per_s']:,.0f} img/s "
+          f"(IQR {t['train_img_per_s_iqr']:,.0f}), {t['epoch_time_s']:.2f} s/epoch, latency b=1 "
+          f"{t['latency_b1_ms']:.3f} ms -> {a.out}", file=sys.stderr)
+
+
 def _cmd_collect(a: argparse.Namespace) -> None:
     from cnnbench.results import collect
 
-    tables = collect(a.runs, a.out_dir, a.splits)
+    tables = collect(a.runs, a.out_dir, a.splits, a.data, a.timings)
     print(f"{len(tables['runs'])} runs -> {a.out_dir}/runs.parquet, epochs.parquet (+ .csv)", file=sys.stderr)
 
 
@@ -52,7 +65,7 @@ def _cmd_report(a: argparse.Namespace) -> None:
 
     build_report(results_dir=a.results, data_path=a.data, splits_path=a.splits, models_dir=a.models,
                  baseline=a.baseline, out=a.out, title=a.title, description=a.description,
-                 variant_descriptions=json.loads(a.variant_descriptions))
+                 variant_descriptions=json.loads(a.variant_descriptions), references=json.loads(a.references))
     print(f"report -> {a.out}", file=sys.stderr)
 
 
@@ -124,8 +137,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     s.set_defaults(func=_cmd_train)
 
+    s = sub.add_parser("time", help="measure a variant's speed alone (training img/s, s/epoch, latency)")
+    s.add_argument("--spec", required=True, help="resolved variant spec as JSON (from the workflow)")
+    s.add_argument("--data", required=True)
+    s.add_argument("--splits", required=True)
+    s.add_argument("--threads", type=int, default=1, help="torch threads (as the training jobs use)")
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=_cmd_time)
+
     s = sub.add_parser("collect", help="gather run files into runs/epochs tables")
     s.add_argument("runs", nargs="+")
+    s.add_argument("--timings", nargs="*", default=[], help="timing files of `cnnbench time`")
+    s.add_argument("--data", required=True, help="the data cache (true classes of the predictions)")
     s.add_argument("--splits", required=True, help="the split the runs used (maps predictions to images)")
     s.add_argument("--out-dir", required=True)
     s.set_defaults(func=_cmd_collect)
@@ -139,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--title", required=True)
     s.add_argument("--description", default="")
     s.add_argument("--variant-descriptions", default="{}", help="JSON: variant -> description")
+    s.add_argument("--references", default="{}", help="JSON: variant -> the variant it is compared with")
     s.add_argument("--out", required=True)
     s.set_defaults(func=_cmd_report)
 

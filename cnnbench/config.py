@@ -13,7 +13,7 @@ import difflib
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from functools import cache, cached_property
 from importlib import resources
 from pathlib import Path
@@ -28,7 +28,10 @@ from cnnbench.models.convnet import UNUSED_BY_BLOCK
 from cnnbench.models.geometry import GeometryError, LayerRow, layer_table
 from cnnbench.models.registry import get_entry, list_models
 
-SPEC_VERSION = 1  # bump when the meaning of a knob changes, so old results stop matching new specs
+SPEC_VERSION = 2  # bump when the meaning of a knob changes, so old results stop matching new specs
+# 2: run seeds derive from (seed, fold, seed offset) instead of the raw seed (cnnbench.seeds)
+AA_CONTROL = "aa_control"  # name of the A/A control variant that `aa_control: true` adds
+AA_SEED_OFFSET = 1  # its seed offset: same folds and seeds as the baseline, independent random streams
 
 
 @dataclass(frozen=True)
@@ -79,17 +82,19 @@ class VariantSpec:
     split: dict[str, Any]  # folds, repeats, split_seed
     input_shape: tuple[int, int, int]
     num_classes: int
+    seed_offset: int = 0  # shifts every random stream of the runs (the A/A control uses 1)
     # presentation only: not part of what a run depends on, not passed to training jobs
     description: str = ""
     chain: tuple[str, ...] = ()  # this variant, its base, ... (variants only, root model excluded)
     diff: dict[str, Any] = field(default_factory=dict)  # knobs this variant's own entry sets
+    compare_to: str | None = None  # the variant the report compares this one with (None: the baseline itself)
 
     def identity(self) -> dict[str, Any]:
         """What the numbers of a run depend on (the name and description do not). The plan's digest is
         included, so a code change that alters the network built from the same knobs changes the hash."""
         return {"version": SPEC_VERSION, "arch": self.arch, "model": self.model, "train": self.train,
                 "data": self.data, "split": self.split, "input_shape": list(self.input_shape),
-                "num_classes": self.num_classes,
+                "num_classes": self.num_classes, "seed_offset": self.seed_offset,
                 "plan": hashlib.sha256(repr(self.plan()).encode()).hexdigest()[:16]}
 
     @cached_property  # the plan digest rebuilds the network plan: compute it once per spec
@@ -107,7 +112,7 @@ class VariantSpec:
         """What a training job needs: the spec without its presentation fields. Editing a description
         or re-expressing a variant through another base therefore reruns nothing."""
         d = self.to_dict()
-        for key in ("description", "chain", "diff"):
+        for key in PRESENTATION:
             d.pop(key)
         return d
 
@@ -119,6 +124,9 @@ class VariantSpec:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "VariantSpec":
         return cls(**{**d, "chain": tuple(d.get("chain", ())), "input_shape": tuple(d["input_shape"])})
+
+
+PRESENTATION = ("description", "chain", "diff", "compare_to")  # VariantSpec fields no run depends on
 
 
 @dataclass(frozen=True)
@@ -143,6 +151,11 @@ class Study:
     def changes(self, variant: str) -> list[str]:
         """What `variant` changes relative to the baseline, as 'knob: old -> new' strings."""
         return describe_changes(self.variants[self.baseline], self.variants[variant])
+
+    @property
+    def references(self) -> dict[str, str]:
+        """variant -> the variant it is compared with (every variant but the baseline)."""
+        return {v: s.compare_to for v, s in self.variants.items() if s.compare_to}
 
 
 # --- loading ---------------------------------------------------------------------------------------
@@ -251,7 +264,36 @@ def _resolve(raw: dict) -> Study:
     for name in variants_raw:
         specs[name] = _resolve_variant(raw["study"], name, variants_raw, train_defaults, data_identity,
                                        {k: split[k] for k in ("folds", "repeats", "split_seed")}, info)
+        specs[name] = replace(specs[name], compare_to=_reference(name, variants_raw, baseline))
+    if raw.get("aa_control"):
+        specs[AA_CONTROL] = aa_control(specs[baseline], variants_raw)
     return Study(raw["study"], raw.get("description", ""), data, split, execution, baseline, specs)
+
+
+def aa_control(baseline: VariantSpec, variants: dict) -> VariantSpec:
+    """The baseline again with another seed offset: same network, folds and seeds, independent
+    initialisation, batch order and dropout. Its difference from the baseline is pure noise."""
+    if AA_CONTROL in variants:
+        raise ConfigError(f"variant {AA_CONTROL!r}: the name is reserved for the A/A control that "
+                          "'aa_control: true' adds; rename the variant")
+    return replace(baseline, name=AA_CONTROL, seed_offset=AA_SEED_OFFSET, chain=(AA_CONTROL, *baseline.chain),
+                   diff={}, compare_to=baseline.name,
+                   description=f"A/A control: {baseline.name} retrained with seed offset {AA_SEED_OFFSET}")
+
+
+def _reference(name: str, variants: dict[str, dict], baseline: str) -> str | None:
+    """What a variant is compared with: its `compare_to`, else its base if that is a variant, else the
+    baseline; None for the baseline itself."""
+    entry = variants[name]
+    if "compare_to" in entry:
+        ref = entry["compare_to"]
+        if ref not in variants or ref == name:
+            raise ConfigError(f"variant {name!r}, field 'compare_to': {ref!r} is not another variant; "
+                              f"variants: {', '.join(v for v in variants if v != name)}")
+        return ref
+    if name == baseline:
+        return None
+    return entry["base"] if entry["base"] in variants and entry["base"] != name else baseline
 
 
 def _resolve_variant(study: str, name: str, variants: dict[str, dict], train_defaults: dict,
@@ -262,7 +304,7 @@ def _resolve_variant(study: str, name: str, variants: dict[str, dict], train_def
     model, train, explicit = dict(entry.defaults), copy.deepcopy(train_defaults), set()
     for link in reversed(chain):  # root first, so nearer diffs win
         for knob, value in variants[link].items():
-            if knob in ("base", "description"):
+            if knob in ("base", "description", "compare_to"):
                 continue
             explicit.add(knob)
             if knob in TRAIN_KNOBS:
@@ -280,7 +322,7 @@ def _resolve_variant(study: str, name: str, variants: dict[str, dict], train_def
     spec = VariantSpec(
         study=study, name=name, arch=arch, model=model, train=train, data=data_identity, split=split,
         input_shape=info.shape, num_classes=info.num_classes, description=variants[name].get("description", ""),
-        chain=tuple(chain), diff={k: v for k, v in variants[name].items() if k not in ("base", "description")})
+        chain=tuple(chain), diff={k: v for k, v in variants[name].items() if k not in ("base", "description", "compare_to")})
     try:
         spec.layer_table()
     except GeometryError as e:
@@ -331,6 +373,8 @@ def _merge(base: dict, diff: dict) -> dict:
 
 def describe_changes(baseline: VariantSpec, variant: VariantSpec) -> list[str]:
     out = [] if baseline.arch == variant.arch else [f"model: {baseline.arch} -> {variant.arch}"]
+    if baseline.seed_offset != variant.seed_offset:
+        out.append(f"seed offset: {baseline.seed_offset} -> {variant.seed_offset}")
     for section in ("model", "train"):
         a, b = _flatten(getattr(baseline, section)), _flatten(getattr(variant, section))
         for knob in b:

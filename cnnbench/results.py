@@ -56,13 +56,27 @@ def dead_filters_table(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=[*ID_COLUMNS, "layer", "dead", "total", "fraction"])
 
 
-def predictions_table(records: list[dict], split_path: str | Path) -> pd.DataFrame:
-    """One row per run and validation image: the image's index in the data cache and the predicted class
-    (the true class is in the cache); what confusion matrices and misclassified galleries are made of."""
+def predictions_table(records: list[dict], split_path: str | Path, labels) -> pd.DataFrame:
+    """One row per run and validation image: the image's index in the data cache, its true and predicted
+    class; what confusion matrices, misclassified galleries and per-example tests are made of."""
     val = read_json(split_path)["val"]
     frames = [pd.DataFrame({**{k: r[k] for k in ID_COLUMNS}, "index": val[r["fold"]], "pred": r["val_pred"]})
               for r in records]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*ID_COLUMNS, "index", "pred"])
+    if not frames:
+        return pd.DataFrame(columns=[*ID_COLUMNS, "index", "true", "pred", "correct"])
+    df = pd.concat(frames, ignore_index=True)
+    df.insert(len(ID_COLUMNS) + 1, "true", labels[df["index"].to_numpy()])
+    return df.assign(correct=df["true"] == df["pred"])
+
+
+def timing_table(paths: Iterable[str | Path]) -> pd.DataFrame:
+    """One row per variant: speed measured alone (cnnbench.timing), with the device it ran on."""
+    rows = []
+    for path in paths:
+        t = read_json(path)
+        rows.append({**{k: v for k, v in t.items() if not isinstance(v, (dict, list))},
+                     "device_name": t["env"].get("device_name"), "threads": t["env"].get("threads")})
+    return pd.DataFrame(rows)
 
 
 def job_overhead(runs: pd.DataFrame, benchmark_dir: str | Path) -> pd.DataFrame:
@@ -94,12 +108,17 @@ def write_table(df: pd.DataFrame, path_stem: str | Path) -> list[Path]:
     return out
 
 
-def collect(paths: Iterable[str | Path], out_dir: str | Path, split_path: str | Path) -> dict[str, pd.DataFrame]:
-    """Write the runs, epochs, layers, dead_filters and predictions tables and `specs.json` (each
-    variant's resolved spec, in the given order)."""
+def collect(paths: Iterable[str | Path], out_dir: str | Path, split_path: str | Path, data_path: str | Path,
+            timing_paths: Iterable[str | Path] = ()) -> dict[str, pd.DataFrame]:
+    """Write the runs, epochs, layers, dead_filters, predictions and timing tables and `specs.json`
+    (each variant's resolved spec, in the given order)."""
+    from cnnbench.data import load_cache
+
     records = load_records(paths)
+    labels = load_cache(data_path).y
     tables = {"runs": runs_table(records), "epochs": epochs_table(records), "layers": layers_table(records),
-              "dead_filters": dead_filters_table(records), "predictions": predictions_table(records, split_path)}
+              "dead_filters": dead_filters_table(records),
+              "predictions": predictions_table(records, split_path, labels), "timing": timing_table(timing_paths)}
     for name, df in tables.items():
         write_table(df, Path(out_dir) / name)
     specs = {}

@@ -18,8 +18,10 @@ import numpy as np
 from cnnbench.config import VariantSpec
 from cnnbench.data import file_hash, load_cache, load_fold
 from cnnbench.io import atomic_path, read_json, write_json
+from cnnbench.seeds import run_seed
 
-RECORD_SCHEMA = 3  # bump when a record gains or changes fields: the workflow then retrains (a param)
+RECORD_SCHEMA = 4  # bump when a record gains or changes fields: the workflow then retrains (a param)
+# 4: run_seed, seed_offset, init_digest; memory.train_mb; latency moved to the timing job
 
 
 def run_name(fold: int, seed: int) -> str:
@@ -58,8 +60,8 @@ def train_variant(spec: VariantSpec, *, data_path: str | Path, splits_path: str 
                   log: Callable[[str], None] | None = None) -> list[Path]:
 
     from cnnbench.env import environment
-    from cnnbench.measure import cost
-    from cnnbench.train import fit, resolve_device, set_determinism
+    from cnnbench.measure import cost, steady_heap
+    from cnnbench.train import fit, resolve_device, set_determinism, warm_up
 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     dev = resolve_device(device)
@@ -71,6 +73,8 @@ def train_variant(spec: VariantSpec, *, data_path: str | Path, splits_path: str 
     progress = Progress(spec, len(runs), log)
     env = environment(dev)
     job_cost = cost(spec)  # the same for every run of the variant
+    warm_up(spec, dev)  # one-time process costs stay out of the first run's memory and time
+    steady_heap()
     written = []
     for index, (fold, seed) in enumerate(runs):
         name = run_name(fold, seed)
@@ -82,7 +86,8 @@ def train_variant(spec: VariantSpec, *, data_path: str | Path, splits_path: str 
             progress.start_run(index, fold, seed)
             train_idx, val_idx = load_fold(splits_path, fold, images.y)
             started = datetime.now(timezone.utc)
-            result = fit(spec, images, train_idx, val_idx, seed=seed, device=dev, on_epoch=progress.epoch)
+            result = fit(spec, images, train_idx, val_idx, seed=run_seed(seed, fold, spec.seed_offset), device=dev,
+                         on_epoch=progress.epoch)
             record = make_record(spec, fold, seed, result, train_idx, val_idx, job_cost,
                                  {"split_sha256": split_sha, "data_sha256": data_sha, "name": images.name},
                                  env, started)
@@ -102,34 +107,23 @@ def train_variant(spec: VariantSpec, *, data_path: str | Path, splits_path: str 
 def make_record(spec: VariantSpec, fold: int, seed: int, result, train_idx: np.ndarray, val_idx: np.ndarray,
                 cost: dict, data: dict, env: dict, started: datetime) -> dict:
     """One run's record: what was trained (spec, seed, fold, data), what came out, where, and how fast."""
-    last = result.epochs[-1]
-    best = max(result.epochs, key=lambda e: e["val_acc"])
-    bs = spec.train["batch_size"]
     dead = result.dead_filters
     return {
         "schema": RECORD_SCHEMA,
         "study": spec.study, "variant": spec.name, "fold": fold, "seed": seed,
-        "spec_hash": spec.spec_hash,
+        "seed_offset": spec.seed_offset, "run_seed": run_seed(seed, fold, spec.seed_offset),
+        "init_digest": result.init_digest, "spec_hash": spec.spec_hash,
         "data": {**data, "n_train": int(len(train_idx)), "n_val": int(len(val_idx))},
-        "metrics": {
-            "val_acc": last["val_acc"], "val_loss": last["val_loss"],
-            "train_acc": last["train_acc"], "train_loss": last["train_loss"],
-            "best_val_acc": best["val_acc"], "best_epoch": best["epoch"],
-            **(result.test or {}),
-        },
+        "metrics": run_metrics(result),
         "cost": cost,
-        "speed": {"train_img_per_s": result.train_img_per_s,
+        # measured while other jobs of the workflow may share the machine: see cnnbench.timing for the
+        # figures measured alone, which the report compares
+        "speed": {"under_load": True, "train_img_per_s": result.train_img_per_s,
                   "epoch_time_s": result.train_time_s / len(result.epochs),
                   "train_time_s": result.train_time_s,
                   "eval_time_s": sum(e["eval_time_s"] for e in result.epochs) + (result.test or {}).get("test_time_s", 0.0),
                   "measure_time_s": result.measure_time_s,
-                  "images_seen": result.images_seen, "fit_wall_s": result.wall_s,
-                  "latency_b1_ms": result.latency["batch_1"]["median_ms"],
-                  "latency_b1_iqr_ms": result.latency["batch_1"]["iqr_ms"],
-                  "latency_batch": bs,
-                  "latency_bN_ms": result.latency[f"batch_{bs}"]["median_ms"],
-                  "latency_bN_iqr_ms": result.latency[f"batch_{bs}"]["iqr_ms"]},
-        "latency": result.latency,
+                  "images_seen": result.images_seen, "fit_wall_s": result.wall_s},
         "memory": result.memory,
         "diagnostics": {"dead_filters": dead,
                         "dead_fraction": (sum(d["dead"] for d in dead.values()) /
@@ -141,6 +135,15 @@ def make_record(spec: VariantSpec, fold: int, seed: int, result, train_idx: np.n
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "spec": spec.run_dict(),
     }
+
+
+def run_metrics(result) -> dict:
+    """A run's headline numbers: the final epoch's, the best validation epoch, and the official test split."""
+    last = result.epochs[-1]
+    best = max(result.epochs, key=lambda e: e["val_acc"])
+    return {"val_acc": last["val_acc"], "val_loss": last["val_loss"], "train_acc": last["train_acc"],
+            "train_loss": last["train_loss"], "best_val_acc": best["val_acc"], "best_epoch": best["epoch"],
+            **(result.test or {})}
 
 
 def _save_weights(path: Path, model, spec: VariantSpec, fold: int, seed: int) -> None:

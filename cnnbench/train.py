@@ -20,7 +20,7 @@ from torch import nn
 from cnnbench.augment import augment, is_active
 from cnnbench.config import VariantSpec
 from cnnbench.data import ImageData
-from cnnbench.measure import LayerNorms, PeakMemory, dead_filters, latency
+from cnnbench.measure import LayerNorms, PeakMemory, dead_filters, weights_digest
 from cnnbench.models.build import build_model
 
 WARMUP_STEPS = 5  # steps excluded from the throughput figure (allocator and kernel set-up)
@@ -62,10 +62,10 @@ class FitResult:
     train_time_s: float  # training steps only, all epochs
     images_seen: int
     wall_s: float  # the whole fit: model build, data to device, training, evaluation, measurement
-    measure_time_s: float  # dead-filter pass and latency timing after training
-    memory: dict  # peak memory of training (see measure.PeakMemory)
-    latency: dict  # {"batch_1": {...}, "batch_<N>": {...}} in eval mode, after training
+    measure_time_s: float  # dead-filter pass after training
+    memory: dict  # memory that training added (see measure.PeakMemory)
     dead_filters: dict  # per ReLU layer: dead channels on the validation set, final model
+    init_digest: str  # sha256 of the initial weights: same run of two same-architecture variants -> same
     test: dict | None = None  # loss/acc on the official test split
 
 
@@ -125,16 +125,40 @@ def lr_factor(kind: str, step: int, total: int) -> float:
     return 1.0
 
 
+def init_model(spec: VariantSpec, seed: int, device: torch.device) -> nn.Module:
+    """The run's initial network: weights drawn from the run seed, channels_last on the device."""
+    torch.manual_seed(seed)
+    return build_model(spec.plan(), spec.input_shape).to(device, memory_format=torch.channels_last)
+
+
+def warm_up(spec: VariantSpec, device: torch.device) -> None:
+    """One training step and one evaluation batch of the variant's network on random data, so that
+    one-time costs of the process (lazy library set-up, kernel and thread-pool caches: ~170 MB and a few
+    hundred ms here) land before the first run rather than in its memory and time figures."""
+    model = init_model(spec, 0, device)
+    opt = make_optimizer(model, spec.train)
+    x = torch.randn(spec.train["batch_size"], *spec.input_shape, device=device).contiguous(
+        memory_format=torch.channels_last)
+    F.cross_entropy(model(x), torch.zeros(len(x), dtype=torch.long, device=device)).backward()
+    opt.step()
+    with torch.inference_mode():
+        model.eval()(torch.randn(EVAL_BATCH, *spec.input_shape, device=device).contiguous(
+            memory_format=torch.channels_last))
+    sync(device)
+
+
 def fit(spec: VariantSpec, images: ImageData, train_idx: np.ndarray, val_idx: np.ndarray, *, seed: int,
         device: torch.device, on_epoch: Callable[[dict], None] | None = None) -> FitResult:
+    """Train one run. `seed` is the run seed (cnnbench.seeds.run_seed): initial weights, batch order,
+    augmentation and dropout all draw from it."""
     t = spec.train
     fit_start = time.perf_counter()
     memory = PeakMemory(device)
     with memory:
-        torch.manual_seed(seed)
+        model = init_model(spec, seed, device)  # also seeds the global stream that dropout draws from
+        init_digest = weights_digest(model)
         shuffle_gen = torch.Generator().manual_seed(seed)
         aug_gen = torch.Generator(device=device).manual_seed(seed)
-        model = build_model(spec.plan(), spec.input_shape).to(device, memory_format=torch.channels_last)
 
         x_all = torch.from_numpy(images.x).to(device)  # (N, C, H, W) uint8
         y_all = torch.from_numpy(images.y).to(device)
@@ -190,9 +214,8 @@ def fit(spec: VariantSpec, images: ImageData, train_idx: np.ndarray, val_idx: np
                 "test_time_s": time.perf_counter() - t_test}
     t_measure = time.perf_counter()
     dead = dead_filters(model, x_val)
-    lat = {f"batch_{b}": latency(model, spec.input_shape, b, device) for b in (1, bs)}
     return FitResult(model, epochs, val_pred, throughput, train_time, images_seen, time.perf_counter() - fit_start,
-                     time.perf_counter() - t_measure, memory.as_dict(), lat, dead, test)
+                     time.perf_counter() - t_measure, memory.as_dict(), dead, init_digest, test)
 
 
 def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, sched, x_train: Images,

@@ -1,8 +1,10 @@
 """`cnnbench verify <run.json>`: re-run a run from its own record and compare the numbers.
 
-On the CPU (same thread count) every loss and accuracy must match exactly; that is the reproducibility
-promise. The data cache and split it used are checked by hash first, so a mismatch means the code,
-the seed or the environment changed, not the inputs.
+On the CPU (same thread count) every loss and accuracy, the record's final metrics, and every validation
+prediction must match exactly; that is the reproducibility promise. On a GPU the numbers must agree
+within a tolerance and at most a small fraction of the validation predictions may differ, counted and
+reported. The data cache and split it used are checked by hash first, and the spec hash must be the
+recorded one, so a mismatch means the code, the seed or the environment changed, not the inputs.
 """
 
 from __future__ import annotations
@@ -17,8 +19,14 @@ from cnnbench.config import VariantSpec
 from cnnbench.data import file_hash, load_cache, load_fold
 from cnnbench.errors import CnnbenchError
 from cnnbench.io import read_json
+from cnnbench.runner import run_metrics
+from cnnbench.seeds import run_seed
 
 COMPARED = ("train_loss", "train_acc", "val_loss", "val_acc", "lr")
+METRICS = ("val_acc", "val_loss", "train_acc", "train_loss", "best_val_acc", "best_epoch", "test_acc", "test_loss")
+# Off the CPU, kernels are not bit-reproducible, so a few near-tied logits may flip. The bound is a stated
+# choice (5 of 1000 validation images), not a measured GPU-vs-CPU figure; the count is always reported.
+MAX_PRED_DIFF = 0.005
 
 
 @dataclass
@@ -47,37 +55,41 @@ def verify(record_path: str | Path, data: str | Path | None = None, splits: str 
             raise CnnbenchError(f"{path}: not the file this run used (sha256 {file_hash(path)} != "
                                 f"{record['data'][key]}); pass the original with --data/--splits")
     spec = VariantSpec.from_dict(record["spec"])
-    lines = [f"re-running {record['study']}/{record['variant']} fold {record['fold']} seed {record['seed']}"]
+    seed = record_seed(record)
+    lines = [f"re-running {record['study']}/{record['variant']} fold {record['fold']} seed {record['seed']} "
+             f"(run seed {seed})"]
+    mismatches = []
     if spec.spec_hash != record["spec_hash"]:
-        lines.append(f"spec hash now {spec.spec_hash}, recorded {record['spec_hash']}: this code builds a different "
-                     "network or protocol from the same knobs")
+        mismatches.append(f"spec hash now {spec.spec_hash}, recorded {record['spec_hash']}: this code builds a "
+                          "different network or protocol from the same knobs")
     env = record["env"]
     dev = resolve_device(device or env["device"])
     set_determinism(dev, env.get("threads", 1))
     images = load_cache(data)
     train_idx, val_idx = load_fold(splits, record["fold"], images.y)
-    result = fit(spec, images, train_idx, val_idx, seed=record["seed"], device=dev)
+    result = fit(spec, images, train_idx, val_idx, seed=seed, device=dev)
     exact = dev.type == "cpu" and env["device"] == "cpu"
     tol = 0.0 if exact else 1e-4
-    mismatches = []
-    for old, new in zip(record["epochs"], result.epochs):
-        for key in COMPARED:
-            if not _close(old[key], new[key], tol):
-                mismatches.append(f"epoch {old['epoch']} {key}: recorded {old[key]!r}, now {new[key]!r}")
-    if len(record["epochs"]) != len(result.epochs):
-        mismatches.append(f"epochs: recorded {len(record['epochs'])}, now {len(result.epochs)}")
-    if not np.array_equal(np.asarray(record["val_pred"]), result.val_pred) and exact:
-        mismatches.append("validation predictions differ")
+    mismatches += _compare_epochs(record["epochs"], result.epochs, tol)
+    mismatches += _compare_metrics(record["metrics"], run_metrics(result), tol)
+    differ = _count_differing(np.asarray(record["val_pred"]), result.val_pred)
+    allowed = 0 if exact else math.floor(MAX_PRED_DIFF * len(result.val_pred))
+    if differ > allowed:
+        mismatches.append(f"validation predictions: {differ} of {len(result.val_pred)} differ (allowed {allowed})")
     if not exact:
-        lines.append(f"recorded on {env['device']}, re-run on {dev.type}: compared with tolerance {tol} "
+        lines.append(f"recorded on {env['device']}, re-run on {dev.type}: compared with tolerance {tol}, and at "
+                     f"most {MAX_PRED_DIFF:.1%} of validation predictions ({allowed}) may differ "
                      "(bit-identical results are promised on the CPU only)")
     if mismatches:
         lines += ["MISMATCH", *mismatches[:10]]
         if len(mismatches) > 10:
             lines.append(f"... and {len(mismatches) - 10} more")
     else:
-        lines.append(f"MATCH: {len(result.epochs)} epochs x {len(COMPARED)} numbers and "
-                     f"{len(result.val_pred)} validation predictions " + ("identical" if exact else "within tolerance"))
+        numbers = (f"{len(result.epochs)} epochs x {len(COMPARED)} numbers, "
+                   f"{sum(k in record['metrics'] for k in METRICS)} metrics")
+        lines.append(f"MATCH: {numbers} and {len(result.val_pred)} validation predictions identical" if exact else
+                     f"MATCH: {numbers} within tolerance {tol}; {differ} of {len(result.val_pred)} validation "
+                     f"predictions differ (at most {allowed}, {MAX_PRED_DIFF:.1%}, allowed)")
     if env.get("git_commit") and env.get("git_dirty") is not None:
         from cnnbench.env import git_state
 
@@ -88,7 +100,42 @@ def verify(record_path: str | Path, data: str | Path | None = None, splits: str 
     return Verdict(not mismatches, lines)
 
 
+def record_seed(record: dict) -> int:
+    """The seed the run trained with: recorded as `run_seed`, or derived as the runner derives it."""
+    if "run_seed" in record:
+        return record["run_seed"]
+    return run_seed(record["seed"], record["fold"], record.get("seed_offset", 0))
+
+
+def _count_differing(old: np.ndarray, new: np.ndarray) -> int:
+    """Validation predictions that differ; all of them when the counts differ."""
+    if old.shape != new.shape:
+        return max(len(old), len(new))
+    return int(np.count_nonzero(old != new))
+
+
+def _compare_epochs(old_epochs: list[dict], new_epochs: list[dict], tol: float) -> list[str]:
+    out = [f"epoch {old['epoch']} {key}: recorded {old[key]!r}, now {new[key]!r}"
+           for old, new in zip(old_epochs, new_epochs) for key in COMPARED if not _close(old[key], new[key], tol)]
+    if len(old_epochs) != len(new_epochs):
+        out.append(f"epochs: recorded {len(old_epochs)}, now {len(new_epochs)}")
+    return out
+
+
+def _compare_metrics(old: dict, new: dict, tol: float) -> list[str]:
+    """Every compared metric in the record or the re-run must be in both and agree."""
+    out = []
+    for key in METRICS:
+        if key not in old and key not in new:
+            continue
+        if key not in old or key not in new:
+            out.append(f"metrics {key}: {'missing from the record' if key not in old else 'not produced now'}")
+        elif not _close(old[key], new[key], tol):
+            out.append(f"metrics {key}: recorded {old[key]!r}, now {new[key]!r}")
+    return out
+
+
 def _close(a: float, b: float, tol: float) -> bool:
-    if tol == 0.0:
-        return a == b or (math.isnan(a) and math.isnan(b))
-    return math.isclose(a, b, rel_tol=tol, abs_tol=tol)
+    if a == b or (math.isnan(a) and math.isnan(b)):  # a diverged run (NaN loss) reproduces as NaN
+        return True
+    return tol > 0.0 and math.isclose(a, b, rel_tol=tol, abs_tol=tol)

@@ -8,6 +8,8 @@ import subprocess
 
 import pytest
 
+from tests.helpers import tiny_study
+
 
 @pytest.fixture(scope="session")
 def chromium() -> str:
@@ -25,3 +27,21 @@ def chromium() -> str:
     if path is None:
         pytest.skip("chromium is not installed and cannot be installed here (needs apt-get as root)")
     return path
+
+
+@pytest.fixture(scope="session")
+def recorded(tmp_path_factory):
+    """A real run record of the tiny study (batchnorm, fold 1), laid out as the workflow lays it out."""
+    from cnnbench.config import load_study
+    from cnnbench.data import load_source, make_splits, save_cache, save_splits
+    from cnnbench.runner import train_variant
+
+    root = tmp_path_factory.mktemp("results") / "tiny"
+    study = load_study(tiny_study(protocol={"folds": 2, "epochs": 2, "batch_size": 32}))
+    images = load_source(study.data, 0)
+    save_cache(images, root / "data.npz")
+    save_splits(root / "splits.json", make_splits(images.y, 2, 1, 0), images.y, 2, 1, 0)
+    train_variant(study.variants["batchnorm"], data_path=root / "data.npz", splits_path=root / "splits.json",
+                  folds=[1], seeds=[0], out_dir=root / "runs" / "batchnorm", weights_path=None,
+                  resume_root=root / ".resume", log=lambda m: None)
+    return root / "runs" / "batchnorm" / "fold1-seed0.json"

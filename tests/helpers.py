@@ -11,14 +11,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 TINY_STUDY = {
     "study": "tiny",
-    "description": "two variants on 300 digits, 2 folds, 1 epoch",
+    "description": "three variants and an A/A control on 300 digits, 2 folds, 1 epoch",
     "data": {"name": "digits", "subset": 300},
     "protocol": {"folds": 2, "seeds": [0], "epochs": 1, "batch_size": 32, "lr": 0.05},
     "execution": {"device": "cpu", "threads": 1},
     "baseline": "baseline",
+    "aa_control": True,
     "variants": {
         "baseline": {"base": "cnn", "description": "the small cnn"},
         "batchnorm": {"base": "baseline", "bn": True},
+        "dropout": {"base": "baseline", "dropout": 0.5},
     },
 }
 

@@ -161,3 +161,26 @@ def test_validation_does_not_import_torch():
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_aa_control_is_the_baseline_with_another_seed_offset():
+    from cnnbench.config import AA_CONTROL
+
+    study = load_study(tiny_study(aa_control=True))
+    aa, base = study.variants[AA_CONTROL], study.variants["baseline"]
+    assert aa.seed_offset == 1 and base.seed_offset == 0 and aa.compare_to == "baseline"
+    assert (aa.model, aa.train, aa.arch) == (base.model, base.train, base.arch) and aa.spec_hash != base.spec_hash
+    assert AA_CONTROL not in load_study(tiny_study(aa_control=False)).variants
+    with pytest.raises(ConfigError, match="reserved"):
+        load_study(tiny_study(aa_control=True, variants={**TINY_STUDY["variants"], AA_CONTROL: {"base": "cnn"}}))
+
+
+def test_compare_to_defaults_to_the_base_variant_and_is_checked():
+    variants = {"baseline": {"base": "cnn"}, "wide": {"base": "baseline", "width": 32},
+                "wide_bn": {"base": "wide", "bn": True}, "bn": {"base": "cnn", "bn": True},
+                "bn_vs_wide": {"base": "baseline", "bn": True, "compare_to": "wide"}}
+    study = load_study(tiny_study(variants=variants, aa_control=False))
+    assert study.references == {"wide": "baseline", "wide_bn": "wide", "bn": "baseline", "bn_vs_wide": "wide"}
+    assert study.variants["bn_vs_wide"].spec_hash == study.variants["bn"].spec_hash  # presentation only
+    with pytest.raises(ConfigError, match="variant 'bn', field 'compare_to'"):
+        load_study(tiny_study(variants={**variants, "bn": {"base": "cnn", "compare_to": "nope"}}))

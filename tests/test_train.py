@@ -115,6 +115,36 @@ def test_interrupted_job_resumes_without_retraining_finished_runs(prepared, tmp_
     assert (tmp_path / "runs" / "fold1-seed0.json").exists() and (tmp_path / "w.pt").exists()
 
 
+def test_run_seeds_differ_across_folds_and_are_shared_across_variants(prepared, tmp_path):
+    """Init variance is sampled (each fold starts from other weights) while pairing holds (two variants
+    with the same architecture start from the same weights on the same run)."""
+    study, images, root = prepared
+    study = load_study(tiny_study(protocol={"folds": 2, "epochs": 1, "batch_size": 32},
+                                  variants={"baseline": {"base": "cnn"}, "dropout": {"base": "baseline", "dropout": 0.5}},
+                                  aa_control=True))
+    records = {}
+    for v in ("baseline", "dropout", "aa_control"):
+        for path in train_variant(study.variants[v], data_path=root / "data.npz", splits_path=root / "splits.json",
+                                  folds=[0, 1], seeds=[0], out_dir=tmp_path / v, weights_path=None,
+                                  resume_root=tmp_path / "resume", log=lambda m: None):
+            r = json.loads(path.read_text())
+            records[v, r["fold"]] = r
+    assert records["baseline", 0]["init_digest"] != records["baseline", 1]["init_digest"]
+    assert records["baseline", 0]["run_seed"] != records["baseline", 1]["run_seed"]
+    for fold in (0, 1):
+        assert records["dropout", fold]["init_digest"] == records["baseline", fold]["init_digest"]
+        assert records["aa_control", fold]["init_digest"] != records["baseline", fold]["init_digest"]
+        assert records["aa_control", fold]["seed_offset"] == 1
+
+
+def test_run_seed_is_stable_and_distinct():
+    from cnnbench.seeds import run_seed
+
+    seeds = {run_seed(s, f, o) for s in range(3) for f in range(10) for o in range(2)}
+    assert len(seeds) == 60 and all(0 <= x < 2**63 for x in seeds)
+    assert run_seed(0, 0) == run_seed(0, 0, 0) == 1830133628637128347  # changing it changes every result
+
+
 def test_lr_schedules():
     assert lr_factor("constant", 50, 100) == 1.0
     assert lr_factor("cosine", 0, 100) == 1.0 and lr_factor("cosine", 100, 100) == pytest.approx(0)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -43,13 +44,17 @@ def finished(tmp_path_factory):
 def test_study_produces_results_and_report(finished):
     results = finished / "results" / "tiny"
     runs = pd.read_parquet(results / "runs.parquet")
-    assert sorted(zip(runs.variant, runs.fold)) == [("baseline", 0), ("baseline", 1), ("batchnorm", 0),
-                                                     ("batchnorm", 1)]
+    assert sorted(zip(runs.variant, runs.fold)) == [(v, f) for v in ("aa_control", "baseline", "batchnorm", "dropout")
+                                                     for f in (0, 1)]
     assert runs["val_acc"].between(0, 1).all() and (runs["train_img_per_s"] > 0).all()
-    assert len(pd.read_csv(results / "epochs.csv")) == 4  # 4 runs x 1 epoch
+    assert len(pd.read_csv(results / "epochs.csv")) == 8  # 8 runs x 1 epoch
+    timing = pd.read_parquet(results / "timing.parquet")
+    assert sorted(timing.variant) == ["baseline", "batchnorm", "dropout"] and (timing["train_img_per_s"] > 0).all()
+    per_example = pd.read_csv(finished / "reports" / "tiny" / "per_example.csv")
+    assert set(per_example.variant) == {"batchnorm", "dropout", "aa_control"} and per_example["mcnemar_p"].between(0, 1).all()
     html = (finished / "reports" / "tiny" / "index.html").read_text()
     assert "batchnorm" in html and "bn: no -&gt; yes" in html and "data:image/png;base64," in html
-    for rule in ("prepare_data", "split", "collect", "report", "train/baseline", "train/batchnorm"):
+    for rule in ("prepare_data", "split", "collect", "report", "train/baseline", "train/batchnorm", "time/baseline"):
         assert (results / "logs" / f"{rule}.log").exists(), rule
     assert "epoch 1/1" in (results / "logs" / "train" / "baseline.log").read_text()
     assert (results / "benchmarks" / "train" / "baseline.tsv").exists()
@@ -77,18 +82,59 @@ def test_report_renders_in_a_real_browser(finished, chromium, tmp_path):
         browser.close()
     assert failed == [] and errors == []
     assert len(images) >= 20 and all(ok and width > 0 for ok, width, _ in images), images
-    assert {"Findings", "Summary", "Accuracy per variant", "Effects on accuracy", "Accuracy vs cost", "Learning curves",
-            "Cost, speed, memory", "Per variant", "Environment and provenance"} <= set(sections)
-    assert "Ranking" not in sections  # a Friedman ranking needs three variants; this study has two
+    assert sections == ["Findings", "Noise floor: the A/A control", "Summary", "Accuracy per variant",
+                        "Effects on accuracy", "Per-example differences", "Accuracy vs cost", "Learning curves",
+                        "Error distributions", "Ranking (descriptive)", "Cost, speed, memory", "Per variant",
+                        "Environment and provenance", "Data behind this report"]
     assert (tmp_path / "report.png").stat().st_size > 10_000
 
 
 def test_report_numbers_come_from_the_runs(finished):
+    """Δ, CI, p and verdict of every comparison, recomputed here from runs.parquet with numpy/scipy alone."""
+    from scipy import stats
+
     runs = pd.read_parquet(finished / "results" / "tiny" / "runs.parquet")
     html = (finished / "reports" / "tiny" / "index.html").read_text()
     for variant, acc in runs.groupby("variant")["val_acc"].mean().items():
         assert f"{100 * acc:.2f} &plusmn;" in html, variant
-    assert "Nadeau-Bengio" in html and "Grad-CAM" in html
+    wide = runs.pivot_table(index=["fold", "seed"], columns="variant", values="val_acc")
+    n_train, n_val = runs["data_n_train"].mean(), runs["data_n_val"].mean()
+    rows = {}
+    for v in ("batchnorm", "dropout", "aa_control"):
+        d = (wide[v] - wide["baseline"]).groupby("fold").mean().to_numpy()
+        j = len(d)
+        se = np.sqrt((1 / j + n_val / n_train) * d.var(ddof=1))
+        t = d.mean() / se
+        half = stats.t.ppf(0.975, j - 1) * se
+        rows[v] = (d.mean(), d.mean() - half, d.mean() + half, 2 * stats.t.sf(abs(t), j - 1))
+    p = sorted((rows[v][3], v) for v in ("batchnorm", "dropout"))  # Holm over the two design comparisons
+    holm = {p[0][1]: min(1, 2 * p[0][0])}
+    holm[p[1][1]] = max(holm[p[0][1]], min(1, p[1][0]))
+    for v in ("batchnorm", "dropout"):
+        mean, low, high, _ = rows[v]
+        verdict = "no detectable difference" if holm[v] >= 0.05 else ("better" if mean > 0 else "worse")
+        expected = f"<b>{v}</b> ("
+        line = next(li for li in html.split("<li>") if li.startswith(expected))
+        assert f"<b>{100 * mean:+.2f} pts</b> [{100 * low:+.2f}, {100 * high:+.2f}]" in line, line
+        assert f"p<sub>Holm</sub> = {holm[v]:.2g}" in line and verdict in line, line
+    mean, low, high, pv = rows["aa_control"]
+    assert f"differs from itself by <b>{100 * mean:+.2f} pts</b> [{100 * low:+.2f}, {100 * high:+.2f}], p = {pv:.2g}" in html
+    assert "Nadeau-Bengio" in html and "Grad-CAM" in html and "Description only, not a test" in html
+    assert "Friedman test over" not in html and "critical difference" not in html
+
+
+def test_timing_jobs_hold_every_core(tmp_path):
+    """The DAG runs each variant's timing alone: a `time` job needs all the cores the workflow has, so
+    Snakemake starts no other job beside it."""
+    write_yaml(tmp_path / "study.yaml", TINY_STUDY)
+    for cores in ("2", "5"):
+        out = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
+                              "--configfile", str(tmp_path / "study.yaml"), "--cores", cores, "-n"],
+                             capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        jobs = re.findall(r"rule (\w+):\n(?:\s+\S.*\n)*?\s+threads: (\d+)", out.stdout + out.stderr)
+        timed = [int(t) for rule, t in jobs if rule == "time"]
+        assert len(timed) == 3 and set(timed) == {int(cores)}, jobs
 
 
 def test_snakemake_report_collects_the_marked_outputs(finished):
@@ -99,20 +145,20 @@ def test_snakemake_report_collects_the_marked_outputs(finished):
 
 def test_adding_a_variant_trains_only_that_variant(finished):
     before = {p: p.stat().st_mtime_ns for p in (finished / "results" / "tiny" / "runs").rglob("*.json")}
-    study = tiny_study(variants={**TINY_STUDY["variants"], "dropout": {"base": "baseline", "dropout": 0.5}})
+    study = tiny_study(variants={**TINY_STUDY["variants"], "wide": {"base": "baseline", "width": 12}})
     write_yaml(finished / "study.yaml", study)
-    assert planned_train_jobs(finished) == ["dropout"]
+    assert planned_train_jobs(finished) == ["wide"]
     out = snakemake(finished)
     assert out.returncode == 0, out.stderr
     assert all(p.stat().st_mtime_ns == t for p, t in before.items())  # finished runs untouched
     runs = pd.read_parquet(finished / "results" / "tiny" / "runs.parquet")
-    assert set(runs.variant) == {"baseline", "batchnorm", "dropout"}
-    assert "dropout: 0.0 -&gt; 0.5" in (finished / "reports" / "tiny" / "index.html").read_text()
+    assert set(runs.variant) == {"baseline", "batchnorm", "dropout", "wide", "aa_control"}
+    assert "width: none -&gt; 12" in (finished / "reports" / "tiny" / "index.html").read_text()
 
 
 def test_changing_a_variant_reruns_exactly_that_variant(finished):
-    study = tiny_study(variants={**TINY_STUDY["variants"], "dropout": {"base": "baseline", "dropout": 0.5}})
-    study["variants"]["batchnorm"] = {"base": "baseline", "bn": True, "width": 8}
+    study = tiny_study(variants={**TINY_STUDY["variants"], "wide": {"base": "baseline", "width": 12}})
+    study["variants"]["batchnorm"] = {"base": "baseline", "bn": True, "width": 10}
     write_yaml(finished / "study.yaml", study)
     assert planned_train_jobs(finished) == ["batchnorm"]
     study["variants"]["batchnorm"]["description"] = "words only"  # not part of the spec hash

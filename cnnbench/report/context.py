@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cnnbench.config import VariantSpec, describe_changes
+from cnnbench.config import AA_CONTROL, VariantSpec, describe_changes
 from cnnbench.data import ImageData, load_cache, load_fold
 from cnnbench.errors import CnnbenchError
 from cnnbench.io import read_json
@@ -27,12 +27,13 @@ class ReportContext:
     models_dir: Path
     out_dir: Path  # where index.html goes (links to the data files are relative to it)
     variant_descriptions: dict[str, str] = field(default_factory=dict)
+    references: dict[str, str] = field(default_factory=dict)  # variant -> what it is compared with
 
     @classmethod
     def load(cls, *, results_dir, data_path, splits_path, models_dir, baseline, title, out_dir, description="",
-             variant_descriptions=None) -> "ReportContext":
+             variant_descriptions=None, references=None) -> "ReportContext":
         ctx = cls(title, description, baseline, Path(results_dir), Path(data_path), Path(splits_path),
-                  Path(models_dir), Path(out_dir), variant_descriptions or {})
+                  Path(models_dir), Path(out_dir), variant_descriptions or {}, references or {})
         if baseline not in ctx.specs:
             raise CnnbenchError(f"baseline {baseline!r} has no runs in {results_dir}; variants: {', '.join(ctx.specs)}")
         return ctx
@@ -56,11 +57,25 @@ class ReportContext:
 
     @property
     def variants(self) -> list[str]:
-        """Baseline first, then the config's order."""
-        return [self.baseline] + [v for v in self.specs if v != self.baseline]
+        """Baseline first, then the config's order (the A/A control, if any, last)."""
+        return [self.baseline] + [v for v in self.specs if v not in (self.baseline, AA_CONTROL)] + \
+            ([AA_CONTROL] if self.has_aa_control else [])
+
+    @property
+    def design_variants(self) -> list[str]:
+        """The variants whose effects the report tests: all but the baseline and the A/A control."""
+        return [v for v in self.variants if v not in (self.baseline, AA_CONTROL)]
+
+    @property
+    def has_aa_control(self) -> bool:
+        return AA_CONTROL in self.specs
+
+    def reference(self, variant: str) -> str:
+        return self.references.get(variant, self.baseline)
 
     def changes(self, variant: str) -> list[str]:
-        return describe_changes(self.specs[self.baseline], self.specs[variant])
+        """What a variant changes relative to the variant it is compared with."""
+        return describe_changes(self.specs[self.reference(variant)], self.specs[variant])
 
     def link(self, path: Path) -> str:
         """A link target relative to the report, so the page works wherever the repo is."""
@@ -69,13 +84,39 @@ class ReportContext:
     # --- derived ----------------------------------------------------------------------------------
     @cached_property
     def comparison(self) -> pd.DataFrame:
+        """Every design variant against its reference: one Holm family, the report's only verdicts."""
         from cnnbench.stats import compare
 
-        return compare(self.runs, self.baseline, "val_acc").set_index("variant")
+        return compare(self.runs, self.baseline, "val_acc", variants=self.design_variants,
+                       references=self.references).set_index("variant")
+
+    @cached_property
+    def aa(self):
+        """The A/A control against the baseline (a `stats.Comparison`), or None without one."""
+        from cnnbench.stats import compare_pair
+
+        return compare_pair(self.runs, self.baseline, AA_CONTROL, "val_acc") if self.has_aa_control else None
+
+    @cached_property
+    def per_example(self) -> pd.DataFrame:
+        from cnnbench.report.per_example import mcnemar_table
+
+        return mcnemar_table(self)
+
+    @cached_property
+    def timing(self) -> pd.DataFrame:
+        """Speed measured alone, one row per variant (the A/A control shares the baseline's)."""
+        path = self.results_dir / "timing.parquet"
+        t = pd.read_parquet(path) if path.exists() else pd.DataFrame(columns=["variant"])
+        t = t.set_index("variant")
+        if self.has_aa_control and self.baseline in t.index:
+            t.loc[AA_CONTROL] = t.loc[self.baseline]
+        return t
 
     @cached_property
     def devices(self) -> list[str]:
-        return sorted(set(self.runs["device_name"].astype(str)))
+        names = self.timing["device_name"] if "device_name" in self.timing else self.runs["device_name"]
+        return sorted(set(names.astype(str)))
 
     @cached_property
     def images(self) -> ImageData:

@@ -25,6 +25,7 @@ table{border-collapse:collapse;font-size:.88rem;background:#fff;margin:.5rem 0}
 th,td{padding:.3rem .55rem;border-bottom:1px solid #e3e6ec;text-align:left;vertical-align:top}
 th{background:#f0f2f6;position:sticky;top:2.2rem} td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
 tr.baseline td{background:#f4f7fd;font-weight:600}
+.alarm{border:3px solid #c62828;background:#fdecea;padding:.2rem 1rem;margin:.5rem 0;font-size:1.05rem}
 .better{color:#1a7f37;font-weight:600}.worse{color:#c62828;font-weight:600}.nodiff{color:#5f6b7a}
 figure{margin:.8rem 0} figure img{max-width:100%;height:auto;background:#fff;border:1px solid #e3e6ec}
 figcaption{font-size:.85rem;color:#5f6b7a;max-width:900px}

@@ -1,5 +1,6 @@
 """Report sections. Each is a function `(ReportContext) -> Section | None`; the report shows them in
-the order of `SECTIONS`, so adding a section is writing one function and listing it there."""
+the order of `report_sections()`, so adding a section is writing one function and listing it there.
+Sections of their own topic live in their own modules (calibration, ranking, per_example)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from cnnbench.report.tables import html_table
+from cnnbench.config import AA_CONTROL
 from cnnbench.report.figures import BASELINE_COLOR, VARIANT_COLOR, VERDICT_COLORS, figure_html, plt, sns
+from cnnbench.report.format import device_note, pts, pvalue, si, verdict_html
+from cnnbench.report.tables import html_table
 from cnnbench.results import job_overhead
-from cnnbench.stats import friedman
 
 @dataclass(frozen=True)
 class Section:
@@ -22,73 +24,57 @@ class Section:
     html: str
 
 
-def pts(x: float, sign: bool = True) -> str:
-    """A fraction as percentage points."""
-    return f"{100 * x:+.2f}" if sign else f"{100 * x:.2f}"
-
-
-def si(x: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(x) >= scale:
-            return f"{x / scale:.3g}{unit}"
-    return f"{x:.3g}"
-
-
-def verdict_html(row: pd.Series) -> str:
-    css = {"better": "better", "worse": "worse"}.get(row["verdict"], "nodiff")
-    text = html.escape(row["verdict"])
-    if row["below_noise"]:
-        noise = pts(row["noise_floor"], False)
-        text += (f' <span class="note">(smaller than the &plusmn;{noise}-pt noise of a single fold: detectable only '
-                 "across the paired runs)</span>" if css != "nodiff" else
-                 f' <span class="note">(|&Delta;| within the &plusmn;{noise}-pt noise of a single fold)</span>')
-    return f'<span class="{css}">{text}</span>'
-
-
 def variant_summary(ctx) -> pd.DataFrame:
-    """Per variant: accuracy mean and sd over runs, cost, median speed and latency."""
+    """Per variant: accuracy mean and sd over runs, cost, and speed measured alone (cnnbench.timing)."""
     g = ctx.runs.groupby("variant")
-    out = pd.DataFrame({
-        "n": g.size(), "acc_mean": g["val_acc"].mean(), "acc_sd": g["val_acc"].std(ddof=1),
-        "params": g["params"].first(), "macs": g["macs_forward"].first(),
-        "epoch_time_s": g["epoch_time_s"].median(), "img_per_s": g["train_img_per_s"].median(),
-        "latency_b1_ms": g["latency_b1_ms"].median(),
-    })
+    out = pd.DataFrame({"n": g.size(), "acc_mean": g["val_acc"].mean(), "acc_sd": g["val_acc"].std(ddof=1),
+                        "params": g["params"].first(), "macs": g["macs_forward"].first()})
+    timing = ctx.timing.reindex(out.index)
+    for col in ("epoch_time_s", "train_img_per_s", "latency_b1_ms"):
+        out[col] = timing[col] if col in timing else np.nan
     return out.loc[ctx.variants]
 
 
-def device_note(ctx) -> str:
-    if len(ctx.devices) == 1:
-        return f"Timings measured on {html.escape(ctx.devices[0])}."
-    return (f'<b class="worse">Timings come from {len(ctx.devices)} different devices '
-            f'({html.escape(", ".join(ctx.devices))}); compare them only within a device (see the environment '
-            "section).</b>")
+def design_line(ctx) -> str:
+    """How many runs each comparison pairs, and how they become resamples."""
+    split = ctx.specs[ctx.baseline].split
+    seeds = ctx.runs.loc[ctx.runs.variant == ctx.baseline, "seed"].nunique()
+    j = split["repeats"] * split["folds"]
+    seeds_text = (f" &times; {seeds} seeds, averaged within each fold first, so J = {j} resamples"
+                  if seeds > 1 else f", J = {j} resamples")
+    return f"{j * seeds} paired runs ({split['repeats']} &times; {split['folds']}-fold cross-validation{seeds_text})"
 
 
 # --- sections ----------------------------------------------------------------------------------------
 
 def findings(ctx) -> Section:
-    """The first screen: for every variant, the effect on accuracy, how sure we are, and what it costs."""
+    """The first screen: the measured noise floor, then every variant's effect, how sure we are, what it
+    could have detected and what it costs."""
+    from cnnbench.report.calibration import aa_finding
+
     cmp, s = ctx.comparison, variant_summary(ctx)
-    base = s.loc[ctx.baseline]
-    split = ctx.specs[ctx.baseline].split
     items = []
     for v, row in cmp.sort_values("diff", ascending=False).iterrows():
+        ref = row["reference"]
         changed = html.escape("; ".join(ctx.changes(v)) or "same knobs")
-        cost = (f"{s.loc[v, 'macs'] / base.macs:.2g}&times; MACs, "
-                f"{s.loc[v, 'epoch_time_s'] / base.epoch_time_s:.2g}&times; time per epoch")
-        items.append(f"<li><b>{html.escape(v)}</b> ({changed}): &Delta; accuracy <b>{pts(row['diff'])} pts</b> "
-                     f"[{pts(row['ci_low'])}, {pts(row['ci_high'])}], p<sub>Holm</sub> = {row['p_holm']:.2g} "
+        vs = "" if ref == ctx.baseline else f" vs <b>{html.escape(ref)}</b>"
+        cost = f"{s.loc[v, 'macs'] / s.loc[ref, 'macs']:.2g}&times; MACs"
+        if np.isfinite(s.loc[ref, "epoch_time_s"]):
+            cost += f", {s.loc[v, 'epoch_time_s'] / s.loc[ref, 'epoch_time_s']:.2g}&times; time per epoch"
+        items.append(f"<li><b>{html.escape(v)}</b>{vs} ({changed}): &Delta; accuracy <b>{pts(row['diff'])} pts</b> "
+                     f"[{pts(row['ci_low'])}, {pts(row['ci_high'])}], p<sub>Holm</sub> = {pvalue(row['p_holm'])} "
                      f"&rarr; {verdict_html(row)}; {cost}</li>")
-    n_pairs = int(cmp["pairs"].max()) if len(cmp) else 0
+    base = s.loc[ctx.baseline]
     lead = (f"<p>Every variant against <b>{html.escape(ctx.baseline)}</b> (validation accuracy "
-            f"{pts(base.acc_mean, False)}% &plusmn; {pts(base.acc_sd, False)}), paired on the same "
-            f"{n_pairs} runs ({split['repeats']} &times; {split['folds']}-fold cross-validation). "
-            "Differences in percentage points with 95% confidence intervals from the Nadeau-Bengio corrected "
-            "resampled t-test. The intervals are per comparison; the verdict uses p-values Holm-adjusted over "
-            f"the {len(cmp)} variants, so an interval that just excludes 0 can still be 'no detectable "
-            "difference'.</p>")
-    return Section("findings", "Findings", lead + (f"<ul>{''.join(items)}</ul>" if items else ""))
+            f"{pts(base.acc_mean, False)}% &plusmn; {pts(base.acc_sd, False)}) unless another reference is "
+            f"named, paired on the same {design_line(ctx)}. Differences in percentage points with 95% "
+            "confidence intervals from the Nadeau-Bengio corrected resampled t-test. The intervals are per "
+            f"comparison; the verdicts use p-values Holm-adjusted over all {len(cmp)} comparisons (the only "
+            "significance claims this report makes), so an interval that just excludes 0 can still be 'no "
+            "detectable difference'. Where there is none, the note says the smallest difference this study "
+            "could have detected with 80% power at Holm's strictest level (run <code>cnnbench plan</code> for "
+            "the runs a smaller one needs).</p>")
+    return Section("findings", "Findings", aa_finding(ctx) + lead + (f"<ul>{''.join(items)}</ul>" if items else ""))
 
 
 def summary_table(ctx) -> Section:
@@ -101,20 +87,23 @@ def summary_table(ctx) -> Section:
         if v in cmp.index:
             c = cmp.loc[v]
             delta = (f"{pts(c['diff'])} [{pts(c['ci_low'])}, {pts(c['ci_high'])}]", c["diff"])
-            p, verdict = (f"{c['p_holm']:.2g}", c["p_holm"]), verdict_html(c)
+            ref = (html.escape(c["reference"]), 0.0)
+            p, verdict = (pvalue(c["p_holm"]), c["p_holm"]), verdict_html(c)
         else:
-            delta, p, verdict = ("", 0.0), ("", 1.0), ""
+            delta, ref, p, verdict = ("", 0.0), ("", 0.0), ("", 1.0), ""
         rows.append([f'<span title="{desc}">{html.escape(v)}</span>', changed, (f"{int(r.params):,}", r.params),
                      (si(r.macs), r.macs), (f"{r.epoch_time_s:.2f}", r.epoch_time_s),
-                     (f"{r.img_per_s:,.0f}", r.img_per_s), (f"{r.latency_b1_ms:.2f}", r.latency_b1_ms),
-                     (f"{pts(r.acc_mean, False)} &plusmn; {pts(r.acc_sd, False)}", r.acc_mean), delta, p, verdict])
+                     (f"{r.train_img_per_s:,.0f}", r.train_img_per_s), (f"{r.latency_b1_ms:.2f}", r.latency_b1_ms),
+                     (f"{pts(r.acc_mean, False)} &plusmn; {pts(r.acc_sd, False)}", r.acc_mean), ref, delta, p,
+                     verdict])
     header = ["variant", "what changed", "params", "MACs/img", "s/epoch", "img/s", "latency b=1 (ms)",
-              "val acc % (mean ± sd)", "Δ acc, pts [95% CI]", "p (Holm)", "verdict"]
-    table = html_table(header, rows, numeric={2, 3, 4, 5, 6, 7, 8, 9}, sortable=True,
+              "val acc % (mean ± sd)", "compared with", "Δ acc, pts [95% CI]", "p (Holm)", "verdict"]
+    table = html_table(header, rows, numeric={2, 3, 4, 5, 6, 7, 9, 10}, sortable=True,
                        row_class=lambda i: "baseline" if i == 0 else "")
     note = (f'<p class="note">Click a column to sort. Accuracy: final-epoch validation accuracy, mean &plusmn; '
             "sample sd over runs. MACs: multiply-accumulates per image, one forward pass. s/epoch, img/s "
-            "(training, warm-up excluded) and latency (eval mode, batch 1): medians over runs. "
+            "(training step, warm-up excluded) and latency (eval mode, batch 1): measured alone, with no other "
+            f"job of the workflow running (medians over repeated blocks; spread in 'Cost, speed, memory'). "
             f"{device_note(ctx)}</p>")
     return Section("summary", "Summary", table + note)
 
@@ -141,8 +130,9 @@ def effects(ctx) -> Section | None:
         return None
     order = cmp.sort_values("diff").index.tolist()
     fig, ax = plt.subplots(figsize=(8, 0.42 * len(order) + 1.3))
-    noise = cmp["noise_floor"].mean()
-    ax.axvspan(-100 * noise, 100 * noise, color="0.9", zorder=0, label="noise of one fold (binomial 95% CI)")
+    if ctx.aa is not None and np.isfinite(ctx.aa.test.ci_low):
+        ax.axvspan(100 * ctx.aa.test.ci_low, 100 * ctx.aa.test.ci_high, color="0.9", zorder=0,
+                   label="A/A control's 95% CI (measured noise)")
     ax.axvline(0, color=BASELINE_COLOR, lw=1)
     for i, v in enumerate(order):
         c = cmp.loc[v]
@@ -150,28 +140,33 @@ def effects(ctx) -> Section | None:
         ax.errorbar(100 * c["diff"], i, xerr=[[100 * (c["diff"] - c["ci_low"])], [100 * (c["ci_high"] - c["diff"])]],
                     fmt="o", color=color, capsize=3)
     ax.set_yticks(range(len(order)), order)
-    ax.set(xlabel=f"Δ validation accuracy vs {ctx.baseline} (percentage points)")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.set(xlabel="Δ validation accuracy vs the reference (percentage points)")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right", fontsize=8)
     forest = figure_html(fig, "forest plot of accuracy differences",
-                         "Mean paired difference and 95% CI (corrected resampled t-test). Green: better, red: "
-                         "worse, grey: no detectable difference after Holm adjustment.")
+                         "Mean paired difference and 95% CI (corrected resampled t-test) against each variant's "
+                         "reference. Green: better, red: worse, grey: no detectable difference after Holm "
+                         "adjustment. Shaded: the A/A control's interval, what noise alone produces here.")
     return Section("effects", "Effects on accuracy", forest + paired_lines(ctx))
 
 
 def paired_lines(ctx) -> str:
-    others = [v for v in ctx.variants if v != ctx.baseline]
+    others = ctx.design_variants + ([AA_CONTROL] if ctx.has_aa_control else [])
+    if not others:
+        return ""
     cols = min(5, len(others))
     rows = int(np.ceil(len(others) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.4 * rows), sharey=True, squeeze=False)
     runs = ctx.runs
     for ax, v in zip(axes.flat, others):
-        wide = runs[runs.variant.isin([ctx.baseline, v])].pivot_table(index=["fold", "seed"], columns="variant",
-                                                                      values="val_acc").dropna() * 100
+        ref = ctx.reference(v)
+        wide = runs[runs.variant.isin([ref, v])].pivot_table(index=["fold", "seed"], columns="variant",
+                                                             values="val_acc").dropna() * 100
         for _, r in wide.iterrows():
-            up = r[v] > r[ctx.baseline]
-            ax.plot([0, 1], [r[ctx.baseline], r[v]], color=VERDICT_COLORS["better" if up else "worse"], alpha=0.6,
+            up = r[v] > r[ref]
+            ax.plot([0, 1], [r[ref], r[v]], color=VERDICT_COLORS["better" if up else "worse"], alpha=0.6,
                     marker="o", ms=3)
-        ax.set_xticks([0, 1], [ctx.baseline, v], fontsize=7)
+        ax.set_xticks([0, 1], [ref, v], fontsize=7)
         ax.set_xlim(-0.3, 1.3)
         ax.set_title(v, fontsize=9)
     axes[0, 0].set_ylabel("validation accuracy (%)")
@@ -179,8 +174,8 @@ def paired_lines(ctx) -> str:
         ax.set_visible(False)
     fig.tight_layout()
     return figure_html(fig, "paired runs per variant",
-                       "Each line joins the baseline and the variant on the same fold and seed (green: the variant "
-                       "is better on that pair).")
+                       "Each line joins the reference and the variant on the same fold and seed (green: the "
+                       "variant is better on that pair).")
 
 
 def cost_vs_accuracy(ctx) -> Section:
@@ -208,12 +203,16 @@ def cost_vs_accuracy(ctx) -> Section:
 
 
 def pareto_front(cost: pd.Series, acc: pd.Series) -> list:
-    """Labels of the points that no cheaper (or equally cheap) point beats in accuracy."""
+    """Labels of the points that no other point dominates (cost <= and accuracy >=, one of them strictly).
+    Among equally cheap points only the most accurate can be on the front (the default study's baseline,
+    batchnorm and dropout share 1,031,744 MACs)."""
+    order = pd.DataFrame({"cost": cost, "acc": acc}).sort_values(["cost", "acc"], ascending=[True, False],
+                                                                  kind="stable")
     front, best = [], -np.inf
-    for label in cost.sort_values(kind="stable").index:
-        if acc[label] > best:
+    for label, row in order.iterrows():
+        if row["acc"] > best:
             front.append(label)
-            best = acc[label]
+            best = row["acc"]
     return front
 
 
@@ -264,55 +263,51 @@ def error_edfs(ctx) -> Section:
         "left and rising steeply is a variant that is good and reliably so."))
 
 
-def ranking(ctx) -> Section | None:
-    r = friedman(ctx.runs, "val_acc")
-    if r is None:
-        return None
-    rows = [[html.escape(v), (f"{rank:.2f}", rank)] for v, rank in r.mean_ranks.items()]
-    table = html_table(["variant", "mean rank (1 = best)"], rows, numeric={1})
-    fig, ax = plt.subplots(figsize=(8, 0.3 * len(rows) + 1.2))
-    ranks = r.mean_ranks
-    ax.scatter(ranks.values, range(len(ranks)), color=VARIANT_COLOR)
-    ax.set_yticks(range(len(ranks)), ranks.index)
-    best = ranks.iloc[0]
-    ax.plot([best, best + r.critical_difference], [-0.7, -0.7], color="black", lw=3)
-    ax.annotate(f"critical difference = {r.critical_difference:.2f}", (best, -0.7), xytext=(0, 6),
-                textcoords="offset points", fontsize=8)
-    ax.set_ylim(len(ranks) - 0.5, -1.3)
-    ax.set(xlabel="mean rank over paired runs (1 = best)")
-    text = (f"<p>Friedman test over {r.blocks} paired runs: &chi;&sup2; = {r.statistic:.1f}, p = {r.p:.2g}. "
-            "Variants whose mean ranks differ by more than the Nemenyi critical difference differ "
-            "significantly (&alpha; = 0.05).</p>")
-    return Section("ranking", "Ranking", text + '<div class="grid">' + table + figure_html(fig, "mean ranks") + "</div>")
-
-
 def measurements(ctx) -> Section:
+    """Cost, speed measured alone (with its spread), and what training added to memory."""
     g = ctx.runs.groupby("variant")
+    t = ctx.timing
     rows = []
     for v in ctx.variants:
         r = g.get_group(v)
+        tv = t.loc[v] if v in t.index else None
+
+        def timed(col, fmt):
+            if tv is None:
+                return ("n/a", -1)
+            return (f"{tv[col]:{fmt}} ({tv[col + '_iqr']:{fmt}})" if col + "_iqr" in tv else f"{tv[col]:{fmt}}",
+                    tv[col])
+
         rows.append([
             html.escape(v), (si(r["flops_forward"].iloc[0]), r["flops_forward"].iloc[0]),
             (si(r["flops_train_step"].iloc[0]), r["flops_train_step"].iloc[0]),
-            (f"{r['latency_b1_ms'].median():.3f} ({r['latency_b1_iqr_ms'].median():.3f})", r["latency_b1_ms"].median()),
-            (f"{r['latency_bN_ms'].median():.2f} ({r['latency_bN_iqr_ms'].median():.2f})", r["latency_bN_ms"].median()),
+            timed("train_img_per_s", ",.0f"), timed("epoch_time_s", ".2f"),
+            (f"{tv['latency_b1_ms']:.3f} ({tv['latency_b1_iqr_ms']:.3f})", tv["latency_b1_ms"]) if tv is not None
+            else ("n/a", -1),
+            (f"{tv['latency_bN_ms']:.2f} ({tv['latency_bN_iqr_ms']:.2f})", tv["latency_bN_ms"]) if tv is not None
+            else ("n/a", -1),
             (f"{r['train_img_per_s'].median():,.0f}", r["train_img_per_s"].median()),
-            (f"{r['train_time_s'].median():.1f}", r["train_time_s"].median()),
-            (f"{r['memory_peak_mb'].median():,.0f}", r["memory_peak_mb"].median()),
+            (f"{r['memory_train_mb'].median():,.1f}", r["memory_train_mb"].median()),
             (f"{100 * r['dead_fraction'].mean():.1f}" if r["dead_fraction"].notna().any() else "n/a",
              r["dead_fraction"].mean() if r["dead_fraction"].notna().any() else -1),
         ])
-    batch = int(ctx.runs["latency_batch"].iloc[0])
-    kind = ctx.runs["memory_kind"].iloc[0].replace("_", " ")
-    header = ["variant", "FLOPs/img forward", "FLOPs/img train step", "latency b=1 ms (IQR)",
-              f"latency b={batch} ms (IQR)", "train img/s", "train time s", f"peak MiB ({kind})", "dead ReLU %"]
+    batch = int(t["latency_batch"].iloc[0]) if "latency_batch" in t and len(t) else "N"
+    kind = {"process_rss": "process RSS", "cuda_allocator": "CUDA allocator"}.get(
+        str(ctx.runs["memory_kind"].iloc[0]), str(ctx.runs["memory_kind"].iloc[0]))
+    header = ["variant", "FLOPs/img forward", "FLOPs/img train step", "train img/s alone (IQR)",
+              "s/epoch alone (IQR)", "latency b=1 ms (IQR)", f"latency b={batch} ms (IQR)",
+              "train img/s under load (median over runs)", f"training memory MiB ({kind})", "dead ReLU %"]
     note = (f'<p class="note">FLOPs: {html.escape(ctx.runs["flop_counter"].iloc[0])}, per image; a training '
-            "step is forward + backward. Latency: eval mode, median (IQR) over 25 timed blocks after an untimed "
-            "warm-up, then the median over runs. Peak memory: from the start of a run to its end (the CUDA "
-            "allocator's peak on a GPU). Dead ReLU: channels that output zero for every validation image, "
-            f"final model. {device_note(ctx)}</p>")
+            "step is forward + backward. <b>Alone</b>: measured by the workflow's <code>time</code> job, which "
+            "holds every core (and the GPU) so that no other job runs meanwhile: training steps on fold 0's "
+            "images after untimed warm-up steps, median and IQR over 9 timed blocks; latency in eval mode, "
+            "median (IQR) over 25 timed blocks after an untimed warm-up. <b>Under load</b>: what the training "
+            "jobs saw while other jobs shared the machine; kept for reference, not for comparison. Training "
+            "memory: the peak during a run minus the level at its start (the process's torch and data, "
+            "measured after freed memory is returned to the OS), median over runs. Dead ReLU: channels that "
+            f"output zero for every validation image, final model. {device_note(ctx)}</p>")
     return Section("measurements", "Cost, speed, memory",
-                   html_table(header, rows, numeric=set(range(1, 9)), sortable=True) + note)
+                   html_table(header, rows, numeric=set(range(1, 10)), sortable=True) + note)
 
 
 def environment(ctx) -> Section:
@@ -366,5 +361,10 @@ def per_variant(ctx) -> Section:
                                                       for v in ctx.variants))
 
 
-SECTIONS: list[Callable] = [findings, summary_table, accuracy_plot, effects, cost_vs_accuracy, learning_curves, error_edfs,
-                            ranking, measurements, per_variant, environment, data_files]
+def report_sections() -> list[Callable]:
+    from cnnbench.report.calibration import aa_control
+    from cnnbench.report.per_example import per_example
+    from cnnbench.report.ranking import ranking
+
+    return [findings, aa_control, summary_table, accuracy_plot, effects, per_example, cost_vs_accuracy,
+            learning_curves, error_edfs, ranking, measurements, per_variant, environment, data_files]

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from cnnbench.report.figures import figure_html, plt, sns
+from cnnbench.report.per_example import per_example_rows
 from cnnbench.report.tables import html_table
 
 GALLERY = 16  # misclassified examples shown
@@ -29,7 +30,7 @@ def variant_details(ctx, variant: str, open_: bool = False) -> str:
         note = f"First run's model (fold {saved['fold']}, seed {saved['seed']})"
         parts += [f'<h3>{note}: kernels and feature maps</h3>', kernels_and_maps(ctx, model, val, val_idx),
                   "<h3>Where it looks: class-activation maps (Grad-CAM)</h3>", cams(ctx, model, val, val_idx)]
-    parts += ["<h3>Errors over all runs</h3>", confusion_and_gallery(ctx, variant),
+    parts += ["<h3>Errors over all runs</h3>", confusion_and_gallery(ctx, variant), per_example_rows(ctx, variant),
               "<h3>Diagnostics</h3>", diagnostics(ctx, variant)]
     summary = html.escape(variant) + (f" &mdash; {html.escape(desc)}" if desc else "")
     return (f'<details id="variant-{html.escape(variant)}"{" open" if open_ else ""}><summary>{summary}</summary>'

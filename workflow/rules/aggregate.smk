@@ -1,6 +1,8 @@
 rule collect:
     input:
         runs=[f for v in STUDY.variants for f in run_files(v)],
+        timings=expand(rules.time.output[0], variant=TIMED),
+        data=rules.prepare_data.output[0],
         splits=rules.split.output[0],
     output:
         runs=f"{RESULTS}/runs.parquet",
@@ -13,6 +15,8 @@ rule collect:
         dead_filters_csv=f"{RESULTS}/dead_filters.csv",
         predictions=f"{RESULTS}/predictions.parquet",
         predictions_csv=f"{RESULTS}/predictions.csv",
+        timing=f"{RESULTS}/timing.parquet",
+        timing_csv=f"{RESULTS}/timing.csv",
         specs=f"{RESULTS}/specs.json",
     params:
         out_dir=lambda w, output: os.path.dirname(output.runs),
@@ -21,4 +25,5 @@ rule collect:
     conda:
         ENV
     shell:
-        "cnnbench collect {input.runs} --splits {input.splits} --out-dir {params.out_dir} 2> {log}"
+        "cnnbench collect {input.runs} --timings {input.timings} --data {input.data} --splits {input.splits} "
+        "--out-dir {params.out_dir} 2> {log}"

@@ -3,7 +3,7 @@
 import json
 import os
 
-from cnnbench.config import load_study
+from cnnbench.config import AA_CONTROL, load_study
 from cnnbench.env import nvidia_gpus_visible
 from cnnbench.runner import RECORD_SCHEMA
 
@@ -27,6 +27,9 @@ def _cost(variant):
 
 # Longest jobs first, so that the most expensive variant does not run alone at the end.
 PRIORITY = {v: rank for rank, v in enumerate(sorted(STUDY.variants, key=_cost))}
+
+
+TIMED = [v for v in STUDY.variants if v != AA_CONTROL]  # the A/A control shares the baseline's network
 
 
 def run_files(variant):

@@ -10,8 +10,10 @@ rule report:
         splits=rules.split.output[0],
         weights=expand(f"{RESULTS}/models/{{variant}}.pt", variant=STUDY.variants),
         benchmarks=expand(f"{RESULTS}/benchmarks/train/{{variant}}.tsv", variant=STUDY.variants),
+        timing=rules.collect.output.timing,
     output:
-        report(REPORT, caption="../report/study.rst", category="Study report"),
+        html=report(REPORT, caption="../report/study.rst", category="Study report"),
+        per_example=f"reports/{STUDY.name}/per_example.csv",
     params:
         results=lambda w, input: os.path.dirname(input.runs),
         models=lambda w, input: os.path.dirname(input.weights[0]),
@@ -19,6 +21,7 @@ rule report:
         title=STUDY.name,
         description=STUDY.description,
         variants=json.dumps({v: s.description for v, s in STUDY.variants.items()}),
+        references=json.dumps(STUDY.references),
     log:
         f"{RESULTS}/logs/report.log",
     conda:
@@ -26,4 +29,5 @@ rule report:
     shell:
         "cnnbench report --results {params.results} --data {input.data} --splits {input.splits} "
         "--models {params.models} --baseline {params.baseline:q} --title {params.title:q} "
-        "--description {params.description:q} --variant-descriptions {params.variants:q} --out {output} 2> {log}"
+        "--description={params.description:q} --variant-descriptions {params.variants:q} --references {params.references:q} "
+        "--out {output.html} 2> {log}"

@@ -1,0 +1,66 @@
+"""The study's empirical null: the A/A control (the baseline retrained with another seed offset).
+
+Its difference from the baseline is noise by construction, measured with the same pairing and the same
+corrected test as every real comparison. It is the noise floor a reader holds each effect against, and
+a check of the statistics: in a calibrated study it is 'significant' at most 5% of the time.
+"""
+
+from __future__ import annotations
+
+import html
+
+import numpy as np
+
+from cnnbench.config import AA_CONTROL
+from cnnbench.report.figures import BASELINE_COLOR, figure_html, plt
+from cnnbench.report.format import pts, pvalue
+from cnnbench.report.sections import Section
+from cnnbench.stats import minimum_detectable, resample_differences
+
+
+def aa_is_significant(ctx) -> bool:
+    return ctx.aa is not None and np.isfinite(ctx.aa.test.p) and ctx.aa.test.p < 0.05
+
+
+def aa_finding(ctx) -> str:
+    """The first lines of the findings: the measured noise floor, or a loud warning."""
+    if ctx.aa is None:
+        return ('<p class="note">This study has no A/A control, so its noise floor is not measured: add '
+                "<code>aa_control: true</code> to the config.</p>")
+    t = ctx.aa.test
+    text = (f"<b>Noise floor (A/A control)</b>: {html.escape(ctx.baseline)} retrained with another seed offset "
+            f"differs from itself by <b>{pts(t.mean)} pts</b> [{pts(t.ci_low)}, {pts(t.ci_high)}], p = "
+            f"{pvalue(t.p)}: what noise alone does here.")
+    if aa_is_significant(ctx):
+        return (f'<div class="alarm"><p>{text}</p><p><b>The A/A control is significant: this study\'s statistics '
+                "are not calibrated.</b> The same network differs from itself more than the corrected test allows, "
+                "so its verdicts below may be false positives. By chance this happens in 5% of calibrated studies; "
+                "otherwise the folds are more correlated than the correction assumes (see the README's "
+                "statistics section). Rerun with more repeats or another split seed before trusting a verdict."
+                "</p></div>")
+    return f"<p>{text}</p>"
+
+
+def aa_control(ctx):
+    if ctx.aa is None:
+        return None
+    aa, t = ctx.aa, ctx.aa.test
+    d = resample_differences(ctx.runs, ctx.baseline, AA_CONTROL, "val_acc")["diff"] * 100
+    fig, ax = plt.subplots(figsize=(7, 2.4))
+    ax.axvline(0, color=BASELINE_COLOR, lw=1)
+    ax.axvspan(100 * t.ci_low, 100 * t.ci_high, color="0.88", label="95% CI of the mean (corrected)")
+    ax.scatter(d, np.zeros(len(d)) + np.random.default_rng(0).uniform(-0.2, 0.2, len(d)), color="0.3", s=18,
+               label="one resample (fold)")
+    ax.set(yticks=[], ylim=(-1, 1), xlabel=f"{AA_CONTROL} - {ctx.baseline}, validation accuracy (pts)")
+    ax.legend(fontsize=8, loc="upper right")
+    mde = minimum_detectable(t.se, t.df)
+    seed = (f" Seeds within a fold differ by {pts(aa.seed_sd, False)} pts (sd), shown apart from the fold-to-fold "
+            "spread." if np.isfinite(aa.seed_sd) else "")
+    text = (f"<p>The baseline trained twice on the same {aa.resamples} resamples with independent initial "
+            f"weights, batch order and dropout (seed offset 1): mean difference {pts(t.mean)} pts, 95% CI "
+            f"[{pts(t.ci_low)}, {pts(t.ci_high)}], corrected t = {t.t:.2f} on {t.df} df, p = {pvalue(t.p)}. "
+            f"A single comparison of this study detects |&Delta;| &ge; {pts(mde, False)} pts with 80% power; "
+            f"differences well inside the shaded interval are what retraining alone produces.{seed}</p>")
+    caption = ("Per-resample differences between two trainings of the same network. They scatter around 0; "
+               "their spread is the noise every comparison in this report is measured against.")
+    return Section("aa-control", "Noise floor: the A/A control", text + figure_html(fig, "A/A control", caption))

@@ -1,0 +1,42 @@
+"""Number and verdict formatting shared by the report's sections."""
+
+from __future__ import annotations
+
+import html
+
+import numpy as np
+import pandas as pd
+
+
+def pts(x: float, sign: bool = True) -> str:
+    """A fraction as percentage points."""
+    return f"{100 * x:+.2f}" if sign else f"{100 * x:.2f}"
+
+
+def si(x: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g}{unit}"
+    return f"{x:.3g}"
+
+
+def pvalue(p: float) -> str:
+    return "n/a" if not np.isfinite(p) else f"{p:.2g}"
+
+
+def verdict_html(row: pd.Series) -> str:
+    """The verdict; 'no detectable difference' says what the study could have detected (80% power)."""
+    css = {"better": "better", "worse": "worse"}.get(row["verdict"], "nodiff")
+    text = html.escape(row["verdict"])
+    if css == "nodiff" and np.isfinite(row.get("mde", np.nan)):
+        text += (f' <span class="note">(could detect |&Delta;| &ge; {pts(row["mde"], False)} pts with 80% '
+                 "power)</span>")
+    return f'<span class="{css}">{text}</span>'
+
+
+def device_note(ctx) -> str:
+    if len(ctx.devices) == 1:
+        return f"Timings measured on {html.escape(ctx.devices[0])}."
+    return (f'<b class="worse">Timings come from {len(ctx.devices)} different devices '
+            f'({html.escape(", ".join(ctx.devices))}); compare them only within a device (see the environment '
+            "section).</b>")

@@ -1,0 +1,79 @@
+"""Speed of a variant measured alone: training img/s, seconds per epoch and inference latency.
+
+Training jobs run side by side (`--cores all` runs two at once on two cores), so the speed a training
+job sees depends on which variant happened to run beside it. The numbers the report compares come from
+this measurement instead: the workflow's `time` rule holds every core of the machine (and the GPU
+slot), so no other job of the workflow runs meanwhile. Warm-up steps are not timed; each figure is the
+median over repeated blocks, with the IQR as its spread.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from cnnbench.config import VariantSpec
+
+REPEATS = 9  # timed blocks per figure
+BLOCK_S = 0.25  # target length of one timed block of training steps
+WARMUP_STEPS = 5
+
+
+def time_variant(spec: VariantSpec, *, data_path: str | Path, splits_path: str | Path, device: str = "auto",
+                 threads: int = 1, repeats: int = REPEATS) -> dict:
+    """Training throughput (the real step: augmentation, forward, backward, optimiser) on fold 0's
+    training images, and eval-mode latency at batch 1 and at the training batch size."""
+    import torch
+
+    from cnnbench.data import load_cache, load_fold
+    from cnnbench.env import environment
+    from cnnbench.measure import latency
+    from cnnbench.seeds import run_seed
+    from cnnbench.train import Images, init_model, make_optimizer, resolve_device, set_determinism, train_epoch
+
+    dev = resolve_device(device)
+    set_determinism(dev, threads)
+    images = load_cache(data_path)
+    train_idx, _ = load_fold(splits_path, 0, images.y)
+    seed = run_seed(0, 0)
+    model = init_model(spec, seed, dev)
+    x_all = torch.from_numpy(images.x[train_idx]).to(dev)
+    mean, std = Images.stats(x_all)
+    x = Images(x_all, mean, std, spec.train["augment"], torch.Generator(device=dev).manual_seed(seed))
+    y = torch.from_numpy(images.y[train_idx]).to(dev)
+    bs = spec.train["batch_size"]
+    steps_per_epoch = len(train_idx) // bs
+    opt = make_optimizer(model, spec.train)
+    gen = torch.Generator().manual_seed(seed)
+    t = spec.train
+
+    def block(steps: int) -> float:
+        perm = torch.randperm(len(y), generator=gen)[: steps * bs].to(dev)
+        start = time.perf_counter()
+        train_epoch(model, opt, None, x, y, perm, bs, steps, t["label_smoothing"], t["l1"])  # synchronises
+        return time.perf_counter() - start
+
+    window_start = time.time()
+    warm = block(min(WARMUP_STEPS, steps_per_epoch))  # not counted: allocator, kernel selection, caches
+    steps = int(np.clip(BLOCK_S / max(warm / min(WARMUP_STEPS, steps_per_epoch), 1e-6), 2, steps_per_epoch))
+    seconds = np.array([block(steps) for _ in range(repeats)])
+    img_per_s = steps * bs / seconds
+    lat = {f"batch_{b}": latency(model, spec.input_shape, b, dev) for b in (1, bs)}
+    q1, med, q3 = np.percentile(img_per_s, [25, 50, 75])
+    epoch = steps_per_epoch * bs / img_per_s
+    return {
+        "study": spec.study, "variant": spec.name, "spec_hash": spec.spec_hash,
+        "train_img_per_s": float(med), "train_img_per_s_iqr": float(q3 - q1),
+        "epoch_time_s": float(np.median(epoch)),
+        "epoch_time_s_iqr": float(np.subtract(*np.percentile(epoch, [75, 25]))),
+        "steps_per_block": steps, "blocks": repeats, "batch_size": bs,
+        "latency_b1_ms": lat["batch_1"]["median_ms"], "latency_b1_iqr_ms": lat["batch_1"]["iqr_ms"],
+        "latency_batch": bs, "latency_bN_ms": lat[f"batch_{bs}"]["median_ms"],
+        "latency_bN_iqr_ms": lat[f"batch_{bs}"]["iqr_ms"],
+        "window": [window_start, time.time()],  # unix seconds: when the machine was held for this
+        "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "env": environment(dev),
+    }

@@ -1,0 +1,23 @@
+# Speed measured alone: one job per variant that holds every core (and the GPU slot of a training job),
+# so no other job of this workflow runs while it times; training jobs' own speed is kept in their
+# records but measured under load. The A/A control builds the baseline's network: it is not timed again.
+rule time:
+    input:
+        data=rules.prepare_data.output[0],
+        splits=rules.split.output[0],
+    output:
+        f"{RESULTS}/timing/{{variant}}.json",
+    params:
+        spec=lambda w: json.dumps(STUDY.variants[w.variant].run_dict(), sort_keys=True),
+        device=STUDY.execution["device"],
+        torch_threads=STUDY.execution["threads"],
+    threads: workflow.cores
+    resources:
+        gpu=GPUS_PER_JOB,
+    log:
+        f"{RESULTS}/logs/time/{{variant}}.log",
+    conda:
+        ENV
+    shell:
+        "cnnbench time --spec {params.spec:q} --data {input.data} --splits {input.splits} "
+        "--threads {params.torch_threads} --device {params.device} --out {output} 2> {log}"
