@@ -56,7 +56,7 @@ def _cmd_time(a: argparse.Namespace) -> None:
 def _cmd_collect(a: argparse.Namespace) -> None:
     from cnnbench.results import collect
 
-    tables = collect(a.runs, a.out_dir, a.splits, a.data, a.timings)
+    tables = collect(a.runs, a.out_dir, a.splits, a.data, a.timings, json.loads(a.study_json))
     print(f"{len(tables['runs'])} runs -> {a.out_dir}/runs.parquet, epochs.parquet (+ .csv)", file=sys.stderr)
 
 
@@ -94,6 +94,12 @@ def _cmd_verify(a: argparse.Namespace) -> int:
     verdict = verify(a.record, a.data, a.splits, a.device)
     print(verdict)
     return 0 if verdict.match else 1
+
+
+def _cmd_plan(a: argparse.Namespace) -> None:
+    from cnnbench.plan import format_plan, plan
+
+    print(format_plan(plan(a.results, [d / 100 for d in a.delta], a.folds)))
 
 
 def _cmd_bench_report(a: argparse.Namespace) -> None:
@@ -149,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("collect", help="gather run files into runs/epochs tables")
     s.add_argument("runs", nargs="+")
     s.add_argument("--timings", nargs="*", default=[], help="timing files of `cnnbench time`")
+    s.add_argument("--study-json", default="{}", help="JSON: study name, baseline, references (for `plan`)")
     s.add_argument("--data", required=True, help="the data cache (true classes of the predictions)")
     s.add_argument("--splits", required=True, help="the split the runs used (maps predictions to images)")
     s.add_argument("--out-dir", required=True)
@@ -188,6 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--splits", help="split file the run used (default: next to the record's study folder)")
     s.add_argument("--device", choices=["cpu", "cuda"], help="default: the device the run used")
     s.set_defaults(func=_cmd_verify)
+
+    s = sub.add_parser("plan", help="folds x repeats x seeds needed to detect a difference, from a finished study")
+    s.add_argument("results", help="results/<study> of a finished (pilot) study")
+    s.add_argument("--delta", type=float, nargs="+", default=[0.5, 1.0, 2.0],
+                   help="differences to detect, in accuracy points (default: 0.5 1 2)")
+    s.add_argument("--folds", type=int, nargs="*", default=[10], help="fold counts to consider besides the pilot's")
+    s.set_defaults(func=_cmd_plan)
 
     s = sub.add_parser("bench-report", help="theory vs practice table from pytest-benchmark JSON (two: the change)")
     s.add_argument("json", help="pytest tests/bench --benchmark-only --benchmark-json FILE")

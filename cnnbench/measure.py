@@ -152,7 +152,8 @@ def steady_heap() -> None:
     """Make a process's RSS follow its tensors: large allocations (>= 64 KiB) get their own mappings and
     freed memory above 128 KiB is returned, instead of glibc's adaptive thresholds, under which the same
     baseline run measured 52-72 MB in one process (48-50 MB with these settings, width64 170-190 MB).
-    Called after the process's warm-up so the one-time set-up keeps its fast, reused heap."""
+    It costs ~25% of training speed (large tensors are mapped afresh each step), so only the memory
+    measurement of the timing job uses it."""
     import ctypes
 
     m_trim_threshold, m_mmap_threshold = -1, -3  # mallopt parameters from glibc's malloc.h

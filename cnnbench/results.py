@@ -109,9 +109,9 @@ def write_table(df: pd.DataFrame, path_stem: str | Path) -> list[Path]:
 
 
 def collect(paths: Iterable[str | Path], out_dir: str | Path, split_path: str | Path, data_path: str | Path,
-            timing_paths: Iterable[str | Path] = ()) -> dict[str, pd.DataFrame]:
-    """Write the runs, epochs, layers, dead_filters, predictions and timing tables and `specs.json`
-    (each variant's resolved spec, in the given order)."""
+            timing_paths: Iterable[str | Path] = (), study: dict | None = None) -> dict[str, pd.DataFrame]:
+    """Write the runs, epochs, layers, dead_filters, predictions and timing tables, `specs.json` (each
+    variant's resolved spec, in the given order) and `study.json` (baseline and comparisons)."""
     from cnnbench.data import load_cache
 
     records = load_records(paths)
@@ -125,4 +125,5 @@ def collect(paths: Iterable[str | Path], out_dir: str | Path, split_path: str | 
     for r in records:
         specs.setdefault(r["variant"], r["spec"])
     write_json(Path(out_dir) / "specs.json", specs)
+    write_json(Path(out_dir) / "study.json", study or {})
     return tables

@@ -60,7 +60,7 @@ def train_variant(spec: VariantSpec, *, data_path: str | Path, splits_path: str 
                   log: Callable[[str], None] | None = None) -> list[Path]:
 
     from cnnbench.env import environment
-    from cnnbench.measure import cost, steady_heap
+    from cnnbench.measure import cost
     from cnnbench.train import fit, resolve_device, set_determinism, warm_up
 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -74,7 +74,6 @@ def train_variant(spec: VariantSpec, *, data_path: str | Path, splits_path: str 
     env = environment(dev)
     job_cost = cost(spec)  # the same for every run of the variant
     warm_up(spec, dev)  # one-time process costs stay out of the first run's memory and time
-    steady_heap()
     written = []
     for index, (fold, seed) in enumerate(runs):
         name = run_name(fold, seed)

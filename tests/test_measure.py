@@ -100,22 +100,21 @@ MEMORY_SCRIPT = """
 import json, sys, numpy as np, torch
 from cnnbench.config import load_study
 from cnnbench.data import load_source, make_splits
-from cnnbench.measure import steady_heap
-from cnnbench.train import fit, warm_up
+from cnnbench.timing import training_memory
+from cnnbench.train import warm_up
 study = load_study(json.loads(sys.argv[1]))
 images = load_source(study.data, 0)
 val = make_splits(images.y, 2, 1, 0)[0]
 train = np.setdiff1d(np.arange(len(images.y)), val)
 warm_up(study.variants["baseline"], torch.device("cpu"))
-steady_heap()
-out = [fit(study.variants[v], images, train, val, seed=1, device=torch.device("cpu")).memory["train_mb"]
+out = [training_memory(study.variants[v], images, train, val, torch.device("cpu"))["train_mb"]
        for v in ("baseline", "width64", "baseline")]
 print(json.dumps(out))
 """
 
 
 def test_training_memory_is_the_runs_own_and_repeatable():
-    """As a training job measures it (after its warm-up): the same run measured first and third in one
+    """As the timing job measures it (after a warm-up): the same run measured first and third in one
     process agrees within 10%, so earlier runs do not hide a later run's memory; width64 needs more."""
     import subprocess
     import sys
@@ -185,3 +184,4 @@ def test_timing_job_measures_speed_with_spread(recorded):
     assert t["epoch_time_s"] == pytest.approx(steps_per_epoch * 32 / t["train_img_per_s"], rel=0.5)
     assert 0 < t["latency_b1_ms"] < t["latency_bN_ms"] and t["latency_batch"] == 32
     assert t["window"][0] < t["window"][1] and t["spec_hash"] == spec.spec_hash
+    assert t["train_mb"] > 0 and t["memory_kind"] == "process_rss"

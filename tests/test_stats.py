@@ -37,15 +37,15 @@ def test_coverage_when_the_correlation_is_what_the_correction_assumes():
     t-test is over-confident there."""
     corrected, width_corrected = coverage(RHO)
     plain, width_plain = coverage(RHO, plain_ttest)
-    assert 0.94 <= corrected <= 0.96  # measured: 0.950
-    assert plain < 0.80  # measured: 0.77
+    assert 0.94 <= corrected <= 0.96  # measured: 0.954
+    assert plain < 0.80  # measured: 0.746
     assert width_plain < 0.6 * width_corrected
 
 
 @pytest.mark.parametrize("rho, low, high", [(0.35, 0.84, 0.89), (0.5, 0.74, 0.79)])
 def test_coverage_falls_when_folds_are_more_correlated_than_assumed(rho, low, high):
     """Where training sets overlap more than n_test/n says (unstable learners), the corrected CI is
-    too narrow: 95% nominal covers ~86% at rho = 0.35 and ~76% at rho = 0.5 (README, statistics)."""
+    too narrow: 95% nominal covers 87.8% at rho = 0.35 and 76.6% at rho = 0.5 (README, statistics)."""
     measured, _ = coverage(rho)
     assert low <= measured <= high
 
@@ -82,9 +82,18 @@ def test_family_wise_false_positives_of_the_verdicts_under_correlated_folds():
     acc = null_study(rng, 5)
     p = corrected_ttest(acc[:, 1:] - acc[:, :1], N_TRAIN, N_TEST).p  # (sims, 4) vs the baseline
     any_claim = (holm(p) < 0.05).any(-1)
-    assert any_claim.mean() <= 0.07  # measured: 0.050
+    assert any_claim.mean() <= 0.07  # measured: 0.042
     friedman = np.array([sps.friedmanchisquare(*a).pvalue < 0.05 for a in acc[:500]])
-    assert friedman.mean() > 0.3  # measured: ~0.49
+    assert friedman.mean() > 0.3  # measured: 0.47
+
+
+@pytest.mark.parametrize("rho, low, high", [(0.35, 0.12, 0.17), (0.5, 0.29, 0.36)])
+def test_family_wise_false_positives_when_folds_are_more_correlated_than_assumed(rho, low, high):
+    """The README's warning, measured: at rho = 0.35 the family-wise rate is 14%, at 0.5 it is 32%. The
+    A/A control is the study's own check for this (its false-alarm rate rises the same way)."""
+    acc = null_study(np.random.default_rng(2), 5, rho=rho)
+    p = corrected_ttest(acc[:, 1:] - acc[:, :1], N_TRAIN, N_TEST).p
+    assert low <= (holm(p) < 0.05).any(-1).mean() <= high
 
 
 def test_aa_control_false_alarm_rate_is_nominal():

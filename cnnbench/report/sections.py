@@ -287,24 +287,25 @@ def measurements(ctx) -> Section:
             (f"{tv['latency_bN_ms']:.2f} ({tv['latency_bN_iqr_ms']:.2f})", tv["latency_bN_ms"]) if tv is not None
             else ("n/a", -1),
             (f"{r['train_img_per_s'].median():,.0f}", r["train_img_per_s"].median()),
-            (f"{r['memory_train_mb'].median():,.1f}", r["memory_train_mb"].median()),
+            timed("train_mb", ",.1f"),
             (f"{100 * r['dead_fraction'].mean():.1f}" if r["dead_fraction"].notna().any() else "n/a",
              r["dead_fraction"].mean() if r["dead_fraction"].notna().any() else -1),
         ])
     batch = int(t["latency_batch"].iloc[0]) if "latency_batch" in t and len(t) else "N"
-    kind = {"process_rss": "process RSS", "cuda_allocator": "CUDA allocator"}.get(
-        str(ctx.runs["memory_kind"].iloc[0]), str(ctx.runs["memory_kind"].iloc[0]))
+    kind = str(t["memory_kind"].iloc[0]) if "memory_kind" in t and len(t) else "n/a"
+    kind = {"process_rss": "process RSS", "cuda_allocator": "CUDA allocator"}.get(kind, kind)
     header = ["variant", "FLOPs/img forward", "FLOPs/img train step", "train img/s alone (IQR)",
               "s/epoch alone (IQR)", "latency b=1 ms (IQR)", f"latency b={batch} ms (IQR)",
-              "train img/s under load (median over runs)", f"training memory MiB ({kind})", "dead ReLU %"]
+              "train img/s under load (median over runs)", f"training memory MiB alone ({kind})", "dead ReLU %"]
     note = (f'<p class="note">FLOPs: {html.escape(ctx.runs["flop_counter"].iloc[0])}, per image; a training '
             "step is forward + backward. <b>Alone</b>: measured by the workflow's <code>time</code> job, which "
             "holds every core (and the GPU) so that no other job runs meanwhile: training steps on fold 0's "
             "images after untimed warm-up steps, median and IQR over 9 timed blocks; latency in eval mode, "
             "median (IQR) over 25 timed blocks after an untimed warm-up. <b>Under load</b>: what the training "
             "jobs saw while other jobs shared the machine; kept for reference, not for comparison. Training "
-            "memory: the peak during a run minus the level at its start (the process's torch and data, "
-            "measured after freed memory is returned to the OS), median over runs. Dead ReLU: channels that "
+            "memory: measured by the same job, the peak during one epoch of a run (data copies, model, "
+            "optimiser, evaluation) minus the level at its start (torch and the data set), in a warmed-up "
+            "process whose heap returns freed memory. Dead ReLU: channels that "
             f"output zero for every validation image, final model. {device_note(ctx)}</p>")
     return Section("measurements", "Cost, speed, memory",
                    html_table(header, rows, numeric=set(range(1, 10)), sortable=True) + note)

@@ -18,12 +18,14 @@ rule collect:
         timing=f"{RESULTS}/timing.parquet",
         timing_csv=f"{RESULTS}/timing.csv",
         specs=f"{RESULTS}/specs.json",
+        study=f"{RESULTS}/study.json",
     params:
         out_dir=lambda w, output: os.path.dirname(output.runs),
+        study=json.dumps({"study": STUDY.name, "baseline": STUDY.baseline, "references": STUDY.references}),
     log:
         f"{RESULTS}/logs/collect.log",
     conda:
         ENV
     shell:
         "cnnbench collect {input.runs} --timings {input.timings} --data {input.data} --splits {input.splits} "
-        "--out-dir {params.out_dir} 2> {log}"
+        "--study-json {params.study:q} --out-dir {params.out_dir} 2> {log}"

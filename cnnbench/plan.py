@@ -1,0 +1,111 @@
+"""`cnnbench plan results/<study>`: how many runs a study needs to detect a given difference.
+
+From a finished (pilot) study, per comparison: the variance of the per-fold difference splits into a
+fold part and a seed part (seeds of one fold share its training set), and the corrected test's standard
+error for k folds, r repeats and s seeds is
+
+    se^2 = (1 / (r k) + 1 / (k - 1)) (sigma_fold^2 + sigma_seed^2 / s)
+
+(Nadeau-Bengio: n_test / n_train = 1 / (k - 1)). More repeats shrink only the first term: with k folds
+the error never falls below sqrt(1 / (k - 1)) sigma, so a small enough difference needs more folds or
+more seeds, not more repeats. The minimum detectable difference (80% power) is taken at Holm's
+strictest level alpha / m, as in the report. Assumes the variance stays what the pilot measured
+(changing k also changes the training-set size, which the formula ignores).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cnnbench.config import AA_CONTROL
+from cnnbench.errors import CnnbenchError
+from cnnbench.io import read_json
+from cnnbench.stats import compare, minimum_detectable, resample_differences
+
+MAX_REPEATS, MAX_SEEDS = 20, 10
+
+
+@dataclass(frozen=True)
+class Variance:
+    fold: float  # variance of a fold's difference beyond seed noise
+    seed: float  # variance between seeds of one fold (0 when the pilot had one seed: not measured)
+    seeds_measured: bool
+
+
+def variance_components(runs: pd.DataFrame, a: str, b: str, metric: str = "val_acc") -> Variance:
+    r = resample_differences(runs, a, b, metric)
+    seeds = r["seeds"].mean()
+    within = r["diff_var"].dropna()
+    seed_var = float(np.average(within, weights=r.loc[within.index, "seeds"] - 1)) if len(within) else 0.0
+    fold_var = max(float(r["diff"].var(ddof=1)) - seed_var / seeds, 0.0)
+    return Variance(fold_var, seed_var, bool(len(within)))
+
+
+def design_mde(v: Variance, folds: int, repeats: int, seeds: int, alpha: float) -> float:
+    se = np.sqrt((1 / (repeats * folds) + 1 / (folds - 1)) * (v.fold + v.seed / seeds))
+    return minimum_detectable(float(se), repeats * folds - 1, alpha)
+
+
+def cheapest_design(v: Variance, delta: float, folds_options: list[int], alpha: float) -> dict | None:
+    """Fewest runs per variant (folds x repeats x seeds) whose MDE is at most `delta`."""
+    best = None
+    for k, r, s in itertools.product(folds_options, range(1, MAX_REPEATS + 1), range(1, MAX_SEEDS + 1)):
+        if s > 1 and not v.seeds_measured:
+            continue  # the pilot cannot tell what extra seeds buy
+        runs = k * r * s
+        if best is not None and runs >= best["runs"]:
+            continue
+        if design_mde(v, k, r, s, alpha) <= delta:
+            best = {"folds": k, "repeats": r, "seeds": s, "runs": runs}
+    return best
+
+
+def plan(results_dir: str | Path, deltas: list[float], folds_options: list[int] | None = None,
+         alpha: float = 0.05) -> pd.DataFrame:
+    """One row per comparison and target difference (in accuracy, a fraction)."""
+    results_dir = Path(results_dir)
+    runs_path, study_path = results_dir / "runs.parquet", results_dir / "study.json"
+    for path in (runs_path, study_path):
+        if not path.exists():
+            raise CnnbenchError(f"{path}: not found; run the study first (snakemake --cores all)")
+    runs = pd.read_parquet(runs_path)
+    study = read_json(study_path)
+    baseline, references = study["baseline"], study.get("references", {})
+    variants = [v for v in runs.variant.unique() if v not in (baseline, AA_CONTROL)]
+    cmp = compare(runs, baseline, variants=variants, references=references).set_index("variant")
+    k_pilot = int(round(1 + runs["data_n_train"].mean() / runs["data_n_val"].mean()))
+    folds_options = sorted(set(folds_options or []) | {k_pilot})
+    m = max(1, len(cmp))
+    rows = []
+    for v, c in cmp.iterrows():
+        comp = variance_components(runs, c["reference"], v)
+        for delta in deltas:
+            best = cheapest_design(comp, delta, folds_options, alpha / m)
+            rows.append({"variant": v, "reference": c["reference"], "diff": c["diff"], "mde_now": c["mde"],
+                         "resamples_now": int(c["resamples"]), "target": delta,
+                         **(best or {"folds": None, "repeats": None, "seeds": None, "runs": None}),
+                         "seed_variance_measured": comp.seeds_measured})
+    return pd.DataFrame(rows)
+
+
+def format_plan(df: pd.DataFrame) -> str:
+    if df.empty:
+        return "no comparisons to plan (the study has only its baseline)"
+    lines = ["comparison                        Δ now    detectable now   target   cheapest design (runs per variant)"]
+    for r in df.itertuples():
+        name = f"{r.variant} vs {r.reference}"
+        design = (f"{r.folds} folds x {r.repeats} repeats x {r.seeds} seeds = {r.runs} runs" if r.runs else
+                  f"not within {MAX_REPEATS} repeats x {MAX_SEEDS} seeds of the folds tried (try --folds 10)")
+        lines.append(f"{name:32s} {100 * r.diff:+6.2f}   {100 * r.mde_now:6.2f} pts (J={r.resamples_now:<3d})  "
+                     f"{100 * r.target:5.2f}    {design}")
+    if not df["seed_variance_measured"].all():
+        lines.append("(one seed per fold in the pilot: its seed-to-seed variance is unknown, so only designs with "
+                     "one seed are proposed)")
+    lines.append("Differences in accuracy points; detectable = 80% power at Holm's strictest level over the "
+                 "study's comparisons (see cnnbench/plan.py for the model and its assumptions).")
+    return "\n".join(lines)

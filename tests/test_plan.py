@@ -1,0 +1,61 @@
+"""`cnnbench plan`: variance components from a pilot, and the cheapest design that reaches a target."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cnnbench.cli import main
+from cnnbench.plan import Variance, cheapest_design, design_mde, plan, variance_components
+
+
+def pilot(folds=200, seeds=4, fold_sd=0.006, seed_sd=0.004, effect=0.01, seed=0) -> pd.DataFrame:
+    """Runs of a baseline and a variant whose per-(fold, seed) difference is fold part + seed part."""
+    rng = np.random.default_rng(seed)
+    fold_part = rng.normal(0, fold_sd, size=(folds, 1))
+    diff = effect + fold_part + rng.normal(0, seed_sd, size=(folds, seeds))
+    base = 0.95 + rng.normal(0, 0.01, size=(folds, seeds))
+    rows = []
+    for variant, acc in (("baseline", base), ("v", base + diff)):
+        rows += [{"variant": variant, "fold": f, "seed": s, "val_acc": acc[f, s], "data_n_train": 4000,
+                  "data_n_val": 1000} for f in range(folds) for s in range(seeds)]
+    return pd.DataFrame(rows)
+
+
+def test_variance_components_recover_fold_and_seed_parts():
+    v = variance_components(pilot(), "baseline", "v")
+    assert v.seeds_measured
+    assert v.fold == pytest.approx(0.006 ** 2, rel=0.25) and v.seed == pytest.approx(0.004 ** 2, rel=0.1)
+    one_seed = variance_components(pilot(seeds=1), "baseline", "v")
+    assert not one_seed.seeds_measured and one_seed.seed == 0
+
+
+def test_cheapest_design_reaches_the_target_and_nothing_cheaper_does():
+    v = Variance(fold=0.006 ** 2, seed=0.004 ** 2, seeds_measured=True)
+    best = cheapest_design(v, 0.01, [5, 10], 0.05)
+    assert design_mde(v, best["folds"], best["repeats"], best["seeds"], 0.05) <= 0.01
+    assert best["runs"] == best["folds"] * best["repeats"] * best["seeds"]
+    for k in (5, 10):
+        for r in range(1, 21):
+            for s in range(1, 11):
+                if k * r * s < best["runs"]:
+                    assert design_mde(v, k, r, s, 0.05) > 0.01
+    # more repeats cannot beat the correction's floor: sqrt(1/(k-1)) sigma with k folds
+    assert cheapest_design(v, 0.001, [5], 0.05) is None
+
+
+def test_plan_command_reads_a_finished_study(tmp_path, capsys):
+    pilot(folds=10, seeds=2).to_parquet(tmp_path / "runs.parquet")
+    (tmp_path / "study.json").write_text(json.dumps({"study": "p", "baseline": "baseline", "references": {}}))
+    df = plan(tmp_path, [0.005, 0.02])
+    assert list(df["target"]) == [0.005, 0.02] and (df["variant"] == "v").all()
+    small, large = df.iloc[0], df.iloc[1]
+    assert large["runs"] >= 5 and (pd.isna(small["runs"]) or small["runs"] >= large["runs"])
+    assert main(["plan", str(tmp_path), "--delta", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "v vs baseline" in out and "runs" in out
+    assert main(["plan", str(tmp_path / "missing")]) == 2
+    assert "not found" in capsys.readouterr().err
