@@ -1,9 +1,20 @@
 """Study config -> validated, resolved specs.  config file -> `load_study` -> `Study` of `VariantSpec`s.
 
-Validation happens once, up front, and every failure is one `ConfigError` naming the variant and the
-field: types and ranges come from the JSON schema (the one in workflow/schemas), then bases and cycles
-are resolved, and each variant's network is walked with the shape formulas, so an impossible geometry
-stops the workflow before any training. Nothing here imports torch.
+Validation happens once, up front, and every failure is one `ConfigError`, one line, naming the file,
+the variant and the field:
+
+1. reading: `StrictLoader` refuses a key written twice in one mapping (with both line numbers) and reads
+   YAML 1.2 floats (`1e-3`) as floats, which PyYAML's YAML 1.1 rules leave as strings;
+2. numbers (`normalise`, also applied to the dict Snakemake parsed itself): an integer field takes 2 or
+   2.0 (-> 2) but refuses 2.5; every number must be finite; `'1e-3'` strings become floats;
+3. types, ranges and upper bounds come from the JSON schema (the one in workflow/schemas);
+4. cross-field rules: data folders, bases and cycles, padding within the kernel's span, and each
+   variant's network walked with the shape formulas, so an impossible geometry stops the workflow
+   before any training;
+5. optionally (`budget=`; the workflow always does it) the study's memory and compute budget
+   (cnnbench.budget).
+
+Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -12,6 +23,8 @@ import copy
 import difflib
 import hashlib
 import json
+import math
+import os
 import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from functools import cache, cached_property
@@ -21,10 +34,10 @@ from typing import Any
 
 import yaml
 
-from cnnbench.catalog import dataset_info
+from cnnbench.catalog import CATALOG, dataset_info
 from cnnbench.errors import ConfigError
 from cnnbench.models import plan as P
-from cnnbench.models.convnet import UNUSED_BY_BLOCK
+from cnnbench.models.convnet import KNOB_NAMES, UNUSED_BY_BLOCK, ConvNetKnobs
 from cnnbench.models.geometry import GeometryError, LayerRow, layer_table
 from cnnbench.models.registry import get_entry, list_models
 
@@ -66,7 +79,7 @@ class TrainKnobs:
 
 TRAIN_KNOBS = tuple(f.name for f in fields(TrainKnobs))
 SPLIT_DEFAULTS = {"folds": 5, "repeats": 1, "seeds": [0], "split_seed": 0}
-EXECUTION_DEFAULTS = {"device": "auto", "threads": 1}
+EXECUTION_DEFAULTS = {"device": "auto", "threads": 1, "max_hours": 24}  # max_memory_gb: see cnnbench.budget
 
 
 @dataclass(frozen=True)
@@ -158,26 +171,243 @@ class Study:
         return {v: s.compare_to for v, s in self.variants.items() if s.compare_to}
 
 
+# --- reading ---------------------------------------------------------------------------------------
+
+# YAML 1.2 floats that YAML 1.1 (PyYAML) reads as strings: an exponent without a dot (1e-3, 5E-4) or
+# without a sign (1.0e3). Forms with a dot and a signed exponent are already floats under YAML 1.1.
+_EXP_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$")
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class StrictLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader, stricter where a study config needs it:
+
+    - a key written twice in one mapping is an error naming both lines (PyYAML keeps the last one, so a
+      variant written twice silently loses its first knobs); `<<:` merge keys still override;
+    - YAML 1.2 floats (`1e-3`, `5E-4`, `1.0e3`) are floats, not strings.
+    """
+
+    def construct_document(self, node):
+        self._check_mappings(node, [], set(), ())
+        return super().construct_document(node)
+
+    def _check_mappings(self, node, path: list, seen_nodes: set, ancestors: tuple) -> None:
+        if id(node) in ancestors:
+            raise ConfigError(f"{_path_words(path) if path else 'top level'}: an alias refers to a node that "
+                              f"contains it (line {node.start_mark.line + 1}), which no study needs; write the value out")
+        if id(node) in seen_nodes:  # an alias: checked where its anchor is
+            return
+        seen_nodes.add(id(node))
+        ancestors = (*ancestors, id(node))
+        if isinstance(node, yaml.MappingNode):
+            first_line: dict = {}
+            for key_node, value_node in node.value:
+                if key_node.tag == _MERGE_TAG:
+                    self._check_mappings(value_node, path, seen_nodes, ancestors)
+                    continue
+                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+                line = key_node.start_mark.line + 1
+                if key is not None:
+                    ident = (key_node.tag, key)
+                    if ident in first_line:
+                        raise ConfigError(_duplicate_message(path, key, first_line[ident], line))
+                    first_line[ident] = line
+                self._check_mappings(value_node, [*path, key], seen_nodes, ancestors)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self._check_mappings(item, [*path, i], seen_nodes, ancestors)
+
+
+StrictLoader.add_implicit_resolver("tag:yaml.org,2002:float", _EXP_FLOAT, list("-+0123456789."))
+
+
+def _duplicate_message(path: list, key: str, first: int, line: int) -> str:
+    what = f"top level: {key!r}" if not path else _path_words([*path, key])  # e.g. variant 'x', field 'bn'
+    what += " is written twice"
+    return (f"{what} (lines {first} and {line}); YAML would keep only the last one and silently drop the "
+            f"first, so merge the two into one entry or rename one")
+
+
+def read_config(path: str | Path) -> Any:
+    """Parse a config file with `StrictLoader`; every problem is one `ConfigError` naming the file."""
+    where = str(path)
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: no such config file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{where}: cannot read the config file ({e})") from None
+    try:
+        return yaml.load(text, Loader=StrictLoader)  # a SafeLoader subclass: safe
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: not valid YAML: {_yaml_error(e)}") from None
+
+
+def _yaml_error(e: yaml.YAMLError) -> str:
+    """A PyYAML error on one line: what is wrong and where."""
+    if isinstance(e, yaml.MarkedYAMLError):
+        mark = e.problem_mark or e.context_mark
+        what = "; ".join(x for x in (e.context, e.problem) if x)
+        if mark is not None:
+            return f"{what} (line {mark.line + 1}, column {mark.column + 1})"
+        return what
+    return " ".join(str(e).split())
+
+
 # --- loading ---------------------------------------------------------------------------------------
 
-def load_study(source: str | Path | dict, name_hint: str | None = None) -> Study:
-    """Validate and resolve a study from a YAML path or an already-parsed dict (Snakemake's config)."""
+def load_study(source: str | Path | dict, name_hint: str | None = None, *, files: list | None = None,
+               budget: Any = None) -> Study:
+    """Validate and resolve a study from a YAML path or an already-parsed dict (Snakemake's config).
+
+    files: the config files a dict was parsed from (Snakemake's `workflow.configfiles`); they are read
+      again with `StrictLoader`, since only the file shows a key written twice.
+    budget: None (default: validation only, for tools that look at a study without running all of it),
+      True (check memory and compute against this host, see cnnbench.budget) or a `budget.Machine`.
+    """
     if isinstance(source, dict):
-        raw, where = copy.deepcopy(source), name_hint or "config"
+        where = name_hint or "config"
+        for path in files or ():
+            read_config(path)  # raises on duplicate keys and YAML errors, naming the file
+        raw = copy.deepcopy(source)
     else:
         where = str(source)
-        try:
-            raw = yaml.safe_load(Path(source).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{where}: no such config file") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{where}: not valid YAML: {e}") from None
+        raw = read_config(source)
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: a study config must be a mapping with study, data and variants")
     try:
-        return _resolve(raw)
+        study = _resolve(raw)
+        if budget is not None and budget is not False:
+            from cnnbench import budget as B
+
+            machine = B.detect_machine(study.execution) if budget is True else budget
+            B.check_study(study, machine)
+        return study
     except ConfigError as e:
-        raise ConfigError(f"{where}: {e}") from None
+        raise ConfigError(_one_line(f"{where}: {e}")) from None
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split())
+
+
+# --- numbers ---------------------------------------------------------------------------------------
+
+def normalise(raw: Any) -> Any:
+    """Numbers read exactly, guided by the schema: an integral float in an integer field becomes an int
+    (2.0 -> 2) and a non-integral one is refused; every number must be finite; a YAML 1.2 float left as
+    a string by YAML 1.1 ('1e-3') becomes a float in a number field. Also every key must be a name.
+    The same function serves a file read here and the dict Snakemake parsed itself."""
+    return _normalise(raw, schema(), [])
+
+
+def _normalise(value: Any, node: dict | None, path: list) -> Any:
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                where = _path_words(path) if path else "top level"
+                raise ConfigError(f"{where}: key {key!r} ({type(key).__name__}) is not a name; write names as "
+                                  f"text (quote it: '{key}')")
+            child = _child_schema(node, key) if node is not None else None
+            out[key] = _normalise(item, child, [*path, key])
+        return out
+    if node is None:
+        return value
+    types = _types(node)
+    if isinstance(value, list):
+        items = _items_schema(node) if "array" in types else None
+        return [_normalise(item, items, [*path, i]) for i, item in enumerate(value)] if items else value
+    numeric = types & {"number", "integer"}
+    if not numeric or isinstance(value, bool):
+        return value
+    if isinstance(value, str) and _EXP_FLOAT.match(value.strip()):
+        value = float(value.strip().replace("_", ""))
+    if isinstance(value, float):
+        where = _path_words(path)
+        if not math.isfinite(value):
+            written = ".nan" if math.isnan(value) else (".inf" if value > 0 else "-.inf")
+            default = _default_of(path)
+            hint = f" such as {default!r}" if default is not None else ""
+            raise ConfigError(f"{where}: {written} is not a finite number; give a finite number{hint}")
+        if "integer" in types and "number" not in types:
+            if value.is_integer():
+                return int(value)
+            raise ConfigError(f"{where}: {value!r} is not a whole number; this field counts something, so write "
+                              f"an integer such as {math.floor(value)} or {math.ceil(value)}")
+    return value
+
+
+def _default_of(path: list) -> Any:
+    """The default of a training or model knob, for messages (None when there is none)."""
+    name = path[-1] if path else None
+    if not isinstance(name, str):
+        return None
+    if name in TRAIN_KNOBS:
+        return getattr(TrainKnobs(), name)
+    if len(path) >= 2 and path[-2] == "augment" and name in {f.name for f in fields(AugmentKnobs)}:
+        return getattr(AugmentKnobs(), name)
+    if name in KNOB_NAMES:
+        return getattr(ConvNetKnobs(), name)
+    return None
+
+
+def _deref(node: dict) -> dict:
+    while isinstance(node, dict) and "$ref" in node:
+        node = _ref(node["$ref"])
+    return node
+
+
+def _ref(ref: str) -> dict:
+    target: Any = schema()
+    for part in ref.removeprefix("#/").split("/"):
+        target = target[part]
+    return target
+
+
+def _branches(node: dict) -> list[dict]:
+    """The node and every schema it combines (allOf, oneOf, anyOf), dereferenced."""
+    node = _deref(node)
+    out = [node]
+    for key in ("allOf", "oneOf", "anyOf"):
+        for sub in node.get(key, ()):
+            out += _branches(sub)
+    return out
+
+
+def _types(node: dict) -> set[str]:
+    types: set[str] = set()
+    for b in _branches(node):
+        t = b.get("type")
+        types.update([t] if isinstance(t, str) else t or ())
+        for v in b.get("enum", ()):
+            if isinstance(v, bool):
+                types.add("boolean")
+            elif isinstance(v, int):
+                types.add("integer")
+            elif isinstance(v, float):
+                types.add("number")
+    return types
+
+
+def _child_schema(node: dict, key: str) -> dict | None:
+    for b in _branches(node):
+        if key in b.get("properties", {}):
+            return b["properties"][key]
+    for b in _branches(node):
+        extra = b.get("additionalProperties")
+        if isinstance(extra, dict):
+            return extra
+    return None
+
+
+def _items_schema(node: dict) -> dict | None:
+    for b in _branches(node):
+        if isinstance(b.get("items"), dict):
+            return b["items"]
+    return None
 
 
 @cache
@@ -194,12 +424,44 @@ def check_schema(raw: dict) -> None:
     concrete = [e for e in errors if e.validator != "unevaluatedProperties"]
     error = best_match(concrete or errors)
     if error is not None:
-        raise ConfigError(_schema_message(error))
+        raise ConfigError(_schema_message(_branch_error(error)))
+
+
+def _branch_error(error):
+    """For a value that fits none of a oneOf's branches, the error of the branch of its own type
+    (padding: 1000 -> "above the maximum", not "not one of [same, valid] or an integer")."""
+    while error.validator in ("oneOf", "anyOf") and error.context:
+        same_type = [e for e in error.context if e.validator != "type" and e.validator != "enum"]
+        if not same_type:
+            break
+        error = min(same_type, key=lambda e: len(e.absolute_path))
+    return error
 
 
 def _schema_message(error) -> str:
     path = list(error.absolute_path)
     where = _path_words(path)
+    if error.validator in ("maximum", "exclusiveMaximum", "maxItems"):
+        bound = error.validator_value
+        why = error.schema.get("x-bound")  # a sanity bound (not a range that follows from the meaning)
+        tail = f" ({why}); use at most {bound}; the bound is set in workflow/schemas/config.schema.yaml" if why else ""
+        if error.validator == "maxItems":
+            return f"{where}: {len(error.instance)} entries are more than the upper bound of {bound}" + (
+                tail or f"; give at most {bound}")
+        if error.validator == "exclusiveMaximum":
+            return f"{where}: {_short(error.instance)} must be less than {bound}"
+        if why:
+            return f"{where}: {_short(error.instance)} is above the upper bound of {bound}{tail}"
+        return f"{where}: {_short(error.instance)} is more than the maximum of {bound}; use at most {bound}"
+    if error.validator == "minimum":
+        return f"{where}: {_short(error.instance)} is less than the minimum of {error.validator_value}; use at least {error.validator_value}"
+    if error.validator == "exclusiveMinimum":
+        return f"{where}: {_short(error.instance)} must be more than {error.validator_value}"
+    if error.validator == "type":
+        expected = error.validator_value
+        expected = [expected] if isinstance(expected, str) else expected
+        want = " or ".join(_TYPE_WORDS.get(t, t) for t in expected)
+        return f"{where}: {_short(error.instance)} is {_kind_of(error.instance)}, not {want}; give {want}"
     if error.validator in ("additionalProperties", "unevaluatedProperties"):
         names = re.findall(r"'([^']+)'", error.message.split("(")[-1])
         known = _all_property_names()
@@ -210,11 +472,34 @@ def _schema_message(error) -> str:
     if error.validator == "required":
         return f"{where}: {error.message}"
     if error.validator == "enum":
-        return f"{where}: {error.instance!r} is not allowed; choose one of {', '.join(map(str, error.validator_value))}"
-    if error.validator == "oneOf":
-        options = [s.get("enum") or s.get("type") for s in error.validator_value]
-        return f"{where}: {error.instance!r} is not allowed; expected one of {options}"
+        return f"{where}: {_short(error.instance)} is not allowed; choose one of {', '.join(map(str, error.validator_value))}"
+    if error.validator in ("oneOf", "anyOf"):
+        options = []
+        for branch in map(_deref, error.validator_value):
+            if "enum" in branch:
+                options += [repr(v) for v in branch["enum"]]
+            else:
+                t = branch.get("type", "value")
+                options += [_TYPE_WORDS.get(x, x) for x in ([t] if isinstance(t, str) else t)]
+        return f"{where}: {_short(error.instance)} is not allowed; expected {' or '.join(dict.fromkeys(options))}"
     return f"{where}: {error.message}"
+
+
+def _short(value: Any) -> str:
+    """repr, cut to fit a one-line message (a 400-digit number, a long list)."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:40]}...({len(text)} characters)"
+
+
+_TYPE_WORDS = {"integer": "an integer", "number": "a number", "string": "text", "boolean": "true or false",
+               "array": "a list", "object": "a mapping", "null": "null"}
+
+
+def _kind_of(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true/false"
+    return {int: "an integer", float: "a number", str: "text", list: "a list", dict: "a mapping",
+            type(None): "empty"}.get(type(value), f"a {type(value).__name__}")
 
 
 def _path_words(path: list) -> str:
@@ -244,8 +529,10 @@ def _all_property_names() -> list[str]:
 
 
 def _resolve(raw: dict) -> Study:
+    raw = normalise(raw)
     check_schema(raw)
     data = dict(raw["data"])
+    check_data(data)
     info = dataset_info(data)
     protocol = dict(raw.get("protocol", {}))
     split = {k: protocol.pop(k, v) for k, v in SPLIT_DEFAULTS.items()}
@@ -259,6 +546,11 @@ def _resolve(raw: dict) -> Study:
     if info.n_dev is not None and info.n_dev < 2 * split["folds"]:
         raise ConfigError(f"protocol.folds: {split['folds']} folds need at least {2 * split['folds']} images, "
                           f"the data has {info.n_dev}")
+    smallest = _smallest_class(data["name"], info.n_dev)
+    if smallest is not None and split["folds"] > smallest:
+        raise ConfigError(f"protocol.folds: {split['folds']} stratified folds need at least {split['folds']} images "
+                          f"of every class, and the smallest class of {data['name']} has about {smallest} here; "
+                          f"use at most {smallest} folds or a larger data.subset")
     data_identity = {k: data.get(k) for k in ("name", "subset", "image_size", "channels") if data.get(k) is not None}
     specs = {}
     for name in variants_raw:
@@ -319,6 +611,7 @@ def _resolve_variant(study: str, name: str, variants: dict[str, dict], train_def
     if unused:
         raise ConfigError(f"variant {name!r}, field {unused[0]!r}: has no effect with block {block!r}; "
                           f"remove it or choose a block type that uses it")
+    _check_spans(name, model, train, info.shape, block)
     spec = VariantSpec(
         study=study, name=name, arch=arch, model=model, train=train, data=data_identity, split=split,
         input_shape=info.shape, num_classes=info.num_classes, description=variants[name].get("description", ""),
@@ -340,6 +633,69 @@ def _resolve_variant(study: str, name: str, variants: dict[str, dict], train_def
     return spec
 
 
+def _check_spans(name: str, model: dict, train: dict, shape: tuple[int, int, int], block: str | None) -> None:
+    """Sizes that only make sense relative to another knob or to the image."""
+    pad, k, d = model.get("padding"), model.get("kernel_size"), model.get("dilation", 1)
+    if isinstance(pad, int) and not isinstance(pad, bool) and isinstance(k, int) and block != "inception":
+        span = d * (k - 1)
+        if pad > span:
+            raise ConfigError(
+                f"variant {name!r}, field 'padding': {pad} pixels per side is more than a {k}x{k} kernel with "
+                f"dilation {d} can reach ({span}); every output row and column beyond that sees only zeros. "
+                f"Use padding of at most {span}, or padding: same")
+    shift = train.get("augment", {}).get("shift", 0)
+    side = min(shape[1:])
+    if shift >= side:
+        raise ConfigError(f"variant {name!r}, field 'augment.shift': a shift of {shift} pixels can move a "
+                          f"{side}x{side} image out of view entirely; use a shift below {side} (4 is usual for 32x32)")
+
+
+# Share of the images in the smallest class, for the data sets the catalog knows (train split).
+_SMALLEST_CLASS_SHARE = {"mnist5k": 0.1, "digits": 174 / 1797, "mnist": 5421 / 60000, "fashion_mnist": 0.1,
+                         "kmnist": 0.1, "cifar10": 0.1, "cifar100": 0.01, "svhn": 4659 / 73257}
+
+
+def _smallest_class(name: str, n_dev: int | None) -> int | None:
+    """About how many images the smallest class has (a stratified subset keeps the proportions)."""
+    share = _SMALLEST_CLASS_SHARE.get(name)
+    return None if share is None or n_dev is None else math.floor(n_dev * share + 1e-9)
+
+
+def check_data(data: dict) -> None:
+    """What can be known about the data before any job: fields that do nothing for this data set, and
+    the folders a data set is read from (they are read only by the first job, which is too late)."""
+    name = data["name"]
+    if name != "imagefolder":
+        for key in ("image_size", "channels"):
+            if data.get(key) is not None:
+                raise ConfigError(f"data.{key}: only an imagefolder study uses it ({name} images are "
+                                  f"{'x'.join(map(str, CATALOG[name].shape))}); remove it")
+    if name in CATALOG and CATALOG[name].embedded:
+        return
+    root = data.get("root")
+    if not root:
+        if name == "imagefolder":
+            return  # catalog.dataset_info says what it needs
+        raise ConfigError(f"data.root: {name} is read from a local folder; set data.root to it (and "
+                          "data.download: true to let torchvision fetch it there once, which needs internet)")
+    folder = Path(root).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"data.root: {str(root)!r} is a file, not a folder; point data.root at the data set's folder")
+    if name == "imagefolder":
+        if not folder.is_dir():
+            raise ConfigError(f"data.root: folder {str(root)!r} does not exist (from {os.getcwd()}); an imagefolder "
+                              "study reads one sub-folder of images per class from it")
+        train = folder / "train"
+        class_root = train if train.is_dir() and (folder / "test").is_dir() else folder
+        classes = [e.name for e in os.scandir(class_root) if e.is_dir() and not e.name.startswith(".")]
+        if len(classes) < 2:
+            raise ConfigError(f"data.root: {str(class_root)!r} has {len(classes)} class folder(s); an imagefolder "
+                              "study needs at least 2, one sub-folder of images per class")
+    elif not folder.is_dir() and not data.get("download"):
+        raise ConfigError(f"data.root: folder {str(root)!r} does not exist (from {os.getcwd()}); point data.root "
+                          "at the data set or set data.download: true (needs internet)")
+
+
 def _base_chain(name: str, variants: dict[str, dict]) -> list[str]:
     """[name, its base, its base's base, ...] over variants; the last one's base is a model."""
     chain = [name]
@@ -355,6 +711,9 @@ def _base_chain(name: str, variants: dict[str, dict]) -> list[str]:
         try:
             get_entry(base)
         except ConfigError:
+            if base == chain[-1]:
+                raise ConfigError(f"variant {base!r}, field 'base': a variant cannot be its own base; start from a "
+                                  f"model such as 'cnn' or from another variant") from None
             close = difflib.get_close_matches(base, [*variants, *list_models()], n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(

@@ -1,0 +1,293 @@
+"""A study's budget, checked before any job: training memory per variant, compute for the whole study.
+
+Both come from each variant's layer table (cnnbench.models.geometry: output shape, parameters and MACs
+of every layer), so they cost nothing and import no torch.
+
+Memory of one training job (bytes; float32 everywhere, 4 bytes a value):
+    weights + gradients + optimiser state   4 * params * (2 + slots)   slots: adam/adamw 2, sgd with
+                                                                        momentum 1, plain sgd 0
+    activations kept for backward           4 * batch_size * (input + every layer's output, flatten
+                                            excluded since it is a view)
+    evaluation (inference, EVAL_BATCH)      4 * 500 * 2 * the largest layer output
+    the two above x MEMORY_SAFETY (2): backward's transient gradient buffers, convolution workspaces
+    and allocator fragmentation
+    + the data set on the device: 1 byte (uint8 copy) + 4 bytes (normalised copy) per pixel, test split
+      included, + RUNTIME_BYTES for torch itself.
+A variant whose estimate exceeds the device's memory is refused. The device's memory is
+`execution.max_memory_gb` when set, else the host's RAM on the CPU, else (CUDA, which cannot be asked
+without torch at DAG time) DEFAULT_GPU_MEMORY_GB.
+
+Compute of the study (multiply-accumulates):
+    per run:  MACs/image * (3 * training images of a fold * epochs       forward + backward
+                            + validation images of a fold * epochs       evaluation after every epoch
+                            + test images)                               official test split, once
+    runs:     folds * repeats * seeds, for every variant (the A/A control included)
+Hours = MACs / the machine's assumed training throughput; more than `execution.max_hours` is refused.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cnnbench.catalog import CATALOG
+from cnnbench.errors import ConfigError
+
+if TYPE_CHECKING:
+    from cnnbench.config import Study, VariantSpec
+
+# Training throughput, in training MACs per second (a training image costs 3x its forward MACs).
+# CPU, measured: in cnnbench's training loop the default study's baseline (1,031,744 forward MACs per
+# image) trains at about 12,600 img/s with 1 thread on the reference machine (2-vCPU AMD EPYC, torch
+# 2.14.1; `cnnbench loop-bench`, README): 12,600 * 1,031,744 * 3 = 3.9e10 MACs/s per core. Checked on a
+# whole study: the default study (3.3e13 MACs with evaluation) comes out at 7.0 min on 2 cores; it took
+# 7 min 2 s. Small layers run below the machine's peak, so wider networks are over-estimated (width64,
+# 16x the MACs, trains faster than 16x slower), which errs on the safe side.
+CPU_MACS_PER_S_PER_CORE = 3.9e10
+# CUDA, assumed (no GPU on the reference machine): one GPU in float32 with deterministic cuDNN at 1e12
+# training MACs/s, i.e. ResNet-20 on CIFAR-10 (40.8 M MACs) at ~8,000 img/s, below what current cards
+# reach on small CNNs. Jobs take one GPU each, and the default profile runs one GPU job at a time.
+CUDA_MACS_PER_S_PER_GPU = 1e12
+
+BYTES_PER_VALUE = 4  # float32
+MEMORY_SAFETY = 2.0  # on model state and activations (see the module docstring)
+RUNTIME_BYTES = 700e6  # torch's own footprint: ~660 MB of a training process before any data (README)
+EVAL_BATCH = 500  # cnnbench.train.EVAL_BATCH (not imported: that module imports torch)
+DEFAULT_GPU_MEMORY_GB = 16.0  # the smallest common training card (T4, V100-16GB)
+DEFAULT_MAX_HOURS = 24.0
+TEST_SIZES = {"mnist": 10000, "fashion_mnist": 10000, "kmnist": 10000, "cifar10": 10000, "cifar100": 10000,
+              "svhn": 26032}
+_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp"}
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What the study will run on, as far as the budget is concerned."""
+
+    device: str  # cpu | cuda
+    workers: int  # CPU cores the workflow may use, or GPUs used at once
+    memory_bytes: float  # memory one training job may use
+    memory_source: str  # where that figure comes from, for messages
+    macs_per_s: float  # training throughput of the whole machine
+
+    def describe(self) -> str:
+        if self.device == "cpu":
+            return f"{self.workers} CPU core{'s' * (self.workers != 1)} at {_sci(CPU_MACS_PER_S_PER_CORE)} MACs/s each (measured)"
+        return f"{self.workers} GPU{'s' * (self.workers != 1)} at {_sci(CUDA_MACS_PER_S_PER_GPU)} MACs/s each (assumed)"
+
+
+def host_ram_bytes() -> float:
+    """Total RAM of this host: /proc/meminfo's MemTotal, else sysconf."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return float(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return math.inf  # unknown: refuse nothing on memory
+
+
+def host_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def detect_machine(execution: dict, cores: int | None = None, gpu_visible: bool | None = None) -> Machine:
+    """The machine a study's `execution:` section will run on here. `cores`: what the workflow was given
+    (Snakemake's --cores; default every core of this host)."""
+    device = execution.get("device", "auto")
+    if device == "auto":
+        if gpu_visible is None:
+            from cnnbench.env import nvidia_gpus_visible
+
+            gpu_visible = nvidia_gpus_visible()
+        device = "cuda" if gpu_visible else "cpu"
+    if device == "cpu":
+        workers = max(1, min(cores or host_cores(), host_cores()))
+        memory, source = host_ram_bytes(), "this host's RAM"
+        rate = CPU_MACS_PER_S_PER_CORE * workers
+    else:
+        workers = 1
+        memory, source = DEFAULT_GPU_MEMORY_GB * 1e9, f"a GPU (assumed {DEFAULT_GPU_MEMORY_GB:g} GB)"
+        rate = CUDA_MACS_PER_S_PER_GPU
+    return with_limits(Machine(device, workers, memory, source, rate), execution)
+
+
+# --- estimates -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class VariantEstimate:
+    name: str
+    params: int
+    macs_per_image: int
+    state_bytes: float  # weights, gradients, optimiser state
+    activation_bytes: float  # kept for backward at the batch size (or evaluation's peak, if larger)
+    activation_bytes_per_image: float
+    data_bytes: float
+    memory_bytes: float  # the estimate: safety * (state + activations) + data + runtime
+    macs: float  # the whole variant: every run, training and evaluation
+    runs: int
+
+
+@dataclass(frozen=True)
+class StudyEstimate:
+    study: str
+    machine: Machine
+    max_hours: float
+    variants: dict[str, VariantEstimate] = field(default_factory=dict)
+
+    @property
+    def macs(self) -> float:
+        return sum(v.macs for v in self.variants.values())
+
+    @property
+    def hours(self) -> float:
+        return self.macs / self.machine.macs_per_s / 3600
+
+    def peak(self) -> VariantEstimate:
+        return max(self.variants.values(), key=lambda v: v.memory_bytes)
+
+    def summary(self) -> str:
+        """Two lines for the log of every workflow run (dry runs included)."""
+        runs = max((v.runs for v in self.variants.values()), default=0)
+        peak = self.peak()
+        return (f"cnnbench: study {self.study!r}: {len(self.variants)} variants x {runs} runs, "
+                f"{_sci(self.macs)} MACs, estimated {_duration(self.hours)} on {self.machine.describe()}; "
+                f"limit execution.max_hours = {self.max_hours:g}\n"
+                f"cnnbench: largest training job: {peak.name!r}, ~{_gb(peak.memory_bytes)} estimated of the "
+                f"{_gb(self.machine.memory_bytes)} of {self.machine.memory_source}")
+
+
+def estimate_variant(spec: VariantSpec, n_dev: int, n_test: int, folds: int, runs: int) -> VariantEstimate:
+    rows = spec.layer_table()
+    params = sum(r.params for r in rows)
+    macs = sum(r.macs for r in rows)
+    t = spec.train
+    slots = 2 if t["optimizer"] in ("adam", "adamw") else int(t["momentum"] > 0)
+    state = BYTES_PER_VALUE * params * (2 + slots)
+    pixels = math.prod(spec.input_shape)
+    per_image = BYTES_PER_VALUE * (pixels + sum(math.prod(r.out_shape) for r in rows if r.kind != "flatten"))
+    largest = max([pixels, *(math.prod(r.out_shape) for r in rows)])
+    activations = max(per_image * t["batch_size"], BYTES_PER_VALUE * EVAL_BATCH * 2 * largest)
+    data = pixels * (n_dev + n_test) * (1 + BYTES_PER_VALUE)
+    memory = MEMORY_SAFETY * (state + activations) + data + RUNTIME_BYTES
+    n_val = n_dev / folds
+    n_train = n_dev - n_val
+    work = macs * (3 * n_train * t["epochs"] + n_val * t["epochs"] + n_test) * runs
+    return VariantEstimate(spec.name, params, macs, state, activations, per_image, data, memory, work, runs)
+
+
+def with_limits(machine: Machine, execution: dict) -> Machine:
+    """The machine with the study's own `execution.max_memory_gb`, which wins over what was detected."""
+    limit = execution.get("max_memory_gb")
+    if limit is None:
+        return machine
+    return replace(machine, memory_bytes=float(limit) * 1e9, memory_source=f"execution.max_memory_gb ({limit:g} GB)")
+
+
+def estimate_study(study: Study, machine: Machine) -> StudyEstimate:
+    machine = with_limits(machine, study.execution)
+    n_dev, n_test = data_sizes(study.data)
+    folds = study.split["folds"]
+    runs = folds * study.split["repeats"] * len(study.split["seeds"])
+    variants = {name: estimate_variant(spec, n_dev, n_test, folds, runs) for name, spec in study.variants.items()}
+    max_hours = float(study.execution.get("max_hours", DEFAULT_MAX_HOURS))
+    return StudyEstimate(study.name, machine, max_hours, variants)
+
+
+def check_study(study: Study, machine: Machine) -> StudyEstimate:
+    """The estimate, or a `ConfigError` naming the knob to change: a variant that does not fit in the
+    device's memory, or a study longer than `execution.max_hours`."""
+    est = estimate_study(study, machine)
+    machine = est.machine
+    for v in est.variants.values():
+        if v.memory_bytes > machine.memory_bytes:
+            raise ConfigError(_memory_message(v, study.variants[v.name], machine))
+    if est.hours > est.max_hours:
+        top = sorted(est.variants.values(), key=lambda v: -v.macs)[:3]
+        biggest = ", ".join(f"{v.name} {_duration(v.macs / machine.macs_per_s / 3600)}" for v in top)
+        raise ConfigError(
+            f"execution.max_hours: the study is estimated at {_duration(est.hours)} on {machine.describe()}: "
+            f"{_sci(est.macs)} MACs over {len(est.variants)} variants x {max(v.runs for v in top)} runs (longest: "
+            f"{biggest}), more than max_hours = {est.max_hours:g}; reduce epochs, folds, repeats, seeds or the "
+            f"number of variants, run on a GPU, or set execution.max_hours: {math.ceil(est.hours * 1.2)} to accept it")
+    return est
+
+
+def _memory_message(v: VariantEstimate, spec: VariantSpec, machine: Machine) -> str:
+    bs = spec.train["batch_size"]
+    head = (f"estimated training memory {_gb(v.memory_bytes)} exceeds the {_gb(machine.memory_bytes)} of "
+            f"{machine.memory_source}. Estimate: {v.params:,} parameters take {_gb(v.state_bytes)} with gradients and "
+            f"optimiser state, activations at batch {bs} {_gb(v.activation_bytes)}, both x {MEMORY_SAFETY:g} for "
+            f"safety; the data set on the device {_gb(v.data_bytes)}; torch {_gb(RUNTIME_BYTES)}. Fix")
+    more = "or set execution.max_memory_gb if the device has more"
+    parts = {"activations": MEMORY_SAFETY * v.activation_bytes, "state": MEMORY_SAFETY * v.state_bytes,
+             "data": v.data_bytes, "runtime": RUNTIME_BYTES}
+    biggest = max(parts, key=parts.get)
+    if biggest == "runtime":
+        return (f"execution.max_memory_gb: variant {spec.name!r}: {head}: torch alone needs about "
+                f"{_gb(RUNTIME_BYTES)}, so raise execution.max_memory_gb")
+    if biggest == "data":
+        return (f"data.subset: variant {spec.name!r}: {head}: the data set dominates; use a smaller data.subset or "
+                f"data.image_size, {more}")
+    if biggest == "activations":
+        return (f"variant {spec.name!r}, field 'batch_size': {head}: lower batch_size (activations take "
+                f"{_gb(v.activation_bytes_per_image)} per image), width or the image size, {more}")
+    return (f"variant {spec.name!r}, field 'width': {head}: the parameters dominate; lower width, widths or hidden, "
+            f"{more}")
+
+
+def data_sizes(data: dict) -> tuple[int, int]:
+    """(images that k-fold splits, official test images) of a `data:` section, without loading it."""
+    name = data["name"]
+    if name in CATALOG:
+        n = CATALOG[name].n_dev
+        n = n if data.get("subset") is None else min(data["subset"], n)
+        return n, TEST_SIZES.get(name, 0)
+    root = Path(data.get("root") or ".").expanduser()
+    train, test = root / "train", root / "test"
+    if train.is_dir() and test.is_dir():
+        n_dev, n_test = _count_images(train), _count_images(test)
+    else:
+        n_dev, n_test = _count_images(root), 0
+    if data.get("subset") is not None:
+        n_dev = min(n_dev, data["subset"])
+    return n_dev, n_test
+
+
+def _count_images(folder: Path) -> int:
+    return sum(1 for _, _, files in os.walk(folder) for f in files if Path(f).suffix.lower() in _IMAGE_SUFFIXES)
+
+
+def _sci(x: float) -> str:
+    """3.9e10, not 3.9e+10."""
+    mantissa, exponent = f"{x:.2e}".split("e")
+    return f"{float(mantissa):.3g}e{int(exponent)}"
+
+
+def _gb(n: float) -> str:
+    if n >= 1e9:
+        return f"{n / 1e9:,.1f} GB"
+    if n >= 10e6:
+        return f"{n / 1e6:,.0f} MB"
+    return f"{n / 1e6:.2g} MB"
+
+
+def _duration(hours: float) -> str:
+    if hours < 1 / 3600:
+        return "under 1 s"
+    if hours < 1 / 60:
+        return f"{hours * 3600:.0f} s"
+    if hours < 1:
+        return f"{hours * 60:.0f} min"
+    if hours < 48:
+        return f"{hours:.1f} h"
+    return f"{hours:,.0f} h ({hours / 24:,.0f} days)"
