@@ -26,6 +26,9 @@ def load(path: str | Path) -> tuple[pd.DataFrame, dict]:
         data = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise CnnbenchError(f"{path}: not a pytest-benchmark JSON file ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("benchmarks", []), list):
+        raise CnnbenchError(f"{path}: not a pytest-benchmark JSON file (expected an object with 'benchmarks'); "
+                            "produce one with `pytest tests/bench --benchmark-only --benchmark-json FILE`")
     rows = []
     for b in data.get("benchmarks", []):
         info = b.get("extra_info", {})

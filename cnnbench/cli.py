@@ -16,7 +16,7 @@ from cnnbench.errors import CnnbenchError
 def _cmd_prepare_data(a: argparse.Namespace) -> None:
     from cnnbench.data import load_source, save_cache
 
-    images = load_source(json.loads(a.data_json), a.split_seed)
+    images = load_source(a.data_json, a.split_seed)
     save_cache(images, a.out)
     test = f", test {len(images.y_test)}" if images.has_test else ""
     print(f"{images.name}: {len(images.y)} images {images.shape}{test} -> {a.out}", file=sys.stderr)
@@ -31,21 +31,19 @@ def _cmd_split(a: argparse.Namespace) -> None:
 
 
 def _cmd_train(a: argparse.Namespace) -> None:
-    from cnnbench.config import VariantSpec
     from cnnbench.runner import train_variant
 
-    spec = VariantSpec.from_dict(json.loads(a.spec))
+    spec = _spec(a.spec)
     train_variant(spec, data_path=a.data, splits_path=a.splits, folds=a.folds, seeds=a.seeds,
                   out_dir=a.out_dir, weights_path=a.weights, resume_root=a.resume_root, threads=a.threads,
                   device=a.device)
 
 
 def _cmd_time(a: argparse.Namespace) -> None:
-    from cnnbench.config import VariantSpec
     from cnnbench.io import write_json
     from cnnbench.timing import time_variant
 
-    spec = VariantSpec.from_dict(json.loads(a.spec))
+    spec = _spec(a.spec)
     t = time_variant(spec, data_path=a.data, splits_path=a.splits, device=a.device, threads=a.threads)
     write_json(a.out, t)
     print(f"[{spec.study}/{spec.name}] measured alone: {t['train_img_per_s']:,.0f} img/s "
@@ -56,7 +54,7 @@ def _cmd_time(a: argparse.Namespace) -> None:
 def _cmd_collect(a: argparse.Namespace) -> None:
     from cnnbench.results import collect
 
-    tables = collect(a.runs, a.out_dir, a.splits, a.data, a.timings, json.loads(a.study_json))
+    tables = collect(a.runs, a.out_dir, a.splits, a.data, a.timings, a.study_json)
     print(f"{len(tables['runs'])} runs -> {a.out_dir}/runs.parquet, epochs.parquet (+ .csv)", file=sys.stderr)
 
 
@@ -65,7 +63,7 @@ def _cmd_report(a: argparse.Namespace) -> None:
 
     build_report(results_dir=a.results, data_path=a.data, splits_path=a.splits, models_dir=a.models,
                  baseline=a.baseline, out=a.out, title=a.title, description=a.description,
-                 variant_descriptions=json.loads(a.variant_descriptions), references=json.loads(a.references))
+                 variant_descriptions=a.variant_descriptions, references=a.references)
     print(f"report -> {a.out}", file=sys.stderr)
 
 
@@ -109,7 +107,43 @@ def _cmd_bench_report(a: argparse.Namespace) -> None:
 
 
 def _ints(text: str) -> tuple[int, ...]:
-    return tuple(int(v) for v in text.lower().replace("x", ",").split(","))
+    try:
+        shape = tuple(int(v) for v in text.lower().replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a shape such as 1x28x28") from None
+    if len(shape) != 3 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give channels x height x width, each at least 1 (e.g. 3x32x32)")
+    return shape
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("a JSON object {...} is expected")
+    return value
+
+
+def _spec(d: dict):
+    from cnnbench.config import VariantSpec
+
+    try:
+        return VariantSpec.from_dict(d)
+    except (TypeError, KeyError) as e:
+        raise CnnbenchError(f"--spec: not a resolved variant spec ({e}); the workflow passes it, see "
+                            "results/<study>/specs.json for one") from None
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("prepare-data", help="load a data set once and cache it as .npz")
-    s.add_argument("--data-json", required=True, help="the study's data section, as JSON")
+    s.add_argument("--data-json", required=True, type=_json_object, help="the study's data section, as JSON")
     s.add_argument("--split-seed", type=int, default=0, help="seed of the stratified subset, if any")
     s.add_argument("--out", required=True)
     s.set_defaults(func=_cmd_prepare_data)
@@ -131,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_split)
 
     s = sub.add_parser("train", help="train the runs of one variant (one result file per run)")
-    s.add_argument("--spec", required=True, help="resolved variant spec as JSON (from the workflow)")
+    s.add_argument("--spec", required=True, type=_json_object, help="resolved variant spec as JSON (from the workflow)")
     s.add_argument("--data", required=True)
     s.add_argument("--splits", required=True)
     s.add_argument("--folds", type=int, nargs="+", required=True)
@@ -144,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_train)
 
     s = sub.add_parser("time", help="measure a variant's speed alone (training img/s, s/epoch, latency)")
-    s.add_argument("--spec", required=True, help="resolved variant spec as JSON (from the workflow)")
+    s.add_argument("--spec", required=True, type=_json_object, help="resolved variant spec as JSON (from the workflow)")
     s.add_argument("--data", required=True)
     s.add_argument("--splits", required=True)
     s.add_argument("--threads", type=int, default=1, help="torch threads (as the training jobs use)")
@@ -155,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("collect", help="gather run files into runs/epochs tables")
     s.add_argument("runs", nargs="+")
     s.add_argument("--timings", nargs="*", default=[], help="timing files of `cnnbench time`")
-    s.add_argument("--study-json", default="{}", help="JSON: study name, baseline, references (for `plan`)")
+    s.add_argument("--study-json", default="{}", type=_json_object, help="JSON: study name, baseline, references (for `plan`)")
     s.add_argument("--data", required=True, help="the data cache (true classes of the predictions)")
     s.add_argument("--splits", required=True, help="the split the runs used (maps predictions to images)")
     s.add_argument("--out-dir", required=True)
@@ -169,8 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--baseline", required=True)
     s.add_argument("--title", required=True)
     s.add_argument("--description", default="")
-    s.add_argument("--variant-descriptions", default="{}", help="JSON: variant -> description")
-    s.add_argument("--references", default="{}", help="JSON: variant -> the variant it is compared with")
+    s.add_argument("--variant-descriptions", default="{}", type=_json_object, help="JSON: variant -> description")
+    s.add_argument("--references", default="{}", type=_json_object, help="JSON: variant -> the variant it is compared with")
     s.add_argument("--out", required=True)
     s.set_defaults(func=_cmd_report)
 
@@ -178,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("name", help="a variant of --config, or a registered model")
     s.add_argument("--config", help="study config (default: config/config.yaml when it exists)")
     s.add_argument("--input", type=_ints, help="input shape C,H,W or CxHxW (models only; default 1x28x28)")
-    s.add_argument("--classes", type=int, help="number of classes (models only; default 10)")
+    s.add_argument("--classes", type=_positive, help="number of classes (models only; default 10)")
     s.set_defaults(func=_cmd_describe)
 
     s = sub.add_parser("loop-bench", help="img/s of the project's training loop vs a plain DataLoader loop")

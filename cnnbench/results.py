@@ -7,13 +7,80 @@ from typing import Iterable
 
 import pandas as pd
 
+from cnnbench.errors import CnnbenchError
 from cnnbench.io import atomic_path, read_json, write_json
 
 ID_COLUMNS = ["study", "variant", "fold", "seed", "spec_hash"]
 
 
-def load_records(paths: Iterable[str | Path]) -> list[dict]:
-    return [read_json(p) for p in paths]
+REQUIRED = ("schema", "study", "variant", "fold", "seed", "spec_hash", "data", "metrics", "cost", "speed", "epochs",
+            "val_pred", "env", "spec", "started_at", "finished_at")
+
+
+def check_record(path: Path, data_sha: str | None = None, split_sha: str | None = None) -> dict:
+    """A run record that a report can trust: strict JSON, every field, this record schema, and made from
+    the data cache and split that are on disk now."""
+    from cnnbench.runner import RECORD_SCHEMA
+
+    r = read_json(path, "run record")
+    if not isinstance(r, dict):
+        raise CnnbenchError(f"{path}: not a run record (a JSON object is expected)")
+    missing = [k for k in REQUIRED if k not in r]
+    if missing:
+        raise CnnbenchError(f"{path}: not a complete run record (missing {', '.join(missing)})")
+    if r["schema"] != RECORD_SCHEMA:
+        raise CnnbenchError(f"{path}: record schema {r['schema']}, this cnnbench writes {RECORD_SCHEMA}")
+    for key, sha in (("data_sha256", data_sha), ("split_sha256", split_sha)):
+        if sha is not None and r["data"].get(key) != sha:
+            raise CnnbenchError(f"{path}: trained on another {key.split('_')[0]} file ({r['data'].get(key)} != {sha})")
+    return r
+
+
+def load_records(paths: Iterable[str | Path], data_path: str | Path | None = None,
+                 split_path: str | Path | None = None) -> list[dict]:
+    """Every record, checked. Unusable ones are moved aside to `quarantine/` next to `runs/`, and their
+    variant's good runs are put where its next training job reuses them (runner's resume store), so the
+    next `snakemake` retrains exactly the runs that were lost; then one error names them."""
+    from cnnbench.data import file_hash
+
+    paths = [Path(p) for p in paths]
+    data_sha = file_hash(data_path) if data_path else None
+    split_sha = file_hash(split_path) if split_path else None
+    records, bad = {}, []
+    for p in paths:
+        try:
+            records[p] = check_record(p, data_sha, split_sha)
+        except CnnbenchError as e:
+            bad.append((p, str(e)))
+    if bad:
+        _quarantine(bad, records, split_sha)
+        first, why = bad[0]
+        raise CnnbenchError(f"{len(bad)} run record(s) unusable, e.g. {why}; moved to "
+                            f"{first.parents[2] / 'quarantine'}; run snakemake again: it retrains only these runs")
+    return [records[p] for p in paths]
+
+
+def _quarantine(bad: list[tuple[Path, str]], good: dict[Path, dict], split_sha: str | None) -> None:
+    import shutil
+
+    for path, _ in bad:  # results/<study>/runs/<variant>/<run>.json
+        study_dir, variant = path.parents[2], path.parent.name
+        target = study_dir / "quarantine" / variant / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            shutil.move(path, target)
+        siblings = {p: r for p, r in good.items() if p.parent == path.parent}
+        if not siblings or split_sha is None:
+            continue
+        spec_hash = next(iter(siblings.values()))["spec_hash"]
+        resume = study_dir / ".resume" / variant / f"{spec_hash}-{split_sha}"
+        resume.mkdir(parents=True, exist_ok=True)
+        for p in siblings:
+            shutil.copyfile(p, resume / p.name)
+        weights = study_dir / "models" / f"{variant}.pt"
+        if weights.exists():  # the first run's weights, which the job copies out again
+            first = min(siblings.values(), key=lambda r: (r["seed"], r["fold"]))
+            shutil.copyfile(weights, resume / f"fold{first['fold']}-seed{first['seed']}.pt")
 
 
 def runs_table(records: list[dict]) -> pd.DataFrame:
@@ -21,6 +88,8 @@ def runs_table(records: list[dict]) -> pd.DataFrame:
     rows = []
     for r in records:
         row = {k: r[k] for k in ID_COLUMNS}
+        row["status"] = r.get("status", "ok")
+        row["diverged_epoch"] = (r.get("diverged") or {}).get("epoch")
         row |= {f"data_{k}": v for k, v in r["data"].items()}
         for section in ("metrics", "cost", "speed", "env"):
             row |= {k: v for k, v in r.get(section, {}).items() if not isinstance(v, (dict, list))}
@@ -114,7 +183,7 @@ def collect(paths: Iterable[str | Path], out_dir: str | Path, split_path: str | 
     variant's resolved spec, in the given order) and `study.json` (baseline and comparisons)."""
     from cnnbench.data import load_cache
 
-    records = load_records(paths)
+    records = load_records(paths, data_path, split_path)
     labels = load_cache(data_path).y
     tables = {"runs": runs_table(records), "epochs": epochs_table(records), "layers": layers_table(records),
               "dead_filters": dead_filters_table(records),

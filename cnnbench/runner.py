@@ -21,7 +21,8 @@ from cnnbench.io import atomic_path, read_json, write_json
 from cnnbench.seeds import run_seed
 
 RECORD_SCHEMA = 4  # bump when a record gains or changes fields: the workflow then retrains (a param)
-# 4: run_seed, seed_offset, init_digest; memory.train_mb; latency moved to the timing job
+# 4: run_seed, seed_offset, init_digest, status/diverged, strict JSON; memory.train_mb; latency moved to
+#    the timing job
 
 
 def run_name(fold: int, seed: int) -> str:
@@ -112,6 +113,7 @@ def make_record(spec: VariantSpec, fold: int, seed: int, result, train_idx: np.n
         "study": spec.study, "variant": spec.name, "fold": fold, "seed": seed,
         "seed_offset": spec.seed_offset, "run_seed": run_seed(seed, fold, spec.seed_offset),
         "init_digest": result.init_digest, "spec_hash": spec.spec_hash,
+        "status": "diverged" if result.diverged else "ok", "diverged": result.diverged,
         "data": {**data, "n_train": int(len(train_idx)), "n_val": int(len(val_idx))},
         "metrics": run_metrics(result),
         "cost": cost,

@@ -23,6 +23,12 @@ import pandas as pd
 from scipy import optimize, stats
 
 PAIR_KEYS = ["fold", "seed"]  # a run's pairing key; the resample is the fold (repeat x fold id)
+
+
+def usable(runs: pd.DataFrame) -> pd.DataFrame:
+    """Runs that count in the statistics: diverged runs (status 'diverged') are left out, visibly (the
+    report lists them), never averaged in."""
+    return runs[runs["status"] != "diverged"] if "status" in runs else runs
 POWER = 0.80
 
 
@@ -98,7 +104,9 @@ def minimum_detectable(se: float, df: int, alpha: float = 0.05, power: float = P
 
 def resample_differences(runs: pd.DataFrame, a: str, b: str, metric: str) -> pd.DataFrame:
     """Per resample (fold id): mean over the shared seeds of `b - a`, the two means, the number of seeds,
-    the training and validation sizes. Only runs both variants have on the same (fold, seed) count."""
+    the training and validation sizes. Only runs both variants have on the same (fold, seed) count;
+    diverged runs do not."""
+    runs = usable(runs)
     left = runs.loc[runs.variant == a, [*PAIR_KEYS, metric, "data_n_train", "data_n_val"]]
     right = runs.loc[runs.variant == b, [*PAIR_KEYS, metric]]
     pairs = left.merge(right, on=PAIR_KEYS, suffixes=("_a", "_b")).dropna(subset=[f"{metric}_a", f"{metric}_b"])
@@ -202,7 +210,7 @@ def verdict(diff: float, p_adjusted: float, alpha: float = 0.05) -> str:
 
 def mean_ranks(runs: pd.DataFrame, metric: str = "val_acc", higher_is_better: bool = True) -> pd.Series | None:
     """Mean rank of each variant over the resamples every variant has (1 = best): description only."""
-    per_resample = runs.groupby(["fold", "variant"])[metric].mean().unstack("variant").dropna()
+    per_resample = usable(runs).groupby(["fold", "variant"])[metric].mean().unstack("variant").dropna()
     if per_resample.shape[1] < 3 or per_resample.empty:
         return None
     ranks = (-per_resample if higher_is_better else per_resample).rank(axis=1, method="average")

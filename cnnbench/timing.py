@@ -30,30 +30,41 @@ WARMUP_STEPS = 5
 def time_variant(spec: VariantSpec, *, data_path: str | Path, splits_path: str | Path, device: str = "auto",
                  threads: int = 1, repeats: int = REPEATS) -> dict:
     """Training throughput (the real step: augmentation, forward, backward, optimiser) on fold 0's
-    training images, and eval-mode latency at batch 1 and at the training batch size."""
-    import torch
-
+    training images, eval-mode latency at batch 1 and at the training batch size, then training memory."""
     from cnnbench.data import load_cache, load_fold
     from cnnbench.env import environment
-    from cnnbench.measure import latency
-    from cnnbench.seeds import run_seed
-    from cnnbench.train import Images, init_model, make_optimizer, resolve_device, set_determinism, train_epoch
+    from cnnbench.train import resolve_device, set_determinism
 
     dev = resolve_device(device)
     set_determinism(dev, threads)
     images = load_cache(data_path)
     train_idx, val_idx = load_fold(splits_path, 0, images.y)
+    window_start = time.time()
+    speed = training_speed(spec, images, train_idx, dev, repeats)  # also warms the process up
+    memory = training_memory(spec, images, train_idx, val_idx, dev)
+    return {"study": spec.study, "variant": spec.name, "spec_hash": spec.spec_hash, **speed,
+            "train_mb": memory["train_mb"], "memory_kind": memory["kind"],
+            "window": [window_start, time.time()],  # unix seconds: when the machine was held for this
+            "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "env": environment(dev)}
+
+
+def training_speed(spec: VariantSpec, images, train_idx: np.ndarray, dev, repeats: int) -> dict:
+    import torch
+
+    from cnnbench.measure import latency
+    from cnnbench.seeds import run_seed
+    from cnnbench.train import Images, init_model, make_optimizer, train_epoch
+
     seed = run_seed(0, 0)
     model = init_model(spec, seed, dev)
     x_all = torch.from_numpy(images.x[train_idx]).to(dev)
-    mean, std = Images.stats(x_all)
-    x = Images(x_all, mean, std, spec.train["augment"], torch.Generator(device=dev).manual_seed(seed))
+    x = Images(x_all, *Images.stats(x_all), spec.train["augment"], torch.Generator(device=dev).manual_seed(seed))
     y = torch.from_numpy(images.y[train_idx]).to(dev)
-    bs = spec.train["batch_size"]
-    steps_per_epoch = len(train_idx) // bs
-    opt = make_optimizer(model, spec.train)
-    gen = torch.Generator().manual_seed(seed)
     t = spec.train
+    bs = t["batch_size"]
+    steps_per_epoch = len(train_idx) // bs
+    opt = make_optimizer(model, t)
+    gen = torch.Generator().manual_seed(seed)
 
     def block(steps: int) -> float:
         perm = torch.randperm(len(y), generator=gen)[: steps * bs].to(dev)
@@ -61,30 +72,20 @@ def time_variant(spec: VariantSpec, *, data_path: str | Path, splits_path: str |
         train_epoch(model, opt, None, x, y, perm, bs, steps, t["label_smoothing"], t["l1"])  # synchronises
         return time.perf_counter() - start
 
-    window_start = time.time()
-    warm = block(min(WARMUP_STEPS, steps_per_epoch))  # not counted: allocator, kernel selection, caches
-    steps = int(np.clip(BLOCK_S / max(warm / min(WARMUP_STEPS, steps_per_epoch), 1e-6), 2, steps_per_epoch))
-    seconds = np.array([block(steps) for _ in range(repeats)])
-    img_per_s = steps * bs / seconds
+    warm_steps = min(WARMUP_STEPS, steps_per_epoch)
+    warm = block(warm_steps)  # not counted: allocator, kernel selection, caches
+    steps = int(np.clip(BLOCK_S / max(warm / warm_steps, 1e-6), 2, steps_per_epoch))
+    img_per_s = steps * bs / np.array([block(steps) for _ in range(repeats)])
     lat = {f"batch_{b}": latency(model, spec.input_shape, b, dev) for b in (1, bs)}
-    del model, opt, x, x_all
-    memory = training_memory(spec, images, train_idx, val_idx, dev)
     q1, med, q3 = np.percentile(img_per_s, [25, 50, 75])
     epoch = steps_per_epoch * bs / img_per_s
-    return {
-        "study": spec.study, "variant": spec.name, "spec_hash": spec.spec_hash,
-        "train_img_per_s": float(med), "train_img_per_s_iqr": float(q3 - q1),
-        "epoch_time_s": float(np.median(epoch)),
-        "epoch_time_s_iqr": float(np.subtract(*np.percentile(epoch, [75, 25]))),
-        "steps_per_block": steps, "blocks": repeats, "batch_size": bs,
-        "latency_b1_ms": lat["batch_1"]["median_ms"], "latency_b1_iqr_ms": lat["batch_1"]["iqr_ms"],
-        "latency_batch": bs, "latency_bN_ms": lat[f"batch_{bs}"]["median_ms"],
-        "latency_bN_iqr_ms": lat[f"batch_{bs}"]["iqr_ms"],
-        "train_mb": memory["train_mb"], "memory_kind": memory["kind"],
-        "window": [window_start, time.time()],  # unix seconds: when the machine was held for this
-        "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "env": environment(dev),
-    }
+    return {"train_img_per_s": float(med), "train_img_per_s_iqr": float(q3 - q1),
+            "epoch_time_s": float(np.median(epoch)),
+            "epoch_time_s_iqr": float(np.subtract(*np.percentile(epoch, [75, 25]))),
+            "steps_per_block": steps, "blocks": repeats, "batch_size": bs,
+            "latency_b1_ms": lat["batch_1"]["median_ms"], "latency_b1_iqr_ms": lat["batch_1"]["iqr_ms"],
+            "latency_batch": bs, "latency_bN_ms": lat[f"batch_{bs}"]["median_ms"],
+            "latency_bN_iqr_ms": lat[f"batch_{bs}"]["iqr_ms"]}
 
 
 def training_memory(spec: VariantSpec, images, train_idx: np.ndarray, val_idx: np.ndarray, device) -> dict:

@@ -67,6 +67,30 @@ class FitResult:
     dead_filters: dict  # per ReLU layer: dead channels on the validation set, final model
     init_digest: str  # sha256 of the initial weights: same run of two same-architecture variants -> same
     test: dict | None = None  # loss/acc on the official test split
+    diverged: dict | None = None  # {"epoch", "reason"} when training was stopped as diverged
+
+
+class DivergenceWatch:
+    """Stops a run that has diverged: a non-finite training loss, or training accuracy no better than
+    always answering the majority class for two epochs in a row once the learning-rate warm-up is over
+    (one-cycle: its first 20% of epochs; other schedules: the first epoch)."""
+
+    MARGIN = 0.01  # accuracy within 1 point of the majority-class rate counts as chance
+
+    def __init__(self, t: dict, y_train: np.ndarray):
+        self.chance = float(np.bincount(y_train).max() / len(y_train))
+        self.after = math.ceil(0.2 * t["epochs"]) if t["schedule"] == "onecycle" else 1
+        self.at_chance, self.diverged = 0, None
+
+    def check(self, row: dict) -> bool:
+        if not (math.isfinite(row["train_loss"]) and math.isfinite(row["val_loss"])):
+            self.diverged = {"epoch": row["epoch"], "reason": "non-finite loss"}
+        elif row["epoch"] >= self.after:
+            self.at_chance = self.at_chance + 1 if row["train_acc"] <= self.chance + self.MARGIN else 0
+            if self.at_chance >= 2:
+                self.diverged = {"epoch": row["epoch"],
+                                 "reason": f"training accuracy at chance ({self.chance:.1%}) after the warm-up"}
+        return self.diverged is not None
 
 
 class Images:
@@ -181,6 +205,7 @@ def fit(spec: VariantSpec, images: ImageData, train_idx: np.ndarray, val_idx: np
         norms = LayerNorms(model)
 
         epochs, train_time, warm_time, warm_images = [], 0.0, None, 0
+        watch = DivergenceWatch(t, images.y[train_idx])
         for epoch in range(1, t["epochs"] + 1):
             perm = torch.randperm(len(train_idx), generator=shuffle_gen).to(device)
             sync(device)
@@ -200,8 +225,10 @@ def fit(spec: VariantSpec, images: ImageData, train_idx: np.ndarray, val_idx: np
             epochs.append(row)
             if on_epoch:
                 on_epoch(row)
+            if watch.check(row):
+                break  # a diverged run stops here: the rest of its schedule would be wasted time
 
-    images_seen = steps * bs * t["epochs"]
+    images_seen = steps * bs * len(epochs)
     warm_time = warm_time or 0.0
     throughput = (images_seen - warm_images) / max(train_time - warm_time, 1e-9)
     test = None
@@ -215,7 +242,7 @@ def fit(spec: VariantSpec, images: ImageData, train_idx: np.ndarray, val_idx: np
     t_measure = time.perf_counter()
     dead = dead_filters(model, x_val)
     return FitResult(model, epochs, val_pred, throughput, train_time, images_seen, time.perf_counter() - fit_start,
-                     time.perf_counter() - t_measure, memory.as_dict(), dead, init_digest, test)
+                     time.perf_counter() - t_measure, memory.as_dict(), dead, init_digest, test, watch.diverged)
 
 
 def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, sched, x_train: Images,

@@ -18,7 +18,6 @@ import numpy as np
 from cnnbench.config import VariantSpec
 from cnnbench.data import file_hash, load_cache, load_fold
 from cnnbench.errors import CnnbenchError
-from cnnbench.io import read_json
 from cnnbench.runner import run_metrics
 from cnnbench.seeds import run_seed
 
@@ -43,11 +42,18 @@ def verify(record_path: str | Path, data: str | Path | None = None, splits: str 
 
     from cnnbench.train import fit, resolve_device, set_determinism
 
+    from cnnbench.results import check_record
+
     record_path = Path(record_path)
-    record = read_json(record_path)
-    study_dir = record_path.resolve().parents[2]  # results/<study>/runs/<variant>/<run>.json
-    data = Path(data or study_dir / "data.npz")
-    splits = Path(splits or study_dir / "splits.json")
+    record = check_record(record_path)
+    if data is None or splits is None:
+        parents = record_path.resolve().parents  # results/<study>/runs/<variant>/<run>.json
+        if len(parents) < 3 or parents[1].name != "runs":
+            raise CnnbenchError(f"{record_path}: not inside results/<study>/runs/<variant>/, so the data cache and "
+                                "split it used are unknown; pass --data and --splits")
+        study_dir = parents[2]
+        data = Path(data or study_dir / "data.npz")
+        splits = Path(splits or study_dir / "splits.json")
     for path, key in ((data, "data_sha256"), (splits, "split_sha256")):
         if not path.exists():
             raise CnnbenchError(f"{path}: not found; pass --data/--splits with the files this run used")

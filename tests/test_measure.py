@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 from cnnbench.config import load_study
-from cnnbench.data import load_source, make_splits, save_cache, save_splits
 from cnnbench.measure import LayerNorms, PeakMemory, count_flops, cost, dead_filters, latency
 from cnnbench.models.geometry import layer_table
 from cnnbench.models.registry import get_model, get_plan, list_models

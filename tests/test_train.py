@@ -166,3 +166,32 @@ def test_augmentation_is_on_device_shaped_bounded_and_repeatable():
     assert all(s or m for s, m in zip(same, mirrored)) and any(mirrored) and any(same)
     shifted = augment(x.clone(), {"shift": 3}, torch.Generator().manual_seed(0))
     assert not torch.equal(shifted, x)
+
+
+def test_divergence_watch_stops_on_non_finite_loss_or_chance_accuracy():
+    from cnnbench.train import DivergenceWatch
+
+    t = {"epochs": 10, "schedule": "onecycle"}
+    y = np.repeat(np.arange(10), 10)  # chance = 10%
+    row = lambda e, loss, acc: {"epoch": e, "train_loss": loss, "val_loss": loss, "train_acc": acc}  # noqa: E731
+    watch = DivergenceWatch(t, y)
+    assert not watch.check(row(1, 2.3, 0.10))  # during the warm-up (first 2 of 10 epochs): not judged
+    assert not watch.check(row(2, 2.3, 0.10))  # one epoch at chance after it is not enough
+    assert watch.check(row(3, 2.3, 0.105)) and watch.diverged["epoch"] == 3 and "chance" in watch.diverged["reason"]
+    watch = DivergenceWatch(t, y)
+    assert watch.check(row(1, float("nan"), 0.5)) and watch.diverged == {"epoch": 1, "reason": "non-finite loss"}
+    watch = DivergenceWatch(t, y)
+    assert not any(watch.check(row(e, 0.5, 0.9)) for e in range(1, 11))  # a learning run is never stopped
+
+
+def test_a_diverging_run_is_stopped_marked_and_written_as_strict_json(prepared, tmp_path):
+    study, images, root = prepared
+    spec = load_study(tiny_study(protocol={"folds": 2, "epochs": 6, "batch_size": 32, "lr": 90.0},
+                                 aa_control=False)).variants["baseline"]
+    path = train_variant(spec, data_path=root / "data.npz", splits_path=root / "splits.json", folds=[0], seeds=[0],
+                         out_dir=tmp_path / "runs", weights_path=None, resume_root=tmp_path / "resume",
+                         log=lambda m: None)[0]
+    text = path.read_text()
+    r = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict JSON token {c}"))
+    assert r["status"] == "diverged" and r["diverged"]["epoch"] < 6 and len(r["epochs"]) == r["diverged"]["epoch"]
+    assert "NaN" not in text and "Infinity" not in text

@@ -34,6 +34,10 @@ class ReportContext:
              variant_descriptions=None, references=None) -> "ReportContext":
         ctx = cls(title, description, baseline, Path(results_dir), Path(data_path), Path(splits_path),
                   Path(models_dir), Path(out_dir), variant_descriptions or {}, references or {})
+        for name in ("runs.parquet", "specs.json"):
+            if not (ctx.results_dir / name).exists():
+                raise CnnbenchError(f"{ctx.results_dir / name}: not found; run `cnnbench collect` (the workflow does) "
+                                    "before the report")
         if baseline not in ctx.specs:
             raise CnnbenchError(f"baseline {baseline!r} has no runs in {results_dir}; variants: {', '.join(ctx.specs)}")
         return ctx

@@ -26,13 +26,16 @@ class Section:
 
 def variant_summary(ctx) -> pd.DataFrame:
     """Per variant: accuracy mean and sd over runs, cost, and speed measured alone (cnnbench.timing)."""
-    g = ctx.runs.groupby("variant")
+    from cnnbench.stats import usable
+
+    g = usable(ctx.runs).groupby("variant")
+    cost = ctx.runs.groupby("variant")
     out = pd.DataFrame({"n": g.size(), "acc_mean": g["val_acc"].mean(), "acc_sd": g["val_acc"].std(ddof=1),
-                        "params": g["params"].first(), "macs": g["macs_forward"].first()})
+                        "params": cost["params"].first(), "macs": cost["macs_forward"].first()})
     timing = ctx.timing.reindex(out.index)
     for col in ("epoch_time_s", "train_img_per_s", "latency_b1_ms"):
         out[col] = timing[col] if col in timing else np.nan
-    return out.loc[ctx.variants]
+    return out.reindex(ctx.variants)
 
 
 def design_line(ctx) -> str:
@@ -74,7 +77,21 @@ def findings(ctx) -> Section:
             "detectable difference'. Where there is none, the note says the smallest difference this study "
             "could have detected with 80% power at Holm's strictest level (run <code>cnnbench plan</code> for "
             "the runs a smaller one needs).</p>")
-    return Section("findings", "Findings", aa_finding(ctx) + lead + (f"<ul>{''.join(items)}</ul>" if items else ""))
+    return Section("findings", "Findings", aa_finding(ctx) + diverged_note(ctx) + lead
+                   + (f"<ul>{''.join(items)}</ul>" if items else ""))
+
+
+def diverged_note(ctx) -> str:
+    """Diverged runs, named: they are left out of every statistic, never averaged in silently."""
+    runs = ctx.runs
+    bad = runs[runs["status"] == "diverged"] if "status" in runs else runs.iloc[:0]
+    if bad.empty:
+        return ""
+    per = "; ".join(f"{html.escape(v)}: {len(g)} of {len(runs[runs.variant == v])} runs (epochs "
+                    f"{', '.join(str(int(e)) for e in g['diverged_epoch'])})" for v, g in bad.groupby("variant"))
+    return (f'<div class="alarm"><p><b>{len(bad)} run(s) diverged</b> (non-finite loss, or accuracy at chance after '
+            f"the warm-up) and were stopped early: {per}. They are left out of every comparison, ranking and "
+            "mean below; their pairs on the other variants are dropped with them.</p></div>")
 
 
 def summary_table(ctx) -> Section:

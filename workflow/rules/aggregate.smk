@@ -2,8 +2,7 @@ rule collect:
     input:
         runs=[f for v in STUDY.variants for f in run_files(v)],
         timings=expand(rules.time.output[0], variant=TIMED),
-        data=rules.prepare_data.output[0],
-        splits=rules.split.output[0],
+        splits=ancient(rules.split.output[0]),
     output:
         runs=f"{RESULTS}/runs.parquet",
         runs_csv=report(f"{RESULTS}/runs.csv", caption="../report/runs.rst", category="Tables"),
@@ -20,6 +19,7 @@ rule collect:
         specs=f"{RESULTS}/specs.json",
         study=f"{RESULTS}/study.json",
     params:
+        data=DATA,  # a param, not an input: see data.smk
         out_dir=lambda w, output: os.path.dirname(output.runs),
         study=json.dumps({"study": STUDY.name, "baseline": STUDY.baseline, "references": STUDY.references}),
     log:
@@ -27,5 +27,5 @@ rule collect:
     conda:
         ENV
     shell:
-        "cnnbench collect {input.runs} --timings {input.timings} --data {input.data} --splits {input.splits} "
+        "cnnbench collect {input.runs} --timings {input.timings} --data {params.data} --splits {input.splits} "
         "--study-json {params.study:q} --out-dir {params.out_dir} 2> {log}"

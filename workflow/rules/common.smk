@@ -1,15 +1,34 @@
 # Validate and resolve the study once (one clear error naming the variant and field, before any job),
-# and define the paths every rule shares. The logic lives in the cnnbench library.
+# check its memory and compute budget, and define the paths every rule shares. The logic lives in the
+# cnnbench library.
 import json
 import os
+import sys
 
+from cnnbench.budget import check_study, detect_machine
 from cnnbench.config import AA_CONTROL, load_study
+from cnnbench.errors import ConfigError
 from cnnbench.env import nvidia_gpus_visible
 from cnnbench.runner import RECORD_SCHEMA
 
 
-STUDY = load_study(config, name_hint=(workflow.configfiles or ["config"])[-1])
+def _workflow_cores():
+    try:
+        return workflow.cores
+    except Exception:  # no --cores given (e.g. --lint): every core of the host
+        return None
+
+
+_CONFIGFILE = " + ".join(map(str, workflow.configfiles)) or "config"  # merged in this order by Snakemake
+# Snakemake parsed the config itself; the files are read again, strictly, for keys written twice.
+STUDY = load_study(config, name_hint=_CONFIGFILE, files=workflow.configfiles)
+try:
+    _ESTIMATE = check_study(STUDY, detect_machine(STUDY.execution, cores=_workflow_cores()))
+except ConfigError as e:
+    raise ConfigError(f"{_CONFIGFILE}: {e}") from None
+print(_ESTIMATE.summary(), file=sys.stderr)
 RESULTS = f"results/{STUDY.name}"
+DATA = f"{RESULTS}/data.npz"
 REPORT = f"reports/{STUDY.name}/index.html"
 ENV = "../envs/cnnbench.yaml"
 RUNS = [f"fold{f}-seed{s}" for s in STUDY.seeds for f in STUDY.fold_ids]

@@ -1,6 +1,11 @@
+# Data and split are pure functions of the config (their params): regenerating them byte-identically
+# (a deleted or touched cache) must not retrain anything. Downstream rules therefore depend on the split
+# only, as ancient() (the split depends on the data, so the order holds), and get the data cache's path
+# as a param: a deleted cache makes Snakemake rerun prepare_data and split, and nothing after them.
+# `collect` checks every run's recorded data and split hashes against the files on disk instead.
 rule prepare_data:
     output:
-        f"{RESULTS}/data.npz",
+        DATA,
     params:
         data=json.dumps(STUDY.data, sort_keys=True),
         split_seed=STUDY.split["split_seed"],
@@ -15,7 +20,7 @@ rule prepare_data:
 
 rule split:
     input:
-        rules.prepare_data.output,
+        ancient(rules.prepare_data.output[0]),
     output:
         f"{RESULTS}/splits.json",
     params:

@@ -3,11 +3,11 @@
 # records but measured under load. The A/A control builds the baseline's network: it is not timed again.
 rule time:
     input:
-        data=rules.prepare_data.output[0],
-        splits=rules.split.output[0],
+        splits=ancient(rules.split.output[0]),
     output:
         f"{RESULTS}/timing/{{variant}}.json",
     params:
+        data=DATA,  # a param, not an input: see data.smk
         spec=lambda w: json.dumps(STUDY.variants[w.variant].run_dict(), sort_keys=True),
         device=STUDY.execution["device"],
         torch_threads=STUDY.execution["threads"],
@@ -19,5 +19,5 @@ rule time:
     conda:
         ENV
     shell:
-        "cnnbench time --spec {params.spec:q} --data {input.data} --splits {input.splits} "
+        "cnnbench time --spec {params.spec:q} --data {params.data} --splits {input.splits} "
         "--threads {params.torch_threads} --device {params.device} --out {output} 2> {log}"

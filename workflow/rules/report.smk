@@ -6,8 +6,7 @@ rule report:
         layers=rules.collect.output.layers,
         dead_filters=rules.collect.output.dead_filters,
         predictions=rules.collect.output.predictions,
-        data=rules.prepare_data.output[0],
-        splits=rules.split.output[0],
+        splits=ancient(rules.split.output[0]),
         weights=expand(f"{RESULTS}/models/{{variant}}.pt", variant=STUDY.variants),
         benchmarks=expand(f"{RESULTS}/benchmarks/train/{{variant}}.tsv", variant=STUDY.variants),
         timing=rules.collect.output.timing,
@@ -15,6 +14,7 @@ rule report:
         html=report(REPORT, caption="../report/study.rst", category="Study report"),
         per_example=f"reports/{STUDY.name}/per_example.csv",
     params:
+        data=DATA,  # a param, not an input: see data.smk
         results=lambda w, input: os.path.dirname(input.runs),
         models=lambda w, input: os.path.dirname(input.weights[0]),
         baseline=STUDY.baseline,
@@ -27,7 +27,7 @@ rule report:
     conda:
         ENV
     shell:
-        "cnnbench report --results {params.results} --data {input.data} --splits {input.splits} "
+        "cnnbench report --results {params.results} --data {params.data} --splits {input.splits} "
         "--models {params.models} --baseline {params.baseline:q} --title {params.title:q} "
         "--description={params.description:q} --variant-descriptions {params.variants:q} --references {params.references:q} "
         "--out {output.html} 2> {log}"

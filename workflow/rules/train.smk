@@ -4,12 +4,12 @@
 # different network, reruns exactly that variant's job; editing its description reruns nothing.
 rule train:
     input:
-        data=rules.prepare_data.output[0],
-        splits=rules.split.output[0],
+        splits=ancient(rules.split.output[0]),
     output:
         runs=run_files("{variant}"),
         weights=f"{RESULTS}/models/{{variant}}.pt",
     params:
+        data=DATA,  # a param, not an input: see data.smk
         spec=lambda w: json.dumps(STUDY.variants[w.variant].run_dict(), sort_keys=True),
         spec_hash=lambda w: STUDY.variants[w.variant].spec_hash,
         record_schema=RECORD_SCHEMA,
@@ -29,7 +29,7 @@ rule train:
     conda:
         ENV
     shell:
-        "cnnbench train --spec {params.spec:q} --data {input.data} --splits {input.splits} "
+        "cnnbench train --spec {params.spec:q} --data {params.data} --splits {input.splits} "
         "--folds {params.folds} --seeds {params.seeds} --out-dir {params.out_dir} "
         "--weights {output.weights} --resume-root {params.resume} --threads {threads} "
         "--device {params.device} 2> {log}"

@@ -1,0 +1,87 @@
+"""Every `cnnbench` subcommand answers a bad path or a bad file with one line and exit status 2."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.test_cli import cli
+
+
+def assert_one_line_error(out: subprocess.CompletedProcess, *words: str) -> None:
+    err = out.stderr.strip()
+    assert out.returncode == 2, (out.returncode, err)
+    assert "Traceback" not in err and err.count("\n") == 0, err
+    for w in words:
+        assert w in err, (w, err)
+
+
+@pytest.fixture
+def files(tmp_path, recorded):
+    """A truncated record, a non-JSON file, a JSON list, a record without fields, and a complete record
+    copied outside results/."""
+    text = recorded.read_text()
+    (tmp_path / "truncated.json").write_text(text[: len(text) // 2])
+    (tmp_path / "not.json").write_text("hello, world\n")
+    (tmp_path / "list.json").write_text("[1, 2, 3]")
+    (tmp_path / "partial.json").write_text(json.dumps({"schema": 4, "study": "tiny"}))
+    shutil.copy(recorded, tmp_path / "outside.json")
+    return tmp_path
+
+
+def test_verify(files):
+    assert_one_line_error(cli("verify", str(files / "missing.json")), "missing.json", "no such run record")
+    assert_one_line_error(cli("verify", str(files / "truncated.json")), "not valid JSON")
+    assert_one_line_error(cli("verify", str(files / "not.json")), "not valid JSON")
+    assert_one_line_error(cli("verify", str(files / "list.json")), "not a run record")
+    assert_one_line_error(cli("verify", str(files / "partial.json")), "missing", "spec_hash")
+    assert_one_line_error(cli("verify", str(files / "outside.json")), "pass --data and --splits")
+
+
+def test_bench_report(files):
+    assert_one_line_error(cli("bench-report", str(files / "list.json")), "not a pytest-benchmark JSON file")
+    assert_one_line_error(cli("bench-report", str(files / "missing.json")), "missing.json")
+
+
+def test_describe_refuses_impossible_numbers():
+    out = cli("describe", "cnn", "--classes", "-5")
+    assert out.returncode == 2 and "must be at least 1" in out.stderr and "Traceback" not in out.stderr
+    out = cli("describe", "cnn", "--input", "1x0x28")
+    assert out.returncode == 2 and "at least 1" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_workflow_commands_on_missing_inputs(files):
+    missing = str(files / "nothing")
+    assert_one_line_error(cli("split", "--data", f"{missing}.npz", "--folds", "2", "--out", str(files / "s.json")),
+                          "no data cache")
+    spec = json.dumps(json.loads((files / "outside.json").read_text())["spec"])
+    assert_one_line_error(cli("time", "--spec", spec, "--data", f"{missing}.npz", "--splits", f"{missing}.json",
+                              "--out", str(files / "t.json")), "no data cache")
+    assert_one_line_error(cli("report", "--results", missing, "--data", "d", "--splits", "s", "--models", "m",
+                              "--baseline", "b", "--title", "t", "--out", str(files / "r.html")), "not found")
+    assert_one_line_error(cli("plan", missing), "not found")
+
+
+def test_collect_names_a_corrupt_record(files, recorded):
+    study = recorded.parents[2]
+    out = cli("collect", str(files / "truncated.json"), "--data", str(study / "data.npz"), "--splits",
+              str(study / "splits.json"), "--out-dir", str(files / "out"))
+    assert_one_line_error(out, "truncated.json", "not valid JSON", "run snakemake again")
+
+
+def test_an_unwritable_results_folder():
+    """A folder nobody may write, root included: /sys is mounted read-only for processes here."""
+    target = Path("/sys/cnnbench-results/d.npz")
+    try:
+        target.parent.mkdir(parents=True)
+    except OSError:
+        pass
+    else:  # a writable /sys: this machine cannot show the failure
+        target.parent.rmdir()
+        pytest.skip("/sys is writable here, so there is no unwritable folder to try")
+    out = cli("prepare-data", "--data-json", '{"name": "digits", "subset": 100}', "--out", str(target))
+    assert_one_line_error(out, "cannot write it", "/sys/cnnbench-results")

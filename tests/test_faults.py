@@ -1,0 +1,160 @@
+"""Fault injection on tiny real studies: kill -9 mid-run, a corrupt or deleted record, a deleted cache, two
+workflows on one study, a diverging variant. Each must heal without retraining what was finished."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.helpers import REPO, tiny_study, write_yaml
+from tests.test_workflow import planned_train_jobs, snakemake
+
+pytestmark = pytest.mark.slow
+
+# One variant, 4 folds of 3 epochs: long enough (~10 s of training) to be killed in the middle.
+CRASH_STUDY = tiny_study(study="crash", protocol={"folds": 4, "seeds": [0], "epochs": 3, "batch_size": 32},
+                         variants={"baseline": {"base": "cnn"}}, aa_control=False)
+RESULTS = Path("results") / "crash"
+
+
+def start(workdir: Path) -> subprocess.Popen:
+    """The workflow in the background, in its own process group (so kill -9 reaches its jobs too)."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.Popen([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+                             "--configfile", str(workdir / "study.yaml"), "--cores", "2"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def wait_for(predicate, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail("timed out waiting for the workflow")
+        time.sleep(0.2)
+
+
+def run_numbers(workdir: Path) -> dict[str, dict]:
+    """What must not change between an interrupted and an uninterrupted study: per run, its seed, metrics,
+    epochs (without times) and predictions."""
+    out = {}
+    for path in sorted((workdir / RESULTS / "runs").rglob("*.json")):
+        r = json.loads(path.read_text())
+        epochs = [{k: v for k, v in e.items() if not k.endswith("_time_s")} for e in r["epochs"]]
+        out[path.name] = {"run_seed": r["run_seed"], "metrics": r["metrics"], "epochs": epochs,
+                          "val_pred": r["val_pred"]}
+    return out
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    write_yaml(workdir / "study.yaml", CRASH_STUDY)
+    out = snakemake(workdir)
+    assert out.returncode == 0, out.stderr
+    return workdir
+
+
+def test_kill_9_then_resume_loses_and_retrains_nothing(uninterrupted, tmp_path):
+    write_yaml(tmp_path / "study.yaml", CRASH_STUDY)
+    proc = start(tmp_path)
+    resume = tmp_path / RESULTS / ".resume"
+    wait_for(lambda: len(list(resume.rglob("fold*.json"))) >= 2)  # two runs finished, the job goes on
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = {p.name: p.read_bytes() for p in resume.rglob("fold*.json")}
+    assert 2 <= len(finished) < 4
+
+    locked = snakemake(tmp_path)
+    assert locked.returncode != 0 and "--unlock" in locked.stdout + locked.stderr  # what the README says to run
+    assert snakemake(tmp_path, "--unlock").returncode == 0
+    out = snakemake(tmp_path)  # profiles/default reruns the incomplete job by itself
+    assert out.returncode == 0, out.stdout + out.stderr
+    log = (tmp_path / RESULTS / "logs" / "train" / "baseline.log").read_text()
+    assert log.count("finished earlier, reusing") == len(finished)
+    for name, content in finished.items():  # reused byte for byte, not retrained
+        assert (tmp_path / RESULTS / "runs" / "baseline" / name).read_bytes() == content
+    assert run_numbers(tmp_path) == run_numbers(uninterrupted)
+    assert (tmp_path / "reports" / "crash" / "index.html").exists()
+
+
+def test_a_truncated_record_is_named_moved_aside_and_only_that_run_retrains(uninterrupted, tmp_path):
+    import shutil
+
+    workdir = tmp_path / "study"
+    shutil.copytree(uninterrupted, workdir, symlinks=True)
+    runs = workdir / RESULTS / "runs" / "baseline"
+    before = {p.name: p.read_bytes() for p in runs.glob("*.json")}
+    broken = runs / "fold2-seed0.json"
+    broken.write_text(broken.read_text()[:200])
+
+    out = snakemake(workdir)
+    text = out.stdout + out.stderr
+    assert out.returncode != 0 and "fold2-seed0.json" in text and "run snakemake again" in text
+    assert "Traceback" not in (workdir / RESULTS / "logs" / "collect.log").read_text()
+    assert (workdir / RESULTS / "quarantine" / "baseline" / "fold2-seed0.json").exists() and not broken.exists()
+
+    assert planned_train_jobs(workdir) == ["baseline"]
+    out = snakemake(workdir)
+    assert out.returncode == 0, out.stdout + out.stderr
+    log = (workdir / RESULTS / "logs" / "train" / "baseline.log").read_text()
+    assert log.count("finished earlier, reusing") == 3 and "run 3/4 (fold 2" in log
+    after = {p.name: p.read_bytes() for p in runs.glob("*.json")}
+    assert {k: v for k, v in after.items() if k != broken.name} == {k: v for k, v in before.items() if k != broken.name}
+    assert run_numbers(workdir) == run_numbers(uninterrupted)
+
+
+def test_a_deleted_record_is_retrained_alone(uninterrupted, tmp_path):
+    import shutil
+
+    workdir = tmp_path / "study"
+    shutil.copytree(uninterrupted, workdir, symlinks=True)
+    (workdir / RESULTS / "runs" / "baseline" / "fold1-seed0.json").unlink()
+    assert planned_train_jobs(workdir) == ["baseline"]  # not "Nothing to be done"
+
+
+def test_a_deleted_or_touched_cache_retrains_nothing(uninterrupted, tmp_path):
+    import shutil
+
+    workdir = tmp_path / "study"
+    shutil.copytree(uninterrupted, workdir, symlinks=True)
+    (workdir / RESULTS / "data.npz").unlink()
+    os.utime(workdir / RESULTS / "splits.json")  # as if rewritten now
+    assert planned_train_jobs(workdir) == []
+    out = snakemake(workdir)
+    assert out.returncode == 0, out.stderr
+    assert (workdir / RESULTS / "data.npz").exists()
+    assert run_numbers(workdir) == run_numbers(uninterrupted)
+
+
+def test_two_workflows_on_one_study_at_once(tmp_path):
+    write_yaml(tmp_path / "study.yaml", CRASH_STUDY)
+    first = start(tmp_path)
+    wait_for(lambda: (tmp_path / RESULTS / "logs" / "train" / "baseline.log").exists())
+    second = snakemake(tmp_path)
+    assert second.returncode != 0 and "lock" in (second.stdout + second.stderr).lower()
+    assert first.wait(timeout=300) == 0
+    assert len(list((tmp_path / RESULTS / "runs").rglob("*.json"))) == 4
+
+
+def test_a_diverging_variant_is_reported_and_left_out_of_the_statistics(tmp_path):
+    study = tiny_study(study="diverge", protocol={"folds": 2, "seeds": [0], "epochs": 4, "batch_size": 32},
+                       variants={"baseline": {"base": "cnn"}, "huge_lr": {"base": "baseline", "lr": 90.0},
+                                 "bn": {"base": "baseline", "bn": True}}, aa_control=False)
+    write_yaml(tmp_path / "study.yaml", study)
+    out = snakemake(tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    runs = pd.read_parquet(tmp_path / "results" / "diverge" / "runs.parquet")
+    bad = runs[runs.variant == "huge_lr"]
+    assert (bad["status"] == "diverged").all() and (bad["diverged_epoch"] < 4).all()
+    assert (runs[runs.variant != "huge_lr"]["status"] == "ok").all()
+    html = (tmp_path / "reports" / "diverge" / "index.html").read_text()
+    assert "2 run(s) diverged" in html and "huge_lr: 2 of 2 runs" in html
+    assert "<b>huge_lr</b>" not in html.split("Every variant against")[1].split("</ul>")[0]  # no verdict
