@@ -25,19 +25,19 @@ import hashlib
 import json
 import math
 import os
-import re
-from dataclasses import asdict, dataclass, field, fields, replace
-from functools import cache, cached_property
-from importlib import resources
+from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from cnnbench.catalog import CATALOG, dataset_info
+from cnnbench.config_schema import check_schema, normalise, path_words, schema  # noqa: F401 (re-exported)
+from cnnbench.config_yaml import StrictLoader, read_config  # noqa: F401 (re-exported)
 from cnnbench.errors import ConfigError
+from cnnbench.knobs import TRAIN_KNOBS, AugmentKnobs, TrainKnobs  # noqa: F401 (re-exported)
 from cnnbench.models import plan as P
-from cnnbench.models.convnet import KNOB_NAMES, UNUSED_BY_BLOCK, ConvNetKnobs
+from cnnbench.models.convnet import UNUSED_BY_BLOCK
 from cnnbench.models.geometry import GeometryError, LayerRow, layer_table
 from cnnbench.models.registry import get_entry, list_models
 
@@ -47,37 +47,6 @@ AA_CONTROL = "aa_control"  # name of the A/A control variant that `aa_control: t
 AA_SEED_OFFSET = 1  # its seed offset: same folds and seeds as the baseline, independent random streams
 
 
-@dataclass(frozen=True)
-class AugmentKnobs:
-    """On-device, per-batch augmentation (applied to training batches only)."""
-
-    flip: bool = False  # random horizontal flip (p = 0.5)
-    shift: int = 0  # random translation, up to this many pixels in x and y
-    rotate: float = 0.0  # random rotation, up to +-degrees
-    shear: float = 0.0  # random shear, up to +-degrees
-    brightness: float = 0.0  # multiply by a factor in [1-b, 1+b]
-    contrast: float = 0.0  # scale deviations from the image mean by [1-c, 1+c]
-    saturation: float = 0.0  # RGB only: blend with the grey image by [1-s, 1+s]
-
-
-@dataclass(frozen=True)
-class TrainKnobs:
-    """Training protocol; study-wide defaults under `protocol:`, overridable per variant."""
-
-    epochs: int = 10
-    batch_size: int = 64  # images per step; the last partial batch of an epoch is dropped
-    optimizer: str = "sgd"  # sgd | adam | adamw
-    lr: float = 0.05  # peak learning rate
-    momentum: float = 0.9  # sgd momentum (adam: beta1)
-    nesterov: bool = True  # sgd only
-    weight_decay: float = 5e-4  # L2 penalty (decoupled for adamw)
-    l1: float = 0.0  # L1 penalty on conv and linear weights, added to the loss
-    schedule: str = "onecycle"  # constant | cosine | onecycle (linear up 20%, down to 0) | step (/10 at 50%, 75%)
-    label_smoothing: float = 0.0
-    augment: AugmentKnobs = field(default_factory=AugmentKnobs)
-
-
-TRAIN_KNOBS = tuple(f.name for f in fields(TrainKnobs))
 SPLIT_DEFAULTS = {"folds": 5, "repeats": 1, "seeds": [0], "split_seed": 0}
 EXECUTION_DEFAULTS = {"device": "auto", "threads": 1, "max_hours": 24}  # max_memory_gb: see cnnbench.budget
 
@@ -171,91 +140,6 @@ class Study:
         return {v: s.compare_to for v, s in self.variants.items() if s.compare_to}
 
 
-# --- reading ---------------------------------------------------------------------------------------
-
-# YAML 1.2 floats that YAML 1.1 (PyYAML) reads as strings: an exponent without a dot (1e-3, 5E-4) or
-# without a sign (1.0e3). Forms with a dot and a signed exponent are already floats under YAML 1.1.
-_EXP_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$")
-_MERGE_TAG = "tag:yaml.org,2002:merge"
-
-
-class StrictLoader(yaml.SafeLoader):
-    """PyYAML's SafeLoader, stricter where a study config needs it:
-
-    - a key written twice in one mapping is an error naming both lines (PyYAML keeps the last one, so a
-      variant written twice silently loses its first knobs); `<<:` merge keys still override;
-    - YAML 1.2 floats (`1e-3`, `5E-4`, `1.0e3`) are floats, not strings.
-    """
-
-    def construct_document(self, node):
-        self._check_mappings(node, [], set(), ())
-        return super().construct_document(node)
-
-    def _check_mappings(self, node, path: list, seen_nodes: set, ancestors: tuple) -> None:
-        if id(node) in ancestors:
-            raise ConfigError(f"{_path_words(path) if path else 'top level'}: an alias refers to a node that "
-                              f"contains it (line {node.start_mark.line + 1}), which no study needs; write the value out")
-        if id(node) in seen_nodes:  # an alias: checked where its anchor is
-            return
-        seen_nodes.add(id(node))
-        ancestors = (*ancestors, id(node))
-        if isinstance(node, yaml.MappingNode):
-            first_line: dict = {}
-            for key_node, value_node in node.value:
-                if key_node.tag == _MERGE_TAG:
-                    self._check_mappings(value_node, path, seen_nodes, ancestors)
-                    continue
-                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
-                line = key_node.start_mark.line + 1
-                if key is not None:
-                    ident = (key_node.tag, key)
-                    if ident in first_line:
-                        raise ConfigError(_duplicate_message(path, key, first_line[ident], line))
-                    first_line[ident] = line
-                self._check_mappings(value_node, [*path, key], seen_nodes, ancestors)
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                self._check_mappings(item, [*path, i], seen_nodes, ancestors)
-
-
-StrictLoader.add_implicit_resolver("tag:yaml.org,2002:float", _EXP_FLOAT, list("-+0123456789."))
-
-
-def _duplicate_message(path: list, key: str, first: int, line: int) -> str:
-    what = f"top level: {key!r}" if not path else _path_words([*path, key])  # e.g. variant 'x', field 'bn'
-    what += " is written twice"
-    return (f"{what} (lines {first} and {line}); YAML would keep only the last one and silently drop the "
-            f"first, so merge the two into one entry or rename one")
-
-
-def read_config(path: str | Path) -> Any:
-    """Parse a config file with `StrictLoader`; every problem is one `ConfigError` naming the file."""
-    where = str(path)
-    try:
-        text = Path(path).read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"{where}: no such config file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{where}: cannot read the config file ({e})") from None
-    try:
-        return yaml.load(text, Loader=StrictLoader)  # a SafeLoader subclass: safe
-    except ConfigError as e:
-        raise ConfigError(f"{where}: {e}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{where}: not valid YAML: {_yaml_error(e)}") from None
-
-
-def _yaml_error(e: yaml.YAMLError) -> str:
-    """A PyYAML error on one line: what is wrong and where."""
-    if isinstance(e, yaml.MarkedYAMLError):
-        mark = e.problem_mark or e.context_mark
-        what = "; ".join(x for x in (e.context, e.problem) if x)
-        if mark is not None:
-            return f"{what} (line {mark.line + 1}, column {mark.column + 1})"
-        return what
-    return " ".join(str(e).split())
-
-
 # --- loading ---------------------------------------------------------------------------------------
 
 def load_study(source: str | Path | dict, name_hint: str | None = None, *, files: list | None = None,
@@ -294,239 +178,6 @@ def _one_line(message: str) -> str:
 
 
 # --- numbers ---------------------------------------------------------------------------------------
-
-def normalise(raw: Any) -> Any:
-    """Numbers read exactly, guided by the schema: an integral float in an integer field becomes an int
-    (2.0 -> 2) and a non-integral one is refused; every number must be finite; a YAML 1.2 float left as
-    a string by YAML 1.1 ('1e-3') becomes a float in a number field. Also every key must be a name.
-    The same function serves a file read here and the dict Snakemake parsed itself."""
-    return _normalise(raw, schema(), [])
-
-
-def _normalise(value: Any, node: dict | None, path: list) -> Any:
-    if isinstance(value, dict):
-        out = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                where = _path_words(path) if path else "top level"
-                raise ConfigError(f"{where}: key {key!r} ({type(key).__name__}) is not a name; write names as "
-                                  f"text (quote it: '{key}')")
-            child = _child_schema(node, key) if node is not None else None
-            out[key] = _normalise(item, child, [*path, key])
-        return out
-    if node is None:
-        return value
-    types = _types(node)
-    if isinstance(value, list):
-        items = _items_schema(node) if "array" in types else None
-        return [_normalise(item, items, [*path, i]) for i, item in enumerate(value)] if items else value
-    numeric = types & {"number", "integer"}
-    if not numeric or isinstance(value, bool):
-        return value
-    if isinstance(value, str) and _EXP_FLOAT.match(value.strip()):
-        value = float(value.strip().replace("_", ""))
-    if isinstance(value, float):
-        where = _path_words(path)
-        if not math.isfinite(value):
-            written = ".nan" if math.isnan(value) else (".inf" if value > 0 else "-.inf")
-            default = _default_of(path)
-            hint = f" such as {default!r}" if default is not None else ""
-            raise ConfigError(f"{where}: {written} is not a finite number; give a finite number{hint}")
-        if "integer" in types and "number" not in types:
-            if value.is_integer():
-                return int(value)
-            raise ConfigError(f"{where}: {value!r} is not a whole number; this field counts something, so write "
-                              f"an integer such as {math.floor(value)} or {math.ceil(value)}")
-    return value
-
-
-def _default_of(path: list) -> Any:
-    """The default of a training or model knob, for messages (None when there is none)."""
-    name = path[-1] if path else None
-    if not isinstance(name, str):
-        return None
-    if name in TRAIN_KNOBS:
-        return getattr(TrainKnobs(), name)
-    if len(path) >= 2 and path[-2] == "augment" and name in {f.name for f in fields(AugmentKnobs)}:
-        return getattr(AugmentKnobs(), name)
-    if name in KNOB_NAMES:
-        return getattr(ConvNetKnobs(), name)
-    return None
-
-
-def _deref(node: dict) -> dict:
-    while isinstance(node, dict) and "$ref" in node:
-        node = _ref(node["$ref"])
-    return node
-
-
-def _ref(ref: str) -> dict:
-    target: Any = schema()
-    for part in ref.removeprefix("#/").split("/"):
-        target = target[part]
-    return target
-
-
-def _branches(node: dict) -> list[dict]:
-    """The node and every schema it combines (allOf, oneOf, anyOf), dereferenced."""
-    node = _deref(node)
-    out = [node]
-    for key in ("allOf", "oneOf", "anyOf"):
-        for sub in node.get(key, ()):
-            out += _branches(sub)
-    return out
-
-
-def _types(node: dict) -> set[str]:
-    types: set[str] = set()
-    for b in _branches(node):
-        t = b.get("type")
-        types.update([t] if isinstance(t, str) else t or ())
-        for v in b.get("enum", ()):
-            if isinstance(v, bool):
-                types.add("boolean")
-            elif isinstance(v, int):
-                types.add("integer")
-            elif isinstance(v, float):
-                types.add("number")
-    return types
-
-
-def _child_schema(node: dict, key: str) -> dict | None:
-    for b in _branches(node):
-        if key in b.get("properties", {}):
-            return b["properties"][key]
-    for b in _branches(node):
-        extra = b.get("additionalProperties")
-        if isinstance(extra, dict):
-            return extra
-    return None
-
-
-def _items_schema(node: dict) -> dict | None:
-    for b in _branches(node):
-        if isinstance(b.get("items"), dict):
-            return b["items"]
-    return None
-
-
-@cache
-def schema() -> dict:
-    return yaml.safe_load(resources.files("cnnbench").joinpath("schema/study.schema.yaml").read_text())
-
-
-def check_schema(raw: dict) -> None:
-    from jsonschema import Draft202012Validator
-    from jsonschema.exceptions import best_match
-
-    errors = list(Draft202012Validator(schema()).iter_errors(raw))
-    # A knob that fails its own check is also "unevaluated"; the concrete error is the useful one.
-    concrete = [e for e in errors if e.validator != "unevaluatedProperties"]
-    error = best_match(concrete or errors)
-    if error is not None:
-        raise ConfigError(_schema_message(_branch_error(error)))
-
-
-def _branch_error(error):
-    """For a value that fits none of a oneOf's branches, the error of the branch of its own type
-    (padding: 1000 -> "above the maximum", not "not one of [same, valid] or an integer")."""
-    while error.validator in ("oneOf", "anyOf") and error.context:
-        same_type = [e for e in error.context if e.validator != "type" and e.validator != "enum"]
-        if not same_type:
-            break
-        error = min(same_type, key=lambda e: len(e.absolute_path))
-    return error
-
-
-def _schema_message(error) -> str:
-    path = list(error.absolute_path)
-    where = _path_words(path)
-    if error.validator in ("maximum", "exclusiveMaximum", "maxItems"):
-        bound = error.validator_value
-        why = error.schema.get("x-bound")  # a sanity bound (not a range that follows from the meaning)
-        tail = f" ({why}); use at most {bound}; the bound is set in workflow/schemas/config.schema.yaml" if why else ""
-        if error.validator == "maxItems":
-            return f"{where}: {len(error.instance)} entries are more than the upper bound of {bound}" + (
-                tail or f"; give at most {bound}")
-        if error.validator == "exclusiveMaximum":
-            return f"{where}: {_short(error.instance)} must be less than {bound}"
-        if why:
-            return f"{where}: {_short(error.instance)} is above the upper bound of {bound}{tail}"
-        return f"{where}: {_short(error.instance)} is more than the maximum of {bound}; use at most {bound}"
-    if error.validator == "minimum":
-        return f"{where}: {_short(error.instance)} is less than the minimum of {error.validator_value}; use at least {error.validator_value}"
-    if error.validator == "exclusiveMinimum":
-        return f"{where}: {_short(error.instance)} must be more than {error.validator_value}"
-    if error.validator == "type":
-        expected = error.validator_value
-        expected = [expected] if isinstance(expected, str) else expected
-        want = " or ".join(_TYPE_WORDS.get(t, t) for t in expected)
-        return f"{where}: {_short(error.instance)} is {_kind_of(error.instance)}, not {want}; give {want}"
-    if error.validator in ("additionalProperties", "unevaluatedProperties"):
-        names = re.findall(r"'([^']+)'", error.message.split("(")[-1])
-        known = _all_property_names()
-        hints = [f"{n!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(n, known, n=1)) else repr(n)
-                 for n in names]
-        kind = "knob or field" if path and path[0] == "variants" else "field"
-        return f"{where}: unknown {kind} {', '.join(hints)}; see workflow/schemas/config.schema.yaml for the allowed ones"
-    if error.validator == "required":
-        return f"{where}: {error.message}"
-    if error.validator == "enum":
-        return f"{where}: {_short(error.instance)} is not allowed; choose one of {', '.join(map(str, error.validator_value))}"
-    if error.validator in ("oneOf", "anyOf"):
-        options = []
-        for branch in map(_deref, error.validator_value):
-            if "enum" in branch:
-                options += [repr(v) for v in branch["enum"]]
-            else:
-                t = branch.get("type", "value")
-                options += [_TYPE_WORDS.get(x, x) for x in ([t] if isinstance(t, str) else t)]
-        return f"{where}: {_short(error.instance)} is not allowed; expected {' or '.join(dict.fromkeys(options))}"
-    return f"{where}: {error.message}"
-
-
-def _short(value: Any) -> str:
-    """repr, cut to fit a one-line message (a 400-digit number, a long list)."""
-    text = repr(value)
-    return text if len(text) <= 60 else f"{text[:40]}...({len(text)} characters)"
-
-
-_TYPE_WORDS = {"integer": "an integer", "number": "a number", "string": "text", "boolean": "true or false",
-               "array": "a list", "object": "a mapping", "null": "null"}
-
-
-def _kind_of(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true/false"
-    return {int: "an integer", float: "a number", str: "text", list: "a list", dict: "a mapping",
-            type(None): "empty"}.get(type(value), f"a {type(value).__name__}")
-
-
-def _path_words(path: list) -> str:
-    if not path:
-        return "top level"
-    if path[0] == "variants" and len(path) >= 2:
-        rest = ".".join(map(str, path[2:]))
-        return f"variant {path[1]!r}" + (f", field {rest!r}" if rest else "")
-    return ".".join(map(str, path))
-
-
-@cache
-def _all_property_names() -> list[str]:
-    names: set[str] = set()
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            names.update(node.get("properties", {}))
-            for v in node.values():
-                walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
-
-    walk(schema())
-    return sorted(names)
-
 
 def _resolve(raw: dict) -> Study:
     raw = normalise(raw)

@@ -1,0 +1,260 @@
+"""Config checks driven by the JSON schema: numbers read exactly, then types, ranges and bounds.
+
+`normalise` walks the raw config beside the schema: an integral float in an integer field becomes an
+int (2.0 -> 2) and a non-integral one is refused, every number must be finite, and a YAML 1.2 float that
+arrived as a string ('1e-3', Snakemake's own parse) becomes a float. `check_schema` then validates the
+result and turns the most useful jsonschema error into one line naming the variant and the field.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from dataclasses import fields
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import yaml
+
+from cnnbench.errors import ConfigError
+from cnnbench.knobs import TRAIN_KNOBS, AugmentKnobs, TrainKnobs
+from cnnbench.models.convnet import KNOB_NAMES, ConvNetKnobs
+
+# YAML 1.2 floats that YAML 1.1 (PyYAML) reads as strings: an exponent without a dot (1e-3, 5E-4) or
+# without a sign (1.0e3). Forms with a dot and a signed exponent are already floats under YAML 1.1.
+EXP_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$")
+
+
+def normalise(raw: Any) -> Any:
+    """Numbers read exactly, guided by the schema: an integral float in an integer field becomes an int
+    (2.0 -> 2) and a non-integral one is refused; every number must be finite; a YAML 1.2 float left as
+    a string by YAML 1.1 ('1e-3') becomes a float in a number field. Also every key must be a name.
+    The same function serves a file read here and the dict Snakemake parsed itself."""
+    return _normalise(raw, schema(), [])
+
+
+def _normalise(value: Any, node: dict | None, path: list) -> Any:
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                where = path_words(path) if path else "top level"
+                raise ConfigError(f"{where}: key {key!r} ({type(key).__name__}) is not a name; write names as "
+                                  f"text (quote it: '{key}')")
+            child = _child_schema(node, key) if node is not None else None
+            out[key] = _normalise(item, child, [*path, key])
+        return out
+    if node is None:
+        return value
+    types = _types(node)
+    if isinstance(value, list):
+        items = _items_schema(node) if "array" in types else None
+        return [_normalise(item, items, [*path, i]) for i, item in enumerate(value)] if items else value
+    numeric = types & {"number", "integer"}
+    if not numeric or isinstance(value, bool):
+        return value
+    if isinstance(value, str) and EXP_FLOAT.match(value.strip()):
+        value = float(value.strip().replace("_", ""))
+    if isinstance(value, float):
+        where = path_words(path)
+        if not math.isfinite(value):
+            written = ".nan" if math.isnan(value) else (".inf" if value > 0 else "-.inf")
+            default = _default_of(path)
+            hint = f" such as {default!r}" if default is not None else ""
+            raise ConfigError(f"{where}: {written} is not a finite number; give a finite number{hint}")
+        if "integer" in types and "number" not in types:
+            if value.is_integer():
+                return int(value)
+            raise ConfigError(f"{where}: {value!r} is not a whole number; this field counts something, so write "
+                              f"an integer such as {math.floor(value)} or {math.ceil(value)}")
+    return value
+
+
+def _default_of(path: list) -> Any:
+    """The default of a training or model knob, for messages (None when there is none)."""
+    name = path[-1] if path else None
+    if not isinstance(name, str):
+        return None
+    if name in TRAIN_KNOBS:
+        return getattr(TrainKnobs(), name)
+    if len(path) >= 2 and path[-2] == "augment" and name in {f.name for f in fields(AugmentKnobs)}:
+        return getattr(AugmentKnobs(), name)
+    if name in KNOB_NAMES:
+        return getattr(ConvNetKnobs(), name)
+    return None
+
+
+def _deref(node: dict) -> dict:
+    while isinstance(node, dict) and "$ref" in node:
+        node = _ref(node["$ref"])
+    return node
+
+
+def _ref(ref: str) -> dict:
+    target: Any = schema()
+    for part in ref.removeprefix("#/").split("/"):
+        target = target[part]
+    return target
+
+
+def _branches(node: dict) -> list[dict]:
+    """The node and every schema it combines (allOf, oneOf, anyOf), dereferenced."""
+    node = _deref(node)
+    out = [node]
+    for key in ("allOf", "oneOf", "anyOf"):
+        for sub in node.get(key, ()):
+            out += _branches(sub)
+    return out
+
+
+def _types(node: dict) -> set[str]:
+    types: set[str] = set()
+    for b in _branches(node):
+        t = b.get("type")
+        types.update([t] if isinstance(t, str) else t or ())
+        for v in b.get("enum", ()):
+            if isinstance(v, bool):
+                types.add("boolean")
+            elif isinstance(v, int):
+                types.add("integer")
+            elif isinstance(v, float):
+                types.add("number")
+    return types
+
+
+def _child_schema(node: dict, key: str) -> dict | None:
+    for b in _branches(node):
+        if key in b.get("properties", {}):
+            return b["properties"][key]
+    for b in _branches(node):
+        extra = b.get("additionalProperties")
+        if isinstance(extra, dict):
+            return extra
+    return None
+
+
+def _items_schema(node: dict) -> dict | None:
+    for b in _branches(node):
+        if isinstance(b.get("items"), dict):
+            return b["items"]
+    return None
+
+
+@cache
+def schema() -> dict:
+    return yaml.safe_load(resources.files("cnnbench").joinpath("schema/study.schema.yaml").read_text())
+
+
+def check_schema(raw: dict) -> None:
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import best_match
+
+    errors = list(Draft202012Validator(schema()).iter_errors(raw))
+    # A knob that fails its own check is also "unevaluated"; the concrete error is the useful one.
+    concrete = [e for e in errors if e.validator != "unevaluatedProperties"]
+    error = best_match(concrete or errors)
+    if error is not None:
+        raise ConfigError(_schema_message(_branch_error(error)))
+
+
+def _branch_error(error):
+    """For a value that fits none of a oneOf's branches, the error of the branch of its own type
+    (padding: 1000 -> "above the maximum", not "not one of [same, valid] or an integer")."""
+    while error.validator in ("oneOf", "anyOf") and error.context:
+        same_type = [e for e in error.context if e.validator != "type" and e.validator != "enum"]
+        if not same_type:
+            break
+        error = min(same_type, key=lambda e: len(e.absolute_path))
+    return error
+
+
+def _schema_message(error) -> str:
+    path = list(error.absolute_path)
+    where = path_words(path)
+    if error.validator in ("maximum", "exclusiveMaximum", "maxItems"):
+        bound = error.validator_value
+        why = error.schema.get("x-bound")  # a sanity bound (not a range that follows from the meaning)
+        tail = f" ({why}); use at most {bound}; the bound is set in workflow/schemas/config.schema.yaml" if why else ""
+        if error.validator == "maxItems":
+            return f"{where}: {len(error.instance)} entries are more than the upper bound of {bound}" + (
+                tail or f"; give at most {bound}")
+        if error.validator == "exclusiveMaximum":
+            return f"{where}: {_short(error.instance)} must be less than {bound}"
+        if why:
+            return f"{where}: {_short(error.instance)} is above the upper bound of {bound}{tail}"
+        return f"{where}: {_short(error.instance)} is more than the maximum of {bound}; use at most {bound}"
+    if error.validator == "minimum":
+        return f"{where}: {_short(error.instance)} is less than the minimum of {error.validator_value}; use at least {error.validator_value}"
+    if error.validator == "exclusiveMinimum":
+        return f"{where}: {_short(error.instance)} must be more than {error.validator_value}"
+    if error.validator == "type":
+        expected = error.validator_value
+        expected = [expected] if isinstance(expected, str) else expected
+        want = " or ".join(_TYPE_WORDS.get(t, t) for t in expected)
+        return f"{where}: {_short(error.instance)} is {_kind_of(error.instance)}, not {want}; give {want}"
+    if error.validator in ("additionalProperties", "unevaluatedProperties"):
+        names = re.findall(r"'([^']+)'", error.message.split("(")[-1])
+        known = _all_property_names()
+        hints = [f"{n!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(n, known, n=1)) else repr(n)
+                 for n in names]
+        kind = "knob or field" if path and path[0] == "variants" else "field"
+        return f"{where}: unknown {kind} {', '.join(hints)}; see workflow/schemas/config.schema.yaml for the allowed ones"
+    if error.validator == "required":
+        return f"{where}: {error.message}"
+    if error.validator == "enum":
+        return f"{where}: {_short(error.instance)} is not allowed; choose one of {', '.join(map(str, error.validator_value))}"
+    if error.validator in ("oneOf", "anyOf"):
+        options = []
+        for branch in map(_deref, error.validator_value):
+            if "enum" in branch:
+                options += [repr(v) for v in branch["enum"]]
+            else:
+                t = branch.get("type", "value")
+                options += [_TYPE_WORDS.get(x, x) for x in ([t] if isinstance(t, str) else t)]
+        return f"{where}: {_short(error.instance)} is not allowed; expected {' or '.join(dict.fromkeys(options))}"
+    return f"{where}: {error.message}"
+
+
+def _short(value: Any) -> str:
+    """repr, cut to fit a one-line message (a 400-digit number, a long list)."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:40]}...({len(text)} characters)"
+
+
+_TYPE_WORDS = {"integer": "an integer", "number": "a number", "string": "text", "boolean": "true or false",
+               "array": "a list", "object": "a mapping", "null": "null"}
+
+
+def _kind_of(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true/false"
+    return {int: "an integer", float: "a number", str: "text", list: "a list", dict: "a mapping",
+            type(None): "empty"}.get(type(value), f"a {type(value).__name__}")
+
+
+def path_words(path: list) -> str:
+    if not path:
+        return "top level"
+    if path[0] == "variants" and len(path) >= 2:
+        rest = ".".join(map(str, path[2:]))
+        return f"variant {path[1]!r}" + (f", field {rest!r}" if rest else "")
+    return ".".join(map(str, path))
+
+
+@cache
+def _all_property_names() -> list[str]:
+    names: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            names.update(node.get("properties", {}))
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(schema())
+    return sorted(names)
