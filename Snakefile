@@ -5,7 +5,7 @@ from snakemake.utils import min_version
 
 min_version("9.0")
 
-if not config:  # --configfile replaces the default study instead of being merged into it
+if not workflow.configfiles:  # --configfile replaces the default study instead of being merged into it
 
     configfile: "config/config.yaml"
 

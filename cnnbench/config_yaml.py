@@ -88,3 +88,29 @@ def _yaml_error(e: yaml.YAMLError) -> str:
             return f"{what} (line {mark.line + 1}, column {mark.column + 1})"
         return what
     return " ".join(str(e).split())
+
+
+def with_typed_overrides(config: dict, overrides: dict | None) -> dict:
+    """Snakemake's parsed config with the `--config KEY=VALUE` overrides given their YAML types.
+
+    Snakemake reads a nested override as text (`--config "execution={runs_per_job: 1}"` gives '1', with
+    YAML's BaseLoader), so every string inside an override is read again the way a config file's would
+    be; strings the user quoted stay strings only where YAML agrees."""
+    def typed(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: typed(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [typed(v) for v in value]
+        if isinstance(value, str) and value.strip():
+            try:
+                return yaml.load(value, Loader=StrictLoader)
+            except (yaml.YAMLError, ConfigError):
+                return value
+        return value
+
+    def merge(base: Any, over: Any) -> Any:
+        if isinstance(base, dict) and isinstance(over, dict):
+            return {**base, **{k: merge(base.get(k), v) for k, v in over.items()}}
+        return over
+
+    return merge(config, typed(overrides or {}))

@@ -154,10 +154,12 @@ def job_overhead(runs: pd.DataFrame, benchmark_dir: str | Path) -> pd.DataFrame:
     and torch._dynamo, which torch.optim imports on first use), data loading, model building, writing."""
     rows = []
     for variant, g in runs.groupby("variant"):
-        path = Path(benchmark_dir) / f"{variant}.tsv"
-        if path.exists():
-            bench = pd.read_csv(path, sep="\t").iloc[-1]
-            rows.append({"variant": variant, "job_s": float(bench["s"]), "max_rss_mb": float(bench["max_rss"]),
+        paths = [p for p in (Path(benchmark_dir) / f"{variant}.tsv", *Path(benchmark_dir).glob(f"{variant}.g*.tsv"))
+                 if p.exists()]  # one file per training job of the variant (execution.runs_per_job)
+        if paths:
+            bench = pd.DataFrame([pd.read_csv(p, sep="\t").iloc[-1] for p in paths])
+            rows.append({"variant": variant, "job_s": float(bench["s"].sum()),
+                         "max_rss_mb": float(bench["max_rss"].max()),
                          "work_s": float(g["train_time_s"].sum() + g["eval_time_s"].sum()
                                          + g["measure_time_s"].sum())})
     df = pd.DataFrame(rows, columns=["variant", "job_s", "max_rss_mb", "work_s"])

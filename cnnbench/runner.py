@@ -1,12 +1,14 @@
 """One workflow job: train several runs of one variant in one process, one result file per run.
 
 Process start-up (imports, data load) is paid once per job instead of once per run. Each finished run
-is first stored under a resume folder keyed by the spec hash and split, because Snakemake deletes a
-failed job's outputs: an interrupted job, when rerun, reuses its finished runs instead of retraining.
+is first stored in a run store keyed by the spec hash and split (`.resume`), and kept there: Snakemake
+deletes a job's outputs before it reruns it, so an interrupted job, a job whose runs were regrouped
+(`runs_per_job`) or a job that gained a seed reuses every finished run instead of retraining it.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 from datetime import datetime, timezone
@@ -27,6 +29,16 @@ RECORD_SCHEMA = 4  # bump when a record gains or changes fields: the workflow th
 
 def run_name(fold: int, seed: int) -> str:
     return f"fold{fold}-seed{seed}"
+
+
+def parse_run(name: str) -> tuple[int, int]:
+    """'fold3-seed0' -> (3, 0)."""
+    from cnnbench.errors import CnnbenchError
+
+    match = re.fullmatch(r"fold(\d+)-seed(\d+)", name)
+    if not match:
+        raise CnnbenchError(f"--runs: {name!r} is not a run name such as fold0-seed0")
+    return int(match.group(1)), int(match.group(2))
 
 
 class Progress:
@@ -55,10 +67,11 @@ class Progress:
                  f"{row['train_time_s']:.1f}s/epoch  job left ~{_duration(left)}")
 
 
-def train_variant(spec: VariantSpec, *, data_path: str | Path, splits_path: str | Path, folds: list[int],
-                  seeds: list[int], out_dir: str | Path, weights_path: str | Path | None,
+def train_variant(spec: VariantSpec, *, data_path: str | Path, splits_path: str | Path,
+                  runs: list[tuple[int, int]], out_dir: str | Path, weights_path: str | Path | None,
                   resume_root: str | Path, threads: int = 1, device: str = "auto",
                   log: Callable[[str], None] | None = None) -> list[Path]:
+    """Train `runs` [(fold, seed), ...] of one variant; the first one's weights go to `weights_path`."""
 
     from cnnbench.env import environment
     from cnnbench.measure import cost
@@ -70,7 +83,6 @@ def train_variant(spec: VariantSpec, *, data_path: str | Path, splits_path: str 
     images = load_cache(data_path)
     split_sha, data_sha = file_hash(splits_path), file_hash(data_path)
     resume = Path(resume_root) / spec.name / f"{spec.spec_hash}-{split_sha}"
-    runs = [(f, s) for s in seeds for f in folds]
     progress = Progress(spec, len(runs), log)
     env = environment(dev)
     job_cost = cost(spec)  # the same for every run of the variant
@@ -91,16 +103,21 @@ def train_variant(spec: VariantSpec, *, data_path: str | Path, splits_path: str 
             record = make_record(spec, fold, seed, result, train_idx, val_idx, job_cost,
                                  {"split_sha256": split_sha, "data_sha256": data_sha, "name": images.name},
                                  env, started)
-            if index == 0:
+            if index == 0 and weights_path is not None:
                 _save_weights(resume / f"{name}.pt", result.model, spec, fold, seed)
             write_json(stored, record)
         out = Path(out_dir) / f"{name}.json"
         write_json(out, read_json(stored))
         written.append(out)
     if weights_path is not None:
+        first = resume / f"{run_name(*runs[0])}.pt"
+        if not first.exists():  # its record was reused from a job that did not keep weights: train it again
+            fold, seed = runs[0]
+            train_idx, val_idx = load_fold(splits_path, fold, images.y)
+            result = fit(spec, images, train_idx, val_idx, seed=run_seed(seed, fold, spec.seed_offset), device=dev)
+            _save_weights(first, result.model, spec, fold, seed)
         with atomic_path(weights_path) as tmp:
-            shutil.copyfile(resume / f"{run_name(*runs[0])}.pt", tmp)
-    shutil.rmtree(resume, ignore_errors=True)
+            shutil.copyfile(first, tmp)
     return written
 
 

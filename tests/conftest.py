@@ -1,10 +1,8 @@
-"""Fixtures that need set-up beyond Python: a real headless browser for the report test."""
+"""Shared fixtures: a real headless browser for the report test, and a real run record."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 
 import pytest
 
@@ -13,19 +11,10 @@ from tests.helpers import tiny_study
 
 @pytest.fixture(scope="session")
 def chromium() -> str:
-    """Path of Debian's chromium; installed with apt-get when missing (CI machines start without it).
-    Skips, with the reason, only where it cannot be installed."""
+    """Path of Debian's chromium, which .ci/run installs; skips, with the command, where it is missing."""
     path = shutil.which("chromium")
-    if path is None and shutil.which("apt-get") and os.geteuid() == 0:
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        steps = [["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]]
-        for step in steps:
-            done = subprocess.run(step, capture_output=True, text=True, env=env, timeout=900)
-            if done.returncode != 0:
-                pytest.skip(f"chromium is not installed and `{' '.join(step)}` failed: {done.stderr.strip()[-300:]}")
-        path = shutil.which("chromium")
     if path is None:
-        pytest.skip("chromium is not installed and cannot be installed here (needs apt-get as root)")
+        pytest.skip("chromium is not installed; install it with: apt-get update && apt-get install -y chromium")
     return path
 
 
@@ -42,6 +31,6 @@ def recorded(tmp_path_factory):
     save_cache(images, root / "data.npz")
     save_splits(root / "splits.json", make_splits(images.y, 2, 1, 0), images.y, 2, 1, 0)
     train_variant(study.variants["batchnorm"], data_path=root / "data.npz", splits_path=root / "splits.json",
-                  folds=[1], seeds=[0], out_dir=root / "runs" / "batchnorm", weights_path=None,
+                  runs=[(1, 0)], out_dir=root / "runs" / "batchnorm", weights_path=None,
                   resume_root=root / ".resume", log=lambda m: None)
     return root / "runs" / "batchnorm" / "fold1-seed0.json"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import yaml
@@ -39,3 +40,17 @@ def tiny_study(**changes) -> dict:
 def write_yaml(path: Path, obj: dict) -> Path:
     path.write_text(yaml.safe_dump(obj, sort_keys=False))
     return path
+
+
+def run_numbers(runs_dir: Path, variants=None) -> dict[str, dict]:
+    """What a rerun, a resume or a regrouping must not change, per run file: its run seed, metrics, epochs
+    (without times) and validation predictions."""
+    out = {}
+    for path in sorted(Path(runs_dir).rglob("*.json")):
+        if variants is not None and path.parent.name not in variants:
+            continue
+        r = json.loads(path.read_text())
+        epochs = [{k: v for k, v in e.items() if not k.endswith("_time_s")} for e in r["epochs"]]
+        out[f"{path.parent.name}/{path.name}"] = {"run_seed": r["run_seed"], "metrics": r["metrics"],
+                                                  "epochs": epochs, "val_pred": r["val_pred"]}
+    return out

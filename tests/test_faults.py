@@ -3,7 +3,6 @@ workflows on one study, a diverging variant. Each must heal without retraining w
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -14,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tests import helpers
 from tests.helpers import REPO, tiny_study, write_yaml
 from tests.test_workflow import planned_train_jobs, snakemake
 
@@ -42,15 +42,7 @@ def wait_for(predicate, timeout: float = 240) -> None:
 
 
 def run_numbers(workdir: Path) -> dict[str, dict]:
-    """What must not change between an interrupted and an uninterrupted study: per run, its seed, metrics,
-    epochs (without times) and predictions."""
-    out = {}
-    for path in sorted((workdir / RESULTS / "runs").rglob("*.json")):
-        r = json.loads(path.read_text())
-        epochs = [{k: v for k, v in e.items() if not k.endswith("_time_s")} for e in r["epochs"]]
-        out[path.name] = {"run_seed": r["run_seed"], "metrics": r["metrics"], "epochs": epochs,
-                          "val_pred": r["val_pred"]}
-    return out
+    return helpers.run_numbers(workdir / RESULTS / "runs")
 
 
 @pytest.fixture(scope="module")

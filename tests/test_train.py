@@ -68,8 +68,8 @@ def test_train_variant_writes_one_complete_record_per_run(prepared, tmp_path):
     study, images, root = prepared
     spec = study.variants["baseline"]
     logs = []
-    paths = train_variant(spec, data_path=root / "data.npz", splits_path=root / "splits.json", folds=[0, 1],
-                          seeds=[0], out_dir=tmp_path / "runs", weights_path=tmp_path / "w.pt",
+    paths = train_variant(spec, data_path=root / "data.npz", splits_path=root / "splits.json",
+                          runs=[(0, 0), (1, 0)], out_dir=tmp_path / "runs", weights_path=tmp_path / "w.pt",
                           resume_root=tmp_path / "resume", log=logs.append)
     assert [p.name for p in paths] == ["fold0-seed0.json", "fold1-seed0.json"]
     r = json.loads(paths[1].read_text())
@@ -85,13 +85,14 @@ def test_train_variant_writes_one_complete_record_per_run(prepared, tmp_path):
     weights = torch.load(tmp_path / "w.pt", weights_only=True)
     assert weights["fold"] == 0 and "features.stage0.block0.conv1.weight" in weights["state_dict"]
     assert len(logs) == 6 and "epoch 3/3" in logs[-1] and "fold 1" in logs[-1]
-    assert not (tmp_path / "resume" / "baseline").exists() or not any((tmp_path / "resume" / "baseline").iterdir())
+    kept = sorted(p.name for p in (tmp_path / "resume" / "baseline").rglob("*") if p.is_file())
+    assert kept == ["fold0-seed0.json", "fold0-seed0.pt", "fold1-seed0.json"]  # the run store, for reuse
 
 
 def test_interrupted_job_resumes_without_retraining_finished_runs(prepared, tmp_path, monkeypatch):
     study, images, root = prepared
     spec = study.variants["baseline"]
-    kwargs = dict(data_path=root / "data.npz", splits_path=root / "splits.json", folds=[0, 1], seeds=[0],
+    kwargs = dict(data_path=root / "data.npz", splits_path=root / "splits.json", runs=[(0, 0), (1, 0)],
                   out_dir=tmp_path / "runs", weights_path=tmp_path / "w.pt", resume_root=tmp_path / "resume",
                   log=lambda m: None)
     real_fit, calls = train_module.fit, []
@@ -125,7 +126,7 @@ def test_run_seeds_differ_across_folds_and_are_shared_across_variants(prepared, 
     records = {}
     for v in ("baseline", "dropout", "aa_control"):
         for path in train_variant(study.variants[v], data_path=root / "data.npz", splits_path=root / "splits.json",
-                                  folds=[0, 1], seeds=[0], out_dir=tmp_path / v, weights_path=None,
+                                  runs=[(0, 0), (1, 0)], out_dir=tmp_path / v, weights_path=None,
                                   resume_root=tmp_path / "resume", log=lambda m: None):
             r = json.loads(path.read_text())
             records[v, r["fold"]] = r
@@ -168,16 +169,18 @@ def test_augmentation_is_on_device_shaped_bounded_and_repeatable():
     assert not torch.equal(shifted, x)
 
 
-def test_divergence_watch_stops_on_non_finite_loss_or_chance_accuracy():
+def test_divergence_watch_stops_on_non_finite_loss_or_a_stuck_run():
     from cnnbench.train import DivergenceWatch
 
-    t = {"epochs": 10, "schedule": "onecycle"}
+    t = {"epochs": 10, "schedule": "onecycle"}  # warm-up: the first 2 epochs
     y = np.repeat(np.arange(10), 10)  # chance = 10%
     row = lambda e, loss, acc: {"epoch": e, "train_loss": loss, "val_loss": loss, "train_acc": acc}  # noqa: E731
     watch = DivergenceWatch(t, y)
-    assert not watch.check(row(1, 2.3, 0.10))  # during the warm-up (first 2 of 10 epochs): not judged
-    assert not watch.check(row(2, 2.3, 0.10))  # one epoch at chance after it is not enough
-    assert watch.check(row(3, 2.3, 0.105)) and watch.diverged["epoch"] == 3 and "chance" in watch.diverged["reason"]
+    assert not watch.check(row(1, 2.30, 0.10)) and not watch.check(row(2, 2.30, 0.10))  # warm-up: not judged
+    assert not watch.check(row(3, 2.30, 0.10))  # one stuck epoch after it is not enough
+    assert watch.check(row(4, 2.30, 0.105)) and watch.diverged["epoch"] == 4 and "chance" in watch.diverged["reason"]
+    slow = DivergenceWatch(t, y)  # at chance but its loss still falls: a slow starter, left alone
+    assert not any(slow.check(row(e, 2.30 - 0.05 * e, 0.10)) for e in range(1, 11))
     watch = DivergenceWatch(t, y)
     assert watch.check(row(1, float("nan"), 0.5)) and watch.diverged == {"epoch": 1, "reason": "non-finite loss"}
     watch = DivergenceWatch(t, y)
@@ -188,7 +191,7 @@ def test_a_diverging_run_is_stopped_marked_and_written_as_strict_json(prepared, 
     study, images, root = prepared
     spec = load_study(tiny_study(protocol={"folds": 2, "epochs": 6, "batch_size": 32, "lr": 90.0},
                                  aa_control=False)).variants["baseline"]
-    path = train_variant(spec, data_path=root / "data.npz", splits_path=root / "splits.json", folds=[0], seeds=[0],
+    path = train_variant(spec, data_path=root / "data.npz", splits_path=root / "splits.json", runs=[(0, 0)],
                          out_dir=tmp_path / "runs", weights_path=None, resume_root=tmp_path / "resume",
                          log=lambda m: None)[0]
     text = path.read_text()

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.helpers import REPO, TINY_STUDY, tiny_study, write_yaml
+from tests.helpers import REPO, TINY_STUDY, run_numbers, tiny_study, write_yaml
 
 pytestmark = pytest.mark.slow
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
@@ -29,7 +29,7 @@ def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
 def planned_train_jobs(workdir: Path) -> list[str]:
     out = snakemake(workdir, "-n")
     assert out.returncode == 0, out.stderr
-    return sorted(re.findall(r"rule train:\n(?:\s+\S.*\n)*?\s+wildcards: variant=(\S+)", out.stdout + out.stderr))
+    return sorted(re.findall(r"rule train(?:_\d+)?:\n(?:\s+\S.*\n)*?\s+wildcards: variant=(\S+)", out.stdout + out.stderr))
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +103,8 @@ def test_report_numbers_come_from_the_runs(finished):
     for v in ("batchnorm", "dropout", "aa_control"):
         d = (wide[v] - wide["baseline"]).groupby("fold").mean().to_numpy()
         j = len(d)
-        se = np.sqrt((1 / j + n_val / n_train) * d.var(ddof=1))
+        correction = 0 if v == "aa_control" else n_val / n_train  # the A/A control: plain paired t-test
+        se = np.sqrt((1 / j + correction) * d.var(ddof=1))
         t = d.mean() / se
         half = stats.t.ppf(0.975, j - 1) * se
         rows[v] = (d.mean(), d.mean() - half, d.mean() + half, 2 * stats.t.sf(abs(t), j - 1))
@@ -141,6 +142,35 @@ def test_snakemake_report_collects_the_marked_outputs(finished):
     out = snakemake(finished, "--report", str(finished / "reports" / "tiny" / "snakemake.html"))
     assert out.returncode == 0, out.stderr
     assert (finished / "reports" / "tiny" / "snakemake.html").stat().st_size > 10_000
+
+
+def test_runs_per_job_changes_nothing_but_the_jobs(finished, tmp_path):
+    """One run per job (what profiles/slurm uses) gives byte-identical per-run numbers on the CPU."""
+    write_yaml(tmp_path / "study.yaml", tiny_study(execution={"device": "cpu", "threads": 1, "runs_per_job": 1}))
+    out = snakemake(tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    logs = sorted(p.name for p in (tmp_path / "results" / "tiny" / "logs" / "train").iterdir())
+    assert logs == [f"{v}.g{i}.log" for v in ("aa_control", "baseline", "batchnorm", "dropout") for i in (0, 1)]
+    variants = ("aa_control", "baseline", "batchnorm", "dropout")
+    assert run_numbers(tmp_path / "results" / "tiny" / "runs", variants) == \
+        run_numbers(finished / "results" / "tiny" / "runs", variants)
+    assert (tmp_path / "reports" / "tiny" / "index.html").exists()
+
+
+def test_adding_a_seed_trains_only_the_new_runs(tmp_path, finished):
+    import shutil
+
+    workdir = tmp_path / "study"
+    shutil.copytree(finished, workdir, symlinks=True)
+    write_yaml(workdir / "study.yaml", tiny_study(protocol={**TINY_STUDY["protocol"], "seeds": [0, 1]}))
+    runs = workdir / "results" / "tiny" / "runs"
+    before = {p: p.read_bytes() for p in runs.rglob("*-seed0.json")}
+    out = snakemake(workdir)
+    assert out.returncode == 0, out.stdout + out.stderr
+    log = (workdir / "results" / "tiny" / "logs" / "train" / "baseline.log").read_text()
+    assert log.count("finished earlier, reusing") == 2 and "run 3/4 (fold 0, seed 1)" in log
+    assert all(p.read_bytes() == b for p, b in before.items())
+    assert len(list(runs.rglob("*-seed1.json"))) == 2 * 4
 
 
 def test_adding_a_variant_trains_only_that_variant(finished):

@@ -99,7 +99,9 @@ class ReportContext:
         """The A/A control against the baseline (a `stats.Comparison`), or None without one."""
         from cnnbench.stats import compare_pair
 
-        return compare_pair(self.runs, self.baseline, AA_CONTROL, "val_acc") if self.has_aa_control else None
+        if not self.has_aa_control:
+            return None
+        return compare_pair(self.runs, self.baseline, AA_CONTROL, "val_acc", corrected=False)
 
     @cached_property
     def per_example(self) -> pd.DataFrame:
@@ -138,6 +140,8 @@ class ReportContext:
         from cnnbench.train import Images
 
         path = self.models_dir / f"{variant}.pt"
+        if not path.exists():
+            path = self.models_dir / f"{variant}.g0.pt"  # several training jobs per variant: the first's
         if not path.exists():
             return None
         saved = torch.load(path, map_location="cpu", weights_only=True)

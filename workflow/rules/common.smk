@@ -2,11 +2,13 @@
 # check its memory and compute budget, and define the paths every rule shares. The logic lives in the
 # cnnbench library.
 import json
+import math
 import os
 import sys
 
 from cnnbench.budget import check_study, detect_machine
 from cnnbench.config import AA_CONTROL, load_study
+from cnnbench.config_yaml import with_typed_overrides
 from cnnbench.errors import ConfigError
 from cnnbench.env import nvidia_gpus_visible
 from cnnbench.runner import RECORD_SCHEMA
@@ -21,7 +23,8 @@ def _workflow_cores():
 
 _CONFIGFILE = " + ".join(map(str, workflow.configfiles)) or "config"  # merged in this order by Snakemake
 # Snakemake parsed the config itself; the files are read again, strictly, for keys written twice.
-STUDY = load_study(config, name_hint=_CONFIGFILE, files=workflow.configfiles)
+STUDY = load_study(with_typed_overrides(config, workflow.config_settings.overwrite_config), name_hint=_CONFIGFILE,
+                   files=workflow.configfiles)
 try:
     _ESTIMATE = check_study(STUDY, detect_machine(STUDY.execution, cores=_workflow_cores()))
 except ConfigError as e:
@@ -31,7 +34,41 @@ RESULTS = f"results/{STUDY.name}"
 DATA = f"{RESULTS}/data.npz"
 REPORT = f"reports/{STUDY.name}/index.html"
 ENV = "../envs/cnnbench.yaml"
-RUNS = [f"fold{f}-seed{s}" for s in STUDY.seeds for f in STUDY.fold_ids]
+RUNS = [f"fold{f}-seed{s}" for s in STUDY.seeds for f in STUDY.fold_ids]  # seed-major: a new seed appends
+_PER_JOB = STUDY.execution["runs_per_job"]
+_PER_JOB = len(RUNS) if _PER_JOB == "all" else _PER_JOB
+RUN_GROUPS = [RUNS[i : i + _PER_JOB] for i in range(0, len(RUNS), _PER_JOB)]
+
+
+# Timing holds every core the workflow has locally; on a cluster it gets a node of its own instead.
+TIMING_THREADS = (_workflow_cores() or 1) if workflow.local_exec else STUDY.execution["threads"]
+if not workflow.local_exec and not workflow.dryrun:
+    _res = workflow.resource_settings.default_resources
+    _set = getattr(_res, "parsed", {}) if _res is not None else {}
+    for _key, _what in (("slurm_partition", "partition"), ("slurm_account", "account")):
+        if not _set.get(_key):
+            print(f"cnnbench: no {_key} set: jobs go to the cluster's default {_what}; set it in "
+                  f"profiles/slurm/config.yaml or with --default-resources {_key}=NAME", file=sys.stderr)
+
+
+def train_rule(index):
+    """Rule name of run group `index`: one `train` rule when a job trains all runs of a variant."""
+    return "train" if len(RUN_GROUPS) == 1 else f"train_{index}"
+
+
+def group_suffix(index):
+    return "" if len(RUN_GROUPS) == 1 else f".g{index}"
+
+
+def job_minutes(variant, runs):
+    """Slurm runtime request of a training job: the budget's estimate for its runs x 3, at least 10 min."""
+    v = _ESTIMATE.variants[variant]
+    return max(10, math.ceil(3 * v.macs / v.runs * runs / _ESTIMATE.machine.macs_per_s / 60))
+
+
+def job_mem_mb(variant):
+    """Slurm memory request of a training job: the budget's estimate (already 2x on model and activations)."""
+    return max(2000, math.ceil(_ESTIMATE.variants[variant].memory_bytes / 2**20))
 
 # One GPU per training job when training runs on CUDA; profiles/default caps `gpu` at the cards present.
 _device = STUDY.execution["device"]
@@ -52,8 +89,13 @@ TIMED = [v for v in STUDY.variants if v != AA_CONTROL]  # the A/A control shares
 
 
 def run_files(variant):
-    """Result files of one variant; run_files("{variant}") gives the train rule's output patterns."""
+    """Result files of one variant."""
     return [f"{RESULTS}/runs/{variant}/{run}.json" for run in RUNS]
+
+
+def job_files(kind, variant, ext):
+    """One file per training job of a variant: its weights (models), log or benchmark."""
+    return [f"{RESULTS}/{kind}/{variant}{group_suffix(i)}.{ext}" for i in range(len(RUN_GROUPS))]
 
 
 wildcard_constraints:

@@ -1,6 +1,7 @@
 # Speed measured alone: one job per variant that holds every core (and the GPU slot of a training job),
 # so no other job of this workflow runs while it times; training jobs' own speed is kept in their
-# records but measured under load. The A/A control builds the baseline's network: it is not timed again.
+# records but measured under load. On a cluster the job asks Slurm for a node of its own (--exclusive in
+# profiles/slurm). The A/A control builds the baseline's network: it is not timed again.
 rule time:
     input:
         splits=ancient(rules.split.output[0]),
@@ -11,7 +12,7 @@ rule time:
         spec=lambda w: json.dumps(STUDY.variants[w.variant].run_dict(), sort_keys=True),
         device=STUDY.execution["device"],
         torch_threads=STUDY.execution["threads"],
-    threads: workflow.cores
+    threads: TIMING_THREADS
     resources:
         gpu=GPUS_PER_JOB,
     log:

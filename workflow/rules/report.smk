@@ -7,8 +7,8 @@ rule report:
         dead_filters=rules.collect.output.dead_filters,
         predictions=rules.collect.output.predictions,
         splits=ancient(rules.split.output[0]),
-        weights=expand(f"{RESULTS}/models/{{variant}}.pt", variant=STUDY.variants),
-        benchmarks=expand(f"{RESULTS}/benchmarks/train/{{variant}}.tsv", variant=STUDY.variants),
+        weights=[f"{RESULTS}/models/{v}{group_suffix(0)}.pt" for v in STUDY.variants],  # the first run's
+        benchmarks=[f for v in STUDY.variants for f in job_files("benchmarks/train", v, "tsv")],
         timing=rules.collect.output.timing,
     output:
         html=report(REPORT, caption="../report/study.rst", category="Study report"),
