@@ -34,7 +34,9 @@ def _cmd_train(a: argparse.Namespace) -> None:
     from cnnbench.runner import train_variant
 
     spec = _spec(a.spec)
-    train_variant(spec, data_path=a.data, splits_path=a.splits, folds=a.folds, seeds=a.seeds,
+    from cnnbench.runner import parse_run
+
+    train_variant(spec, data_path=a.data, splits_path=a.splits, runs=[parse_run(r) for r in a.runs],
                   out_dir=a.out_dir, weights_path=a.weights, resume_root=a.resume_root, threads=a.threads,
                   device=a.device)
 
@@ -168,8 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--spec", required=True, type=_json_object, help="resolved variant spec as JSON (from the workflow)")
     s.add_argument("--data", required=True)
     s.add_argument("--splits", required=True)
-    s.add_argument("--folds", type=int, nargs="+", required=True)
-    s.add_argument("--seeds", type=int, nargs="+", required=True)
+    s.add_argument("--runs", nargs="+", required=True, help="run names: fold<k>-seed<s> ...")
     s.add_argument("--out-dir", required=True)
     s.add_argument("--weights", help="where to save the first run's weights")
     s.add_argument("--resume-root", required=True, help="store of finished runs of interrupted jobs")
@@ -234,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("results", help="results/<study> of a finished (pilot) study")
     s.add_argument("--delta", type=float, nargs="+", default=[0.5, 1.0, 2.0],
                    help="differences to detect, in accuracy points (default: 0.5 1 2)")
-    s.add_argument("--folds", type=int, nargs="*", default=[10], help="fold counts to consider besides the pilot's")
+    s.add_argument("--folds", type=int, nargs="*", default=[],
+                   help="fold counts to consider besides the pilot's (optimistic: see cnnbench/plan.py)")
     s.set_defaults(func=_cmd_plan)
 
     s = sub.add_parser("bench-report", help="theory vs practice table from pytest-benchmark JSON (two: the change)")

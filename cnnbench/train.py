@@ -71,25 +71,31 @@ class FitResult:
 
 
 class DivergenceWatch:
-    """Stops a run that has diverged: a non-finite training loss, or training accuracy no better than
-    always answering the majority class for two epochs in a row once the learning-rate warm-up is over
-    (one-cycle: its first 20% of epochs; other schedules: the first epoch)."""
+    """Stops a run that has diverged: a non-finite loss, or - once the learning-rate warm-up is over
+    (one-cycle: its first 20% of epochs; other schedules: the first epoch) - two epochs in a row with
+    training accuracy no better than always answering the majority class *and* a training loss that no
+    longer falls. A slow starter (a deep plain net, sigmoid units) whose loss still falls is left alone."""
 
     MARGIN = 0.01  # accuracy within 1 point of the majority-class rate counts as chance
+    FALLING = 0.01  # a loss 1% below the previous epoch's is still falling
 
     def __init__(self, t: dict, y_train: np.ndarray):
         self.chance = float(np.bincount(y_train).max() / len(y_train))
         self.after = math.ceil(0.2 * t["epochs"]) if t["schedule"] == "onecycle" else 1
-        self.at_chance, self.diverged = 0, None
+        self.stuck, self.last_loss, self.diverged = 0, math.inf, None
 
     def check(self, row: dict) -> bool:
-        if not (math.isfinite(row["train_loss"]) and math.isfinite(row["val_loss"])):
+        loss = row["train_loss"]
+        if not (math.isfinite(loss) and math.isfinite(row["val_loss"])):
             self.diverged = {"epoch": row["epoch"], "reason": "non-finite loss"}
-        elif row["epoch"] >= self.after:
-            self.at_chance = self.at_chance + 1 if row["train_acc"] <= self.chance + self.MARGIN else 0
-            if self.at_chance >= 2:
-                self.diverged = {"epoch": row["epoch"],
-                                 "reason": f"training accuracy at chance ({self.chance:.1%}) after the warm-up"}
+        elif row["epoch"] > self.after:
+            at_chance = row["train_acc"] <= self.chance + self.MARGIN
+            falling = loss < (1 - self.FALLING) * self.last_loss
+            self.stuck = self.stuck + 1 if at_chance and not falling else 0
+            if self.stuck >= 2:
+                self.diverged = {"epoch": row["epoch"], "reason": f"training accuracy at chance ({self.chance:.1%}) "
+                                 "and the loss no longer falling after the warm-up"}
+        self.last_loss = loss if math.isfinite(loss) else self.last_loss
         return self.diverged is not None
 
 

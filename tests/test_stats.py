@@ -84,23 +84,26 @@ def test_family_wise_false_positives_of_the_verdicts_under_correlated_folds():
     any_claim = (holm(p) < 0.05).any(-1)
     assert any_claim.mean() <= 0.07  # measured: 0.042
     friedman = np.array([sps.friedmanchisquare(*a).pvalue < 0.05 for a in acc[:500]])
-    assert friedman.mean() > 0.3  # measured: 0.47
+    assert friedman.mean() > 0.3  # measured: 0.47 (about half)
 
 
 @pytest.mark.parametrize("rho, low, high", [(0.35, 0.12, 0.17), (0.5, 0.29, 0.36)])
 def test_family_wise_false_positives_when_folds_are_more_correlated_than_assumed(rho, low, high):
-    """The README's warning, measured: at rho = 0.35 the family-wise rate is 14%, at 0.5 it is 32%. The
-    A/A control is the study's own check for this (its false-alarm rate rises the same way)."""
+    """The README's warning, measured (J = 10, 4 comparisons): at rho = 0.35 the family-wise rate is 14%,
+    at 0.5 it is 32%. Nothing in a study can see this: the A/A control shares no training-set effect."""
     acc = null_study(np.random.default_rng(2), 5, rho=rho)
     p = corrected_ttest(acc[:, 1:] - acc[:, :1], N_TRAIN, N_TEST).p
     assert low <= (holm(p) < 0.05).any(-1).mean() <= high
 
 
 def test_aa_control_false_alarm_rate_is_nominal():
-    """The A/A control is one corrected test of the baseline against itself (another seed offset)."""
-    acc = null_study(np.random.default_rng(3), 2)
-    p = corrected_ttest(acc[:, 1] - acc[:, 0], N_TRAIN, N_TEST).p
-    assert 0.03 <= np.mean(p < 0.05) <= 0.07
+    """The A/A control: two trainings of one network on the same training sets. Their fold differences
+    carry no training-set effect, so they are independent across folds; the plain paired t-test the
+    report uses for it flags them at the nominal rate. The corrected test would flag them almost never
+    (0.2% at J = 10), which is why it is not used there."""
+    d = np.random.default_rng(3).normal(0, 0.006, size=(SIMS, J))  # per-fold retraining noise only
+    assert 0.04 <= np.mean(plain_ttest(d).p < 0.05) <= 0.06  # measured: 0.050
+    assert np.mean(corrected_ttest(d, N_TRAIN, N_TEST).p < 0.05) < 0.01  # measured: 0.002
 
 
 def test_compare_matches_the_vectorised_test_on_null_tables():

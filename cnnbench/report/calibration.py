@@ -1,8 +1,12 @@
 """The study's empirical null: the A/A control (the baseline retrained with another seed offset).
 
-Its difference from the baseline is noise by construction, measured with the same pairing and the same
-corrected test as every real comparison. It is the noise floor a reader holds each effect against, and
-a check of the statistics: in a calibrated study it is 'significant' at most 5% of the time.
+Its difference from the baseline is retraining noise by construction: initial weights, batch order and
+dropout, on the same training sets. The two trainings share each fold's training set, so their fold
+differences carry no training-set effect and are independent across folds: the plain paired t-test is
+the right test for them (the corrected one would flag them ~0.2% of the time, not 5%). A significant
+A/A difference therefore says that two trainings of the same network are not exchangeable - seeds
+reused, pairing broken, nondeterminism - not that the folds are more correlated than the correction
+assumes, which the A/A control cannot see (README, statistics).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from cnnbench.config import AA_CONTROL
 from cnnbench.report.figures import BASELINE_COLOR, figure_html, plt
 from cnnbench.report.format import pts, pvalue
 from cnnbench.report.sections import Section
-from cnnbench.stats import minimum_detectable, resample_differences
+from cnnbench.stats import resample_differences
 
 
 def aa_is_significant(ctx) -> bool:
@@ -30,14 +34,14 @@ def aa_finding(ctx) -> str:
     t = ctx.aa.test
     text = (f"<b>Noise floor (A/A control)</b>: {html.escape(ctx.baseline)} retrained with another seed offset "
             f"differs from itself by <b>{pts(t.mean)} pts</b> [{pts(t.ci_low)}, {pts(t.ci_high)}], p = "
-            f"{pvalue(t.p)}: what noise alone does here.")
+            f"{pvalue(t.p)} (paired t-test): what retraining alone does here.")
     if aa_is_significant(ctx):
         return (f'<div class="alarm"><p>{text}</p><p><b>The A/A control is significant: this study\'s statistics '
-                "are not calibrated.</b> The same network differs from itself more than the corrected test allows, "
-                "so its verdicts below may be false positives. By chance this happens in 5% of calibrated studies; "
-                "otherwise the folds are more correlated than the correction assumes (see the README's "
-                "statistics section). Rerun with more repeats or another split seed before trusting a verdict."
-                "</p></div>")
+                "are not calibrated.</b> Two trainings of the same network differ more than retraining noise "
+                "allows, so the verdicts below may be false positives. By chance this happens in 5% of studies; "
+                "otherwise the runs are not exchangeable (seeds reused across runs, broken pairing, "
+                "nondeterministic kernels, diverged runs). Check <code>cnnbench verify</code> on a few runs and "
+                "rerun with another split seed before trusting a verdict.</p></div>")
     return f"<p>{text}</p>"
 
 
@@ -48,19 +52,21 @@ def aa_control(ctx):
     d = resample_differences(ctx.runs, ctx.baseline, AA_CONTROL, "val_acc")["diff"] * 100
     fig, ax = plt.subplots(figsize=(7, 2.4))
     ax.axvline(0, color=BASELINE_COLOR, lw=1)
-    ax.axvspan(100 * t.ci_low, 100 * t.ci_high, color="0.88", label="95% CI of the mean (corrected)")
+    ax.axvspan(100 * t.ci_low, 100 * t.ci_high, color="0.88", label="95% CI of the mean (paired t-test)")
     ax.scatter(d, np.zeros(len(d)) + np.random.default_rng(0).uniform(-0.2, 0.2, len(d)), color="0.3", s=18,
                label="one resample (fold)")
     ax.set(yticks=[], ylim=(-1, 1), xlabel=f"{AA_CONTROL} - {ctx.baseline}, validation accuracy (pts)")
     ax.legend(fontsize=8, loc="upper right")
-    mde = minimum_detectable(t.se, t.df)
     seed = (f" Seeds within a fold differ by {pts(aa.seed_sd, False)} pts (sd), shown apart from the fold-to-fold "
             "spread." if np.isfinite(aa.seed_sd) else "")
+    sd = float(np.std(d, ddof=1)) if len(d) > 1 else float("nan")
     text = (f"<p>The baseline trained twice on the same {aa.resamples} resamples with independent initial "
             f"weights, batch order and dropout (seed offset 1): mean difference {pts(t.mean)} pts, 95% CI "
-            f"[{pts(t.ci_low)}, {pts(t.ci_high)}], corrected t = {t.t:.2f} on {t.df} df, p = {pvalue(t.p)}. "
-            f"A single comparison of this study detects |&Delta;| &ge; {pts(mde, False)} pts with 80% power; "
-            f"differences well inside the shaded interval are what retraining alone produces.{seed}</p>")
+            f"[{pts(t.ci_low)}, {pts(t.ci_high)}], paired t = {t.t:.2f} on {t.df} df, p = {pvalue(t.p)}. "
+            f"One retraining moves a fold's accuracy difference by {sd:.2f} pts (sd over folds): an effect "
+            "of that size on a single fold is noise. The comparisons' own intervals are wider than this one: "
+            "they also carry the training sets' effect on the variant, which two trainings of the same "
+            f"network do not have.{seed}</p>")
     caption = ("Per-resample differences between two trainings of the same network. They scatter around 0; "
                "their spread is the noise every comparison in this report is measured against.")
     return Section("aa-control", "Noise floor: the A/A control", text + figure_html(fig, "A/A control", caption))

@@ -24,7 +24,11 @@ KEYS = ["fold", "seed"]
 
 def mcnemar_table(ctx) -> pd.DataFrame:
     """One row per (variant, run): discordant counts, flip rate and exact McNemar p against its reference."""
+    from cnnbench.stats import usable
+
     pred = ctx.table("predictions")
+    ok = usable(ctx.runs)[["variant", *KEYS]]
+    pred = pred.merge(ok, on=["variant", *KEYS])  # diverged runs are left out here too
     rows = []
     for v in [*ctx.design_variants, *([ctx.variants[-1]] if ctx.has_aa_control else [])]:
         ref = ctx.reference(v)

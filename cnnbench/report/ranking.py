@@ -1,7 +1,7 @@
 """The ranking: mean ranks and pairwise differences, as description only.
 
 Friedman/Nemenyi over cross-validation folds treats folds as independent data sets; under the null with
-correlated folds it rejected in 48.6% of simulations at a nominal 5% (tests/test_stats.py). No test is
+correlated folds it rejected about half the time at a nominal 5% (47%, tests/test_stats.py). No test is
 made here: the only significance claims of the report are its verdicts (one Holm family).
 """
 

@@ -66,7 +66,7 @@ def findings(ctx) -> Section:
             cost += f", {s.loc[v, 'epoch_time_s'] / s.loc[ref, 'epoch_time_s']:.2g}&times; time per epoch"
         items.append(f"<li><b>{html.escape(v)}</b>{vs} ({changed}): &Delta; accuracy <b>{pts(row['diff'])} pts</b> "
                      f"[{pts(row['ci_low'])}, {pts(row['ci_high'])}], p<sub>Holm</sub> = {pvalue(row['p_holm'])} "
-                     f"&rarr; {verdict_html(row)}; {cost}</li>")
+                     f"&rarr; {verdict_html(row)}; {cost}{diverged_here(ctx, v, ref)}</li>")
     base = s.loc[ctx.baseline]
     lead = (f"<p>Every variant against <b>{html.escape(ctx.baseline)}</b> (validation accuracy "
             f"{pts(base.acc_mean, False)}% &plusmn; {pts(base.acc_sd, False)}) unless another reference is "
@@ -81,6 +81,19 @@ def findings(ctx) -> Section:
                    + (f"<ul>{''.join(items)}</ul>" if items else ""))
 
 
+def diverged_here(ctx, variant: str, reference: str) -> str:
+    """Next to a verdict: how many runs of the pair diverged and were left out of it."""
+    if "status" not in ctx.runs:
+        return ""
+    runs = ctx.runs[ctx.runs.variant.isin([variant, reference])]
+    bad = runs[runs["status"] == "diverged"]
+    if bad.empty:
+        return ""
+    per = ", ".join(f"{len(g)} of {len(runs[runs.variant == v])} runs of {html.escape(v)}"
+                    for v, g in bad.groupby("variant"))
+    return f' <span class="worse">({per} diverged and are left out of this comparison)</span>'
+
+
 def diverged_note(ctx) -> str:
     """Diverged runs, named: they are left out of every statistic, never averaged in silently."""
     runs = ctx.runs
@@ -90,8 +103,9 @@ def diverged_note(ctx) -> str:
     per = "; ".join(f"{html.escape(v)}: {len(g)} of {len(runs[runs.variant == v])} runs (epochs "
                     f"{', '.join(str(int(e)) for e in g['diverged_epoch'])})" for v, g in bad.groupby("variant"))
     return (f'<div class="alarm"><p><b>{len(bad)} run(s) diverged</b> (non-finite loss, or accuracy at chance after '
-            f"the warm-up) and were stopped early: {per}. They are left out of every comparison, ranking and "
-            "mean below; their pairs on the other variants are dropped with them.</p></div>")
+            f"the warm-up) and were stopped early: {per}. They are left out of every comparison, ranking, mean "
+            "and plot of accuracy below, and so are their pairs on the other variants: a variant that fails "
+            "often looks only as good as its runs that trained.</p></div>")
 
 
 def summary_table(ctx) -> Section:
@@ -126,7 +140,9 @@ def summary_table(ctx) -> Section:
 
 
 def accuracy_plot(ctx) -> Section:
-    runs = ctx.runs.assign(acc=lambda d: 100 * d["val_acc"])
+    from cnnbench.stats import usable
+
+    runs = usable(ctx.runs).assign(acc=lambda d: 100 * d["val_acc"])
     order = ctx.variants
     fig, ax = plt.subplots(figsize=(8, 0.42 * len(order) + 1.2))
     palette = {v: BASELINE_COLOR if v == ctx.baseline else VARIANT_COLOR for v in order}
@@ -149,7 +165,7 @@ def effects(ctx) -> Section | None:
     fig, ax = plt.subplots(figsize=(8, 0.42 * len(order) + 1.3))
     if ctx.aa is not None and np.isfinite(ctx.aa.test.ci_low):
         ax.axvspan(100 * ctx.aa.test.ci_low, 100 * ctx.aa.test.ci_high, color="0.9", zorder=0,
-                   label="A/A control's 95% CI (measured noise)")
+                   label="A/A control's 95% CI (retraining noise)")
     ax.axvline(0, color=BASELINE_COLOR, lw=1)
     for i, v in enumerate(order):
         c = cmp.loc[v]
@@ -163,7 +179,7 @@ def effects(ctx) -> Section | None:
     forest = figure_html(fig, "forest plot of accuracy differences",
                          "Mean paired difference and 95% CI (corrected resampled t-test) against each variant's "
                          "reference. Green: better, red: worse, grey: no detectable difference after Holm "
-                         "adjustment. Shaded: the A/A control's interval, what noise alone produces here.")
+                         "adjustment. Shaded: the A/A control's interval, what retraining alone produces here.")
     return Section("effects", "Effects on accuracy", forest + paired_lines(ctx))
 
 
@@ -171,10 +187,12 @@ def paired_lines(ctx) -> str:
     others = ctx.design_variants + ([AA_CONTROL] if ctx.has_aa_control else [])
     if not others:
         return ""
+    from cnnbench.stats import usable
+
     cols = min(5, len(others))
     rows = int(np.ceil(len(others) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.4 * rows), sharey=True, squeeze=False)
-    runs = ctx.runs
+    runs = usable(ctx.runs)
     for ax, v in zip(axes.flat, others):
         ref = ctx.reference(v)
         wide = runs[runs.variant.isin([ref, v])].pivot_table(index=["fold", "seed"], columns="variant",
