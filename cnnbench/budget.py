@@ -44,8 +44,12 @@ if TYPE_CHECKING:
 # image) trains at about 12,600 img/s with 1 thread on the reference machine (2-vCPU AMD EPYC, torch
 # 2.14.1; `cnnbench loop-bench`, README): 12,600 * 1,031,744 * 3 = 3.9e10 MACs/s per core. Checked on a
 # whole study: the default study (3.3e13 MACs with evaluation) comes out at 7.0 min on 2 cores; it took
-# 7 min 2 s. Small layers run below the machine's peak, so wider networks are over-estimated (width64,
-# 16x the MACs, trains faster than 16x slower), which errs on the safe side.
+# 7 min 2 s there (9 variants). On a slower 2-vCPU Intel Xeon VM the same study with its A/A control
+# (10 variants, both counted here) spent 10.9 min of 2-core time in training jobs (13 min 18 s wall with
+# timing and report), so the estimate can be ~1.5x optimistic on slower machines: max_hours is a guard
+# against studies that are off by orders of magnitude, not a schedule. Small layers run below the
+# machine's peak, so wider networks are over-estimated (width64, 16x the MACs, trains faster than 16x
+# slower).
 CPU_MACS_PER_S_PER_CORE = 3.9e10
 # CUDA, assumed (no GPU on the reference machine): one GPU in float32 with deterministic cuDNN at 1e12
 # training MACs/s, i.e. ResNet-20 on CIFAR-10 (40.8 M MACs) at ~8,000 img/s, below what current cards

@@ -44,6 +44,9 @@ def load_records(paths: Iterable[str | Path], data_path: str | Path | None = Non
     from cnnbench.data import file_hash
 
     paths = [Path(p) for p in paths]
+    for path, what in ((data_path, "data cache"), (split_path, "split file")):
+        if path and not Path(path).is_file():
+            raise CnnbenchError(f"{path}: no such {what}; run the workflow's first steps (prepare_data, split)")
     data_sha = file_hash(data_path) if data_path else None
     split_sha = file_hash(split_path) if split_path else None
     records, bad = {}, []
@@ -145,7 +148,7 @@ def timing_table(paths: Iterable[str | Path]) -> pd.DataFrame:
         t = read_json(path)
         rows.append({**{k: v for k, v in t.items() if not isinstance(v, (dict, list))},
                      "device_name": t["env"].get("device_name"), "threads": t["env"].get("threads")})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=["variant"])
 
 
 def job_overhead(runs: pd.DataFrame, benchmark_dir: str | Path) -> pd.DataFrame:

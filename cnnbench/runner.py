@@ -87,6 +87,13 @@ def train_variant(spec: VariantSpec, *, data_path: str | Path, splits_path: str 
     env = environment(dev)
     job_cost = cost(spec)  # the same for every run of the variant
     warm_up(spec, dev)  # one-time process costs stay out of the first run's memory and time
+
+    def train(fold: int, seed: int, on_epoch=None):
+        train_idx, val_idx = load_fold(splits_path, fold, images.y)
+        result = fit(spec, images, train_idx, val_idx, seed=run_seed(seed, fold, spec.seed_offset), device=dev,
+                     on_epoch=on_epoch)
+        return result, train_idx, val_idx
+
     written = []
     for index, (fold, seed) in enumerate(runs):
         name = run_name(fold, seed)
@@ -96,10 +103,8 @@ def train_variant(spec: VariantSpec, *, data_path: str | Path, splits_path: str 
             progress.skip_run()
         else:
             progress.start_run(index, fold, seed)
-            train_idx, val_idx = load_fold(splits_path, fold, images.y)
             started = datetime.now(timezone.utc)
-            result = fit(spec, images, train_idx, val_idx, seed=run_seed(seed, fold, spec.seed_offset), device=dev,
-                         on_epoch=progress.epoch)
+            result, train_idx, val_idx = train(fold, seed, progress.epoch)
             record = make_record(spec, fold, seed, result, train_idx, val_idx, job_cost,
                                  {"split_sha256": split_sha, "data_sha256": data_sha, "name": images.name},
                                  env, started)
@@ -112,10 +117,7 @@ def train_variant(spec: VariantSpec, *, data_path: str | Path, splits_path: str 
     if weights_path is not None:
         first = resume / f"{run_name(*runs[0])}.pt"
         if not first.exists():  # its record was reused from a job that did not keep weights: train it again
-            fold, seed = runs[0]
-            train_idx, val_idx = load_fold(splits_path, fold, images.y)
-            result = fit(spec, images, train_idx, val_idx, seed=run_seed(seed, fold, spec.seed_offset), device=dev)
-            _save_weights(first, result.model, spec, fold, seed)
+            _save_weights(first, train(*runs[0])[0].model, spec, *runs[0])
         with atomic_path(weights_path) as tmp:
             shutil.copyfile(first, tmp)
     return written

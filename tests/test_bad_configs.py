@@ -314,7 +314,7 @@ def test_shipped_studies_load_and_fit_their_budget():
 
 
 def test_default_study_estimate_matches_its_measured_time():
-    """README: the default study took 7 min 2 s on the 2-core reference machine."""
+    """The default study took 7 min 2 s on the 2-core machine the constant was measured on (README)."""
     est = B.estimate_study(load_study(REPO / "config" / "config.yaml"), CPU2)
     assert 5 < est.hours * 60 < 10, est.hours * 60
     baseline = est.variants["baseline"]

@@ -64,6 +64,14 @@ def test_workflow_commands_on_missing_inputs(files):
     assert_one_line_error(cli("report", "--results", missing, "--data", "d", "--splits", "s", "--models", "m",
                               "--baseline", "b", "--title", "t", "--out", str(files / "r.html")), "not found")
     assert_one_line_error(cli("plan", missing), "not found")
+    assert_one_line_error(cli("collect", str(files / "outside.json"), "--data", f"{missing}.npz", "--splits",
+                              f"{missing}.json", "--out-dir", str(files / "out")), "no such data cache")
+    assert_one_line_error(cli("train", "--spec", spec, "--data", f"{missing}.npz", "--splits", f"{missing}.json",
+                              "--runs", "fold0-seed0", "--out-dir", str(files / "o"), "--resume-root",
+                              str(files / "r")), "no data cache")
+    assert_one_line_error(cli("train", "--spec", spec, "--data", f"{missing}.npz", "--splits", f"{missing}.json",
+                              "--runs", "zero", "--out-dir", str(files / "o"), "--resume-root", str(files / "r")),
+                          "not a run name")
 
 
 def test_collect_names_a_corrupt_record(files, recorded):

@@ -15,6 +15,8 @@ from cnnbench.data import ImageData, load_cache, load_fold
 from cnnbench.errors import CnnbenchError
 from cnnbench.io import read_json
 
+MAX_FEATURED = 24  # variants shown in grid figures and full per-variant sections (see `featured`)
+
 
 @dataclass
 class ReportContext:
@@ -28,6 +30,7 @@ class ReportContext:
     out_dir: Path  # where index.html goes (links to the data files are relative to it)
     variant_descriptions: dict[str, str] = field(default_factory=dict)
     references: dict[str, str] = field(default_factory=dict)  # variant -> what it is compared with
+    _tables: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)
 
     @classmethod
     def load(cls, *, results_dir, data_path, splits_path, models_dir, baseline, title, out_dir, description="",
@@ -44,7 +47,10 @@ class ReportContext:
 
     # --- tables written by `collect` ---------------------------------------------------------------
     def table(self, name: str) -> pd.DataFrame:
-        return pd.read_parquet(self.results_dir / f"{name}.parquet")
+        """A tidy table written by `collect`, read once per report (sections share it; do not modify)."""
+        if name not in self._tables:
+            self._tables[name] = pd.read_parquet(self.results_dir / f"{name}.parquet")
+        return self._tables[name]
 
     @cached_property
     def runs(self) -> pd.DataFrame:
@@ -73,6 +79,26 @@ class ReportContext:
     @property
     def has_aa_control(self) -> bool:
         return AA_CONTROL in self.specs
+
+    @cached_property
+    def featured(self) -> list[str]:
+        """The variants that get a panel in grid figures and a full section: all of them up to
+        MAX_FEATURED; in a larger study the baseline, the comparisons with the smallest adjusted p-values
+        (then the largest |difference|) and the A/A control, so the page stays readable at 100 variants."""
+        design = self.design_variants
+        if len(design) + 1 <= MAX_FEATURED:
+            return self.variants
+        cmp = self.comparison.assign(size=lambda d: -d["diff"].abs()).sort_values(["p_holm", "size"])
+        keep = set(cmp.index[: MAX_FEATURED - 1])
+        return [self.baseline] + [v for v in design if v in keep] + ([AA_CONTROL] if self.has_aa_control else [])
+
+    def featured_note(self, what: str) -> str:
+        n = len(self.variants)
+        if len(self.featured) == n:
+            return ""
+        return (f' <span class="note">{what} for {len(self.featured)} of the {n} variants: the baseline, the '
+                "comparisons with the smallest adjusted p-values and the A/A control; every run's numbers are in "
+                "the tables linked under 'Data behind this report'.</span>")
 
     def reference(self, variant: str) -> str:
         return self.references.get(variant, self.baseline)

@@ -20,6 +20,7 @@ from cnnbench.report.tables import html_table
 from cnnbench.stats import mcnemar
 
 KEYS = ["fold", "seed"]
+MAX_ROWS = 20  # per-run rows shown inline per variant; the CSV has every run
 
 
 def mcnemar_table(ctx) -> pd.DataFrame:
@@ -78,8 +79,11 @@ def per_example_rows(ctx, variant: str) -> str:
     if g.empty:
         return ""
     rows = [[str(r.fold), str(r.seed), f"{r.n:,}", f"{r.only_reference_right}", f"{r.only_variant_right}",
-             f"{100 * r.flip_rate:.2f}", pvalue(r.mcnemar_p)] for r in g.itertuples()]
+             f"{100 * r.flip_rate:.2f}", pvalue(r.mcnemar_p)] for r in g.head(MAX_ROWS).itertuples()]
     ref = html.escape(g["reference"].iloc[0])
+    more = (f'<p class="note">First {MAX_ROWS} of {len(g)} runs; all of them are in '
+            f'<a href="{ctx.link(ctx.out_dir / "per_example.csv")}">per_example.csv</a>.</p>'
+            if len(g) > MAX_ROWS else "")
     return (f"<details><summary>Flips against {ref}, per run (exact McNemar)</summary>"
             + html_table(["fold", "seed", "images", f"only {ref} right", "only this right", "flip rate %",
-                          "McNemar p"], rows, numeric={2, 3, 4, 5, 6}) + "</details>")
+                          "McNemar p"], rows, numeric={2, 3, 4, 5, 6}) + more + "</details>")

@@ -22,7 +22,9 @@ def ranking(ctx):
         return None
     rows = [[html.escape(v), (f"{rank:.2f}", rank)] for v, rank in ranks.items()]
     table = html_table(["variant", "mean rank over resamples (1 = best)"], rows, numeric={1})
-    order = list(ranks.index)
+    from cnnbench.report.context import MAX_FEATURED
+
+    order = list(ranks.index)[:MAX_FEATURED]  # the heat map of a large study: its best-ranked variants
     diffs = pairwise_differences(ctx.runs, order, "val_acc") * 100
     fig, ax = plt.subplots(figsize=(0.55 * len(order) + 2.5, 0.45 * len(order) + 1.5))
     lim = float(diffs.abs().max().max()) or 1.0
@@ -35,5 +37,6 @@ def ranking(ctx):
             "null about half the time here). The significance claims are the verdicts above; to test a pair, "
             "give one variant <code>compare_to: &lt;the other&gt;</code>.</p>")
     heat = figure_html(fig, "pairwise differences", "Mean paired difference in validation accuracy, column "
-                       "minus row (percentage points), ordered by mean rank.")
+                       "minus row (percentage points), ordered by mean rank"
+                       + (f" (the {len(order)} best-ranked of {len(ranks)})." if len(order) < len(ranks) else "."))
     return Section("ranking", "Ranking (descriptive)", text + '<div class="grid">' + table + heat + "</div>")

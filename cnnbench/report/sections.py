@@ -11,7 +11,6 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from cnnbench.config import AA_CONTROL
 from cnnbench.report.figures import BASELINE_COLOR, VARIANT_COLOR, VERDICT_COLORS, figure_html, plt, sns
 from cnnbench.report.format import device_note, pts, pvalue, si, verdict_html
 from cnnbench.report.tables import html_table
@@ -143,7 +142,8 @@ def accuracy_plot(ctx) -> Section:
     from cnnbench.stats import usable
 
     runs = usable(ctx.runs).assign(acc=lambda d: 100 * d["val_acc"])
-    order = ctx.variants
+    order = ctx.featured
+    runs = runs[runs.variant.isin(order)]
     fig, ax = plt.subplots(figsize=(8, 0.42 * len(order) + 1.2))
     palette = {v: BASELINE_COLOR if v == ctx.baseline else VARIANT_COLOR for v in order}
     sns.stripplot(data=runs, y="variant", x="acc", order=order, hue="variant", palette=palette, legend=False,
@@ -154,7 +154,7 @@ def accuracy_plot(ctx) -> Section:
     ax.set(xlabel="validation accuracy (%)", ylabel="")
     return Section("accuracy", "Accuracy per variant", figure_html(
         fig, "validation accuracy per variant", "Each dot is one run (fold, seed); diamond and bar: mean &plusmn; "
-        "sd over runs; dashed line: the baseline's mean."))
+        "sd over runs; dashed line: the baseline's mean." + ctx.featured_note("Shown")))
 
 
 def effects(ctx) -> Section | None:
@@ -184,7 +184,7 @@ def effects(ctx) -> Section | None:
 
 
 def paired_lines(ctx) -> str:
-    others = ctx.design_variants + ([AA_CONTROL] if ctx.has_aa_control else [])
+    others = [v for v in ctx.featured if v != ctx.baseline]
     if not others:
         return ""
     from cnnbench.stats import usable
@@ -210,7 +210,7 @@ def paired_lines(ctx) -> str:
     fig.tight_layout()
     return figure_html(fig, "paired runs per variant",
                        "Each line joins the reference and the variant on the same fold and seed (green: the "
-                       "variant is better on that pair).")
+                       "variant is better on that pair)." + ctx.featured_note("Panels"))
 
 
 def cost_vs_accuracy(ctx) -> Section:
@@ -254,7 +254,7 @@ def pareto_front(cost: pd.Series, acc: pd.Series) -> list:
 def learning_curves(ctx) -> Section:
     ep = ctx.epochs.assign(val_acc=lambda d: 100 * d["val_acc"])
     base = ep[ep.variant == ctx.baseline]
-    others = [v for v in ctx.variants if v != ctx.baseline] or [ctx.baseline]
+    others = [v for v in ctx.featured if v != ctx.baseline] or [ctx.baseline]
     cols = min(4, len(others))
     rows = int(np.ceil(len(others) / cols))
     figs = []
@@ -280,22 +280,25 @@ def learning_curves(ctx) -> Section:
         fig.tight_layout()
         figs.append(figure_html(fig, f"learning curves: {label}"))
     note = ('<p class="note">Lines: mean over runs; bands: the range over runs (min to max). Each panel shows '
-            "one variant against the baseline (grey).</p>")
+            "one variant against the baseline (grey)." + ctx.featured_note("Panels") + "</p>")
     return Section("curves", "Learning curves", "".join(figs) + note)
 
 
 def error_edfs(ctx) -> Section:
-    runs = ctx.runs.assign(error=lambda d: 100 * (1 - d["val_acc"]))
+    from cnnbench.stats import usable
+
+    shown = ctx.featured
+    runs = usable(ctx.runs).assign(error=lambda d: 100 * (1 - d["val_acc"]))
+    runs = runs[runs.variant.isin(shown)]
     fig, ax = plt.subplots(figsize=(7.5, 4))
-    palette = dict(zip(ctx.variants, sns.color_palette("tab10" if len(ctx.variants) <= 10 else "tab20",
-                                                       len(ctx.variants))))
+    palette = dict(zip(shown, sns.color_palette("tab10" if len(shown) <= 10 else "tab20", len(shown))))
     palette[ctx.baseline] = "black"
-    sns.ecdfplot(data=runs, x="error", hue="variant", hue_order=ctx.variants, palette=palette, ax=ax)
+    sns.ecdfplot(data=runs, x="error", hue="variant", hue_order=shown, palette=palette, ax=ax)
     ax.set(xlabel="validation error (%)", ylabel="fraction of runs with error ≤ x")
     return Section("edf", "Error distributions", figure_html(
         fig, "empirical distribution functions of the error",
         "Empirical distribution of the validation error over runs (RegNet's design-space view): a curve to the "
-        "left and rising steeply is a variant that is good and reliably so."))
+        "left and rising steeply is a variant that is good and reliably so." + ctx.featured_note("Shown")))
 
 
 def measurements(ctx) -> Section:
@@ -393,8 +396,15 @@ def data_files(ctx) -> Section:
 def per_variant(ctx) -> Section:
     from cnnbench.report.variant import variant_details
 
+    shown = ctx.featured
+    rest = [v for v in ctx.variants if v not in shown]
+    brief = (f'<p class="note">Full sections for {len(shown)} of the {len(ctx.variants)} variants (the baseline, '
+             "the comparisons with the smallest adjusted p-values and the A/A control). The others: "
+             + ", ".join(f"<code>{html.escape(v)}</code>" for v in rest)
+             + "; their numbers are in the summary and in the linked tables, and <code>cnnbench describe "
+             "&lt;variant&gt;</code> prints any variant's layer table.</p>") if rest else ""
     return Section("variants", "Per variant", "".join(variant_details(ctx, v, open_=(v == ctx.baseline))
-                                                      for v in ctx.variants))
+                                                      for v in shown) + brief)
 
 
 def report_sections() -> list[Callable]:
