@@ -19,6 +19,7 @@ import numpy as np
 
 from cnnbench.config import VariantSpec
 from cnnbench.data import file_hash, load_cache, load_fold
+from cnnbench.errors import CnnbenchError
 from cnnbench.io import atomic_path, read_json, write_json
 from cnnbench.seeds import run_seed
 
@@ -33,8 +34,6 @@ def run_name(fold: int, seed: int) -> str:
 
 def parse_run(name: str) -> tuple[int, int]:
     """'fold3-seed0' -> (3, 0)."""
-    from cnnbench.errors import CnnbenchError
-
     match = re.fullmatch(r"fold(\d+)-seed(\d+)", name)
     if not match:
         raise CnnbenchError(f"--runs: {name!r} is not a run name such as fold0-seed0")
@@ -98,7 +97,7 @@ def train_variant(spec: VariantSpec, *, data_path: str | Path, splits_path: str 
     for index, (fold, seed) in enumerate(runs):
         name = run_name(fold, seed)
         stored = resume / f"{name}.json"
-        if stored.exists():
+        if reusable(stored):
             log(f"[{spec.study}/{spec.name}] {name}: finished earlier, reusing {stored}")
             progress.skip_run()
         else:
@@ -155,6 +154,18 @@ def make_record(spec: VariantSpec, fold: int, seed: int, result, train_idx: np.n
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "spec": spec.run_dict(),
     }
+
+
+def reusable(stored: Path) -> bool:
+    """A finished run in the run store that can be reused: present and a complete record (a store damaged
+    by hand is retrained rather than trusted)."""
+    if not stored.exists():
+        return False
+    try:
+        record = read_json(stored, "run record")
+    except CnnbenchError:
+        return False
+    return isinstance(record, dict) and record.get("schema") == RECORD_SCHEMA and "metrics" in record
 
 
 def run_metrics(result) -> dict:

@@ -396,4 +396,4 @@ def test_workflow_reads_numbers_exactly_and_prints_the_estimate(tmp_path: Path):
     assert "largest training job" in text
     specs = re.findall(r'"lr": ([^,}]+)', text)
     assert specs and set(specs) == {"0.001"}, specs
-    assert re.findall(r'"epochs": ([^,}]+)', text)[0] == "2" and "--folds 0 1 " in text
+    assert re.findall(r'"epochs": ([^,}]+)', text)[0] == "2" and "--runs fold0-seed0 fold1-seed0 " in text

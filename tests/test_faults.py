@@ -77,7 +77,9 @@ def test_kill_9_then_resume_loses_and_retrains_nothing(uninterrupted, tmp_path):
     assert (tmp_path / "reports" / "crash" / "index.html").exists()
 
 
-def test_a_truncated_record_is_named_moved_aside_and_only_that_run_retrains(uninterrupted, tmp_path):
+def test_a_truncated_record_is_named_moved_aside_and_healed(uninterrupted, tmp_path):
+    """The damaged copy is named and moved aside; the next run restores it from the run store without
+    training. Damaged in the store too, exactly that run retrains."""
     import shutil
 
     workdir = tmp_path / "study"
@@ -97,9 +99,17 @@ def test_a_truncated_record_is_named_moved_aside_and_only_that_run_retrains(unin
     out = snakemake(workdir)
     assert out.returncode == 0, out.stdout + out.stderr
     log = (workdir / RESULTS / "logs" / "train" / "baseline.log").read_text()
-    assert log.count("finished earlier, reusing") == 3 and "run 3/4 (fold 2" in log
-    after = {p.name: p.read_bytes() for p in runs.glob("*.json")}
-    assert {k: v for k, v in after.items() if k != broken.name} == {k: v for k, v in before.items() if k != broken.name}
+    assert log.count("finished earlier, reusing") == 4  # restored from the run store: nothing trained
+    assert {p.name: p.read_bytes() for p in runs.glob("*.json")} == before
+
+    broken.write_text(broken.read_text()[:200])  # damaged in the output and in the run store
+    stored = next((workdir / RESULTS / ".resume" / "baseline").rglob("fold2-seed0.json"))
+    stored.write_text(stored.read_text()[:100])
+    assert snakemake(workdir).returncode != 0  # collect names it and moves it aside
+    out = snakemake(workdir)
+    assert out.returncode == 0, out.stdout + out.stderr
+    log = (workdir / RESULTS / "logs" / "train" / "baseline.log").read_text()
+    assert log.count("finished earlier, reusing") == 3 and "run 3/4 (fold 2" in log  # only that run trained
     assert run_numbers(workdir) == run_numbers(uninterrupted)
 
 

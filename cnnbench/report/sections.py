@@ -197,6 +197,10 @@ def paired_lines(ctx) -> str:
         ref = ctx.reference(v)
         wide = runs[runs.variant.isin([ref, v])].pivot_table(index=["fold", "seed"], columns="variant",
                                                              values="val_acc").dropna() * 100
+        if not {ref, v} <= set(wide.columns):  # every run of one side diverged: nothing is paired
+            ax.text(0.5, 0.5, "no paired runs\n(diverged)", ha="center", va="center", transform=ax.transAxes,
+                    fontsize=8)
+            wide = wide.iloc[:0]
         for _, r in wide.iterrows():
             up = r[v] > r[ref]
             ax.plot([0, 1], [r[ref], r[v]], color=VERDICT_COLORS["better" if up else "worse"], alpha=0.6,
