@@ -38,9 +38,9 @@ def check_record(path: Path, data_sha: str | None = None, split_sha: str | None 
 
 def load_records(paths: Iterable[str | Path], data_path: str | Path | None = None,
                  split_path: str | Path | None = None) -> list[dict]:
-    """Every record, checked. Unusable ones are moved aside to `quarantine/` next to `runs/`, and their
-    variant's good runs are put where its next training job reuses them (runner's resume store), so the
-    next `snakemake` retrains exactly the runs that were lost; then one error names them."""
+    """Every record, checked. Unusable ones are moved aside to `quarantine/` next to `runs/` and named in
+    one error; the next `snakemake` reruns their training jobs, which reuse every finished run from the
+    run store, so only what was lost is restored or retrained."""
     from cnnbench.data import file_hash
 
     paths = [Path(p) for p in paths]
@@ -56,34 +56,23 @@ def load_records(paths: Iterable[str | Path], data_path: str | Path | None = Non
         except CnnbenchError as e:
             bad.append((p, str(e)))
     if bad:
-        _quarantine(bad, records, split_sha)
+        _quarantine(bad)
         first, why = bad[0]
         raise CnnbenchError(f"{len(bad)} run record(s) unusable, e.g. {why}; moved to "
                             f"{first.parents[2] / 'quarantine'}; run snakemake again: it retrains only these runs")
     return [records[p] for p in paths]
 
 
-def _quarantine(bad: list[tuple[Path, str]], good: dict[Path, dict], split_sha: str | None) -> None:
+def _quarantine(bad: list[tuple[Path, str]]) -> None:
+    """Move unusable records aside; the training job that reruns for them restores each one from the
+    run store (runner.py), or retrains it when the stored copy is unusable too."""
     import shutil
 
     for path, _ in bad:  # results/<study>/runs/<variant>/<run>.json
-        study_dir, variant = path.parents[2], path.parent.name
-        target = study_dir / "quarantine" / variant / path.name
+        target = path.parents[2] / "quarantine" / path.parent.name / path.name
         target.parent.mkdir(parents=True, exist_ok=True)
         if path.exists():
             shutil.move(path, target)
-        siblings = {p: r for p, r in good.items() if p.parent == path.parent}
-        if not siblings or split_sha is None:
-            continue
-        spec_hash = next(iter(siblings.values()))["spec_hash"]
-        resume = study_dir / ".resume" / variant / f"{spec_hash}-{split_sha}"
-        resume.mkdir(parents=True, exist_ok=True)
-        for p in siblings:
-            shutil.copyfile(p, resume / p.name)
-        weights = study_dir / "models" / f"{variant}.pt"
-        if weights.exists():  # the first run's weights, which the job copies out again
-            first = min(siblings.values(), key=lambda r: (r["seed"], r["fold"]))
-            shutil.copyfile(weights, resume / f"fold{first['fold']}-seed{first['seed']}.pt")
 
 
 def runs_table(records: list[dict]) -> pd.DataFrame:
