@@ -38,7 +38,7 @@ def _cmd_train(a: argparse.Namespace) -> None:
 
     train_variant(spec, data_path=a.data, splits_path=a.splits, runs=[parse_run(r) for r in a.runs],
                   out_dir=a.out_dir, weights_path=a.weights, resume_root=a.resume_root, threads=a.threads,
-                  device=a.device)
+                  device=a.device, jobs_per_gpu=a.jobs_per_gpu)
 
 
 def _cmd_time(a: argparse.Namespace) -> None:
@@ -46,7 +46,8 @@ def _cmd_time(a: argparse.Namespace) -> None:
     from cnnbench.timing import time_variant
 
     spec = _spec(a.spec)
-    t = time_variant(spec, data_path=a.data, splits_path=a.splits, device=a.device, threads=a.threads)
+    t = time_variant(spec, data_path=a.data, splits_path=a.splits, device=a.device, threads=a.threads,
+                     jobs_per_gpu=a.jobs_per_gpu)
     write_json(a.out, t)
     print(f"[{spec.study}/{spec.name}] measured alone: {t['train_img_per_s']:,.0f} img/s "
           f"(IQR {t['train_img_per_s_iqr']:,.0f}), {t['epoch_time_s']:.2f} s/epoch, latency b=1 "
@@ -176,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume-root", required=True, help="store of finished runs of interrupted jobs")
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--jobs-per-gpu", type=_positive, default=1, help="jobs that share one GPU (a slot each)")
     s.set_defaults(func=_cmd_train)
 
     s = sub.add_parser("time", help="measure a variant's speed alone (training img/s, s/epoch, latency)")
@@ -184,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--splits", required=True)
     s.add_argument("--threads", type=int, default=1, help="torch threads (as the training jobs use)")
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--jobs-per-gpu", type=_positive, default=1, help="slots per GPU; timing takes all of one GPU")
     s.add_argument("--out", required=True)
     s.set_defaults(func=_cmd_time)
 

@@ -48,7 +48,9 @@ AA_SEED_OFFSET = 1  # its seed offset: same folds and seeds as the baseline, ind
 
 
 SPLIT_DEFAULTS = {"folds": 5, "repeats": 1, "seeds": [0], "split_seed": 0}
-EXECUTION_DEFAULTS = {"device": "auto", "threads": 1, "max_hours": 24, "runs_per_job": "all"}  # max_memory_gb: see cnnbench.budget
+EXECUTION_DEFAULTS = {"device": "auto", "threads": 1, "max_hours": 24, "runs_per_job": "all",  # max_memory_gb: see budget
+                      "precision": "auto", "compile": False, "deterministic": False, "jobs_per_gpu": 1}
+NUMERICS = ("precision", "compile", "deterministic")  # execution settings a run's numbers depend on
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,7 @@ class VariantSpec:
     chain: tuple[str, ...] = ()  # this variant, its base, ... (variants only, root model excluded)
     diff: dict[str, Any] = field(default_factory=dict)  # knobs this variant's own entry sets
     compare_to: str | None = None  # the variant the report compares this one with (None: the baseline itself)
+    numerics: dict[str, Any] = field(default_factory=dict)  # precision, compile, deterministic (cnnbench.numerics)
 
     def identity(self) -> dict[str, Any]:
         """What the numbers of a run depend on (the name and description do not). The plan's digest is
@@ -77,7 +80,10 @@ class VariantSpec:
         return {"version": SPEC_VERSION, "arch": self.arch, "model": self.model, "train": self.train,
                 "data": self.data, "split": self.split, "input_shape": list(self.input_shape),
                 "num_classes": self.num_classes, "seed_offset": self.seed_offset,
-                "plan": hashlib.sha256(repr(self.plan()).encode()).hexdigest()[:16]}
+                "plan": hashlib.sha256(repr(self.plan()).encode()).hexdigest()[:16],
+                # only settings that differ from the defaults, so that studies run before these settings
+                # existed keep their hashes (and their finished runs)
+                **({"numerics": changed} if (changed := non_default_numerics(self.numerics)) else {})}
 
     @cached_property  # the plan digest rebuilds the network plan: compute it once per spec
     def spec_hash(self) -> str:
@@ -109,6 +115,10 @@ class VariantSpec:
 
 
 PRESENTATION = ("description", "chain", "diff", "compare_to")  # VariantSpec fields no run depends on
+
+
+def non_default_numerics(numerics: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in numerics.items() if v != EXECUTION_DEFAULTS[k]}
 
 
 @dataclass(frozen=True)
@@ -207,7 +217,8 @@ def _resolve(raw: dict) -> Study:
     for name in variants_raw:
         specs[name] = _resolve_variant(raw["study"], name, variants_raw, train_defaults, data_identity,
                                        {k: split[k] for k in ("folds", "repeats", "split_seed")}, info)
-        specs[name] = replace(specs[name], compare_to=_reference(name, variants_raw, baseline))
+        specs[name] = replace(specs[name], compare_to=_reference(name, variants_raw, baseline),
+                              numerics={k: execution[k] for k in NUMERICS})
     if raw.get("aa_control"):
         specs[AA_CONTROL] = aa_control(specs[baseline], variants_raw)
     return Study(raw["study"], raw.get("description", ""), data, split, execution, baseline, specs)

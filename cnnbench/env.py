@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import platform
 import socket
 import subprocess
@@ -28,6 +30,18 @@ def nvidia_gpus_visible() -> bool:
     import glob
 
     return bool(glob.glob("/dev/nvidia[0-9]*"))
+
+
+def visible_gpu_count() -> int:
+    """NVIDIA GPUs this process may use, without importing torch: the device nodes, narrowed by
+    CUDA_VISIBLE_DEVICES when it is set (as Slurm and users do)."""
+    import glob
+
+    present = len(glob.glob("/dev/nvidia[0-9]*"))
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return present
+    return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
 
 
 def cpu_model() -> str:

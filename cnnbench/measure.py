@@ -4,8 +4,9 @@ Each number means one thing, measured the way the field's tools measure it:
 - FLOPs from `torch.utils.flop_counter.FlopCounterMode` (convolutions and matrix products; it counts
   2 FLOPs per multiply-accumulate), per image, for a forward pass and for a training step (with a
   correction for grouped-convolution backward on torch releases that lack it, see `_flop_fixes`);
-- latency from `torch.utils.benchmark.Timer` (synchronises CUDA), median and IQR over repeated blocks
-  after an untimed warm-up;
+- latency (and the timing job's training speed) with `Stopwatch`: CUDA events recorded around exactly the
+  timed calls on a GPU (the host's clock would also count queueing and the final synchronisation),
+  perf_counter on the CPU; median and IQR over repeated blocks after an untimed warm-up;
 - training memory: what a run adds above the level it starts from - the CUDA allocator's peak after a
   reset on a GPU; on the CPU the process's peak RSS (VmHWM, reset per run) minus its RSS at the start,
   after freed memory is handed back to the OS so that earlier runs in the same process do not hide it;
@@ -81,20 +82,53 @@ def cost(spec) -> dict:
             "flops_forward": int(forward), "flops_train_step": int(step), "flop_counter": FLOP_COUNTER}
 
 
-@torch.inference_mode()
-def latency(model: nn.Module, input_shape: tuple[int, ...], batch: int, device: torch.device,
-            repeats: int = 25, block_s: float = 0.004, warmup: int = 3) -> dict:
-    """Inference latency of one batch in eval mode: median and IQR (ms) over `repeats` timed blocks,
-    each block averaging enough calls to last ~`block_s`; `warmup` calls before are not timed."""
-    from torch.utils import benchmark
+class Stopwatch:
+    """Seconds spent in a `with` block on `device`: between two CUDA events on a GPU (synchronised on
+    the end event only after the block), perf_counter on the CPU."""
 
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.seconds = float("nan")
+
+    def __enter__(self) -> "Stopwatch":
+        if self.cuda:
+            self._start, self._end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            self._start.record()
+        else:
+            import time
+
+            self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.cuda:
+            self._end.record()
+            self._end.synchronize()
+            self.seconds = self._start.elapsed_time(self._end) / 1e3
+        else:
+            import time
+
+            self.seconds = time.perf_counter() - self._t0
+
+
+def latency(model: nn.Module, input_shape: tuple[int, ...], batch: int, device: torch.device,
+            repeats: int = 25, block_s: float = 0.004, warmup: int = 3, autocast=contextlib.nullcontext) -> dict:
+    """Inference latency of one batch in eval mode: median and IQR (ms) over `repeats` timed blocks,
+    each block averaging enough calls to last ~`block_s`; `warmup` calls before are not timed.
+    `autocast`: the run's precision context (cnnbench.numerics)."""
     was_training = model.training
     model.eval()
     x = torch.randn(batch, *input_shape, device=device).contiguous(memory_format=torch.channels_last)
-    timer = benchmark.Timer(stmt="model(x)", globals={"model": model, "x": x}, num_threads=torch.get_num_threads())
-    single = timer.timeit(warmup).median  # warm-up: allocator, kernel selection, caches
+
+    def block(calls: int) -> float:
+        with torch.inference_mode(), autocast(), Stopwatch(device) as watch:
+            for _ in range(calls):
+                model(x)
+        return watch.seconds / calls
+
+    single = block(warmup)  # warm-up: allocator, kernel selection, caches
     number = max(1, int(block_s / max(single, 1e-7)))
-    times = np.array([timer.timeit(number).median for _ in range(repeats)]) * 1e3
+    times = np.array([block(number) for _ in range(repeats)]) * 1e3
     model.train(was_training)
     q1, median, q3 = np.percentile(times, [25, 50, 75])
     return {"median_ms": float(median), "iqr_ms": float(q3 - q1), "blocks": repeats, "calls_per_block": number}

@@ -75,6 +75,25 @@ def _quarantine(bad: list[tuple[Path, str]]) -> None:
             shutil.move(path, target)
 
 
+def check_shared_precision(records: list[dict], references: dict[str, str]) -> None:
+    """A comparison is only fair when both sides computed alike: refuse a variant whose runs resolved to
+    different precisions, or one compared with a variant that ran in another (`precision: auto` resolves
+    per device, so a study spread over different GPUs, or GPUs and CPUs, can mix them)."""
+    used: dict[str, set] = {}
+    for r in records:
+        used.setdefault(r["variant"], set()).add(r.get("numerics", {}).get("precision", "fp32"))
+    fix = ("set execution.precision to one value (e.g. fp32) or run every job on the same kind of device, "
+           "then delete the variant's runs (results/<study>/runs/<variant>) to retrain them")
+    for variant, precisions in used.items():
+        if len(precisions) > 1:
+            raise CnnbenchError(f"variant {variant!r}: its runs used different precisions "
+                                f"({', '.join(sorted(precisions))}); {fix}")
+    for variant, ref in references.items():
+        if variant in used and ref in used and used[variant] != used[ref]:
+            raise CnnbenchError(f"variant {variant!r} ran in {min(used[variant])} but its comparison {ref!r} ran in "
+                                f"{min(used[ref])}: the variants of one comparison must share a precision; {fix}")
+
+
 def runs_table(records: list[dict]) -> pd.DataFrame:
     """One row per run: ids, data, metrics, cost, speed (latency included), memory, diagnostics, env."""
     rows = []
@@ -83,7 +102,7 @@ def runs_table(records: list[dict]) -> pd.DataFrame:
         row["status"] = r.get("status", "ok")
         row["diverged_epoch"] = (r.get("diverged") or {}).get("epoch")
         row |= {f"data_{k}": v for k, v in r["data"].items()}
-        for section in ("metrics", "cost", "speed", "env"):
+        for section in ("metrics", "cost", "speed", "env", "numerics"):
             row |= {k: v for k, v in r.get(section, {}).items() if not isinstance(v, (dict, list))}
         row |= {f"memory_{k}": v for k, v in r.get("memory", {}).items()}
         row["dead_fraction"] = r.get("diagnostics", {}).get("dead_fraction")
@@ -135,7 +154,7 @@ def timing_table(paths: Iterable[str | Path]) -> pd.DataFrame:
     rows = []
     for path in paths:
         t = read_json(path)
-        rows.append({**{k: v for k, v in t.items() if not isinstance(v, (dict, list))},
+        rows.append({**{k: v for k, v in t.items() if not isinstance(v, (dict, list))}, **t.get("numerics", {}),
                      "device_name": t["env"].get("device_name"), "threads": t["env"].get("threads")})
     return pd.DataFrame(rows) if rows else pd.DataFrame(columns=["variant"])
 
@@ -178,6 +197,7 @@ def collect(paths: Iterable[str | Path], out_dir: str | Path, split_path: str | 
     from cnnbench.data import load_cache
 
     records = load_records(paths, data_path, split_path)
+    check_shared_precision(records, (study or {}).get("references", {}))
     labels = load_cache(data_path).y
     tables = {"runs": runs_table(records), "epochs": epochs_table(records), "layers": layers_table(records),
               "dead_filters": dead_filters_table(records),

@@ -23,9 +23,10 @@ from cnnbench.errors import CnnbenchError
 from cnnbench.io import atomic_path, read_json, write_json
 from cnnbench.seeds import run_seed
 
-RECORD_SCHEMA = 4  # bump when a record gains or changes fields: the workflow then retrains (a param)
+RECORD_SCHEMA = 5  # bump when a record gains or changes fields: the workflow then retrains (a param)
 # 4: run_seed, seed_offset, init_digest, status/diverged, strict JSON; memory.train_mb; latency moved to
 #    the timing job
+# 5: numerics (resolved precision, compile and its time, deterministic); env.gpu_slot on CUDA
 
 
 def run_name(fold: int, seed: int) -> str:
@@ -68,22 +69,23 @@ class Progress:
 
 def train_variant(spec: VariantSpec, *, data_path: str | Path, splits_path: str | Path,
                   runs: list[tuple[int, int]], out_dir: str | Path, weights_path: str | Path | None,
-                  resume_root: str | Path, threads: int = 1, device: str = "auto",
+                  resume_root: str | Path, threads: int = 1, device: str = "auto", jobs_per_gpu: int = 1,
                   log: Callable[[str], None] | None = None) -> list[Path]:
     """Train `runs` [(fold, seed), ...] of one variant; the first one's weights go to `weights_path`."""
 
     from cnnbench.env import environment
     from cnnbench.measure import cost
-    from cnnbench.train import fit, resolve_device, set_determinism, warm_up
+    from cnnbench.train import claim_device, fit, resolve_device, set_determinism, warm_up
 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    dev = resolve_device(device)
-    set_determinism(dev, threads)
+    # before CUDA starts: cuBLAS reads its workspace setting once
+    set_determinism(resolve_device(device), threads, spec.numerics.get("deterministic", False))
+    dev, gpu_slot = claim_device(device, jobs_per_gpu, log=log)
     images = load_cache(data_path)
     split_sha, data_sha = file_hash(splits_path), file_hash(data_path)
     resume = Path(resume_root) / spec.name / f"{spec.spec_hash}-{split_sha}"
     progress = Progress(spec, len(runs), log)
-    env = environment(dev)
+    env = {**environment(dev), **({"gpu_slot": gpu_slot} if gpu_slot else {})}
     job_cost = cost(spec)  # the same for every run of the variant
     warm_up(spec, dev)  # one-time process costs stay out of the first run's memory and time
 
@@ -144,6 +146,7 @@ def make_record(spec: VariantSpec, fold: int, seed: int, result, train_idx: np.n
                   "measure_time_s": result.measure_time_s,
                   "images_seen": result.images_seen, "fit_wall_s": result.wall_s},
         "memory": result.memory,
+        "numerics": result.numerics,
         "diagnostics": {"dead_filters": dead,
                         "dead_fraction": (sum(d["dead"] for d in dead.values()) /
                                           max(1, sum(d["total"] for d in dead.values()))) if dead else None},

@@ -14,6 +14,7 @@ every training job ~25% of its speed (width64: 4.4 vs 3.5 s/epoch).
 
 from __future__ import annotations
 
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,15 +29,16 @@ WARMUP_STEPS = 5
 
 
 def time_variant(spec: VariantSpec, *, data_path: str | Path, splits_path: str | Path, device: str = "auto",
-                 threads: int = 1, repeats: int = REPEATS) -> dict:
-    """Training throughput (the real step: augmentation, forward, backward, optimiser) on fold 0's
-    training images, eval-mode latency at batch 1 and at the training batch size, then training memory."""
+                 threads: int = 1, jobs_per_gpu: int = 1, repeats: int = REPEATS) -> dict:
+    """Training throughput (the real step: augmentation, forward, backward, optimiser, at the run's
+    precision) on fold 0's training images, eval-mode latency at batch 1 and at the training batch size,
+    then training memory. On CUDA the job takes every slot of one GPU (cnnbench.gpuslots)."""
     from cnnbench.data import load_cache, load_fold
     from cnnbench.env import environment
-    from cnnbench.train import resolve_device, set_determinism
+    from cnnbench.train import claim_device, resolve_device, set_determinism
 
-    dev = resolve_device(device)
-    set_determinism(dev, threads)
+    set_determinism(resolve_device(device), threads, spec.numerics.get("deterministic", False))
+    dev, gpu_slot = claim_device(device, jobs_per_gpu, exclusive=True, log=lambda m: print(m, file=sys.stderr))
     images = load_cache(data_path)
     train_idx, val_idx = load_fold(splits_path, 0, images.y)
     window_start = time.time()
@@ -45,18 +47,23 @@ def time_variant(spec: VariantSpec, *, data_path: str | Path, splits_path: str |
     return {"study": spec.study, "variant": spec.name, "spec_hash": spec.spec_hash, **speed,
             "train_mb": memory["train_mb"], "memory_kind": memory["kind"],
             "window": [window_start, time.time()],  # unix seconds: when the machine was held for this
-            "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "env": environment(dev)}
+            "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "env": {**environment(dev), **({"gpu_slot": gpu_slot} if gpu_slot else {})}}
 
 
 def training_speed(spec: VariantSpec, images, train_idx: np.ndarray, dev, repeats: int) -> dict:
     import torch
 
-    from cnnbench.measure import latency
+    from cnnbench.measure import Stopwatch, latency
+    from cnnbench.numerics import Numerics
     from cnnbench.seeds import run_seed
     from cnnbench.train import Images, init_model, make_optimizer, train_epoch
 
     seed = run_seed(0, 0)
+    num = Numerics.for_run(spec.numerics, dev)
     model = init_model(spec, seed, dev)
+    forward = num.maybe_compile(model)
+    scaler = num.scaler()
     x_all = torch.from_numpy(images.x[train_idx]).to(dev)
     x = Images(x_all, *Images.stats(x_all), spec.train["augment"], torch.Generator(device=dev).manual_seed(seed))
     y = torch.from_numpy(images.y[train_idx]).to(dev)
@@ -68,15 +75,17 @@ def training_speed(spec: VariantSpec, images, train_idx: np.ndarray, dev, repeat
 
     def block(steps: int) -> float:
         perm = torch.randperm(len(y), generator=gen)[: steps * bs].to(dev)
-        start = time.perf_counter()
-        train_epoch(model, opt, None, x, y, perm, bs, steps, t["label_smoothing"], t["l1"])  # synchronises
-        return time.perf_counter() - start
+        with Stopwatch(dev) as watch:
+            train_epoch(forward, opt, None, x, y, perm, bs, steps, t["label_smoothing"], t["l1"], num=num,
+                        scaler=scaler)
+        return watch.seconds
 
     warm_steps = min(WARMUP_STEPS, steps_per_epoch)
+    compile_s = block(1) if num.compile else None  # tracing and code generation: recorded, never in speed
     warm = block(warm_steps)  # not counted: allocator, kernel selection, caches
     steps = int(np.clip(BLOCK_S / max(warm / warm_steps, 1e-6), 2, steps_per_epoch))
     img_per_s = steps * bs / np.array([block(steps) for _ in range(repeats)])
-    lat = {f"batch_{b}": latency(model, spec.input_shape, b, dev) for b in (1, bs)}
+    lat = {f"batch_{b}": latency(forward, spec.input_shape, b, dev, autocast=num.autocast) for b in (1, bs)}
     q1, med, q3 = np.percentile(img_per_s, [25, 50, 75])
     epoch = steps_per_epoch * bs / img_per_s
     return {"train_img_per_s": float(med), "train_img_per_s_iqr": float(q3 - q1),
@@ -85,7 +94,9 @@ def training_speed(spec: VariantSpec, images, train_idx: np.ndarray, dev, repeat
             "steps_per_block": steps, "blocks": repeats, "batch_size": bs,
             "latency_b1_ms": lat["batch_1"]["median_ms"], "latency_b1_iqr_ms": lat["batch_1"]["iqr_ms"],
             "latency_batch": bs, "latency_bN_ms": lat[f"batch_{bs}"]["median_ms"],
-            "latency_bN_iqr_ms": lat[f"batch_{bs}"]["iqr_ms"]}
+            "latency_bN_iqr_ms": lat[f"batch_{bs}"]["iqr_ms"],
+            "timer": "cuda_events" if dev.type == "cuda" else "perf_counter",
+            "numerics": {**num.as_dict(), "compile_time_s": compile_s}}
 
 
 def training_memory(spec: VariantSpec, images, train_idx: np.ndarray, val_idx: np.ndarray, device) -> dict:

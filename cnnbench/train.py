@@ -7,6 +7,7 @@ model runs in channels_last, which oneDNN (CPU) and cuDNN (GPU) convolutions pre
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from cnnbench.config import VariantSpec
 from cnnbench.data import ImageData
 from cnnbench.measure import LayerNorms, PeakMemory, dead_filters, weights_digest
 from cnnbench.models.build import build_model
+from cnnbench.numerics import Numerics, compile_warm_up, set_deterministic
 
 WARMUP_STEPS = 5  # steps excluded from the throughput figure (allocator and kernel set-up)
 EVAL_BATCH = 500  # images per forward pass when evaluating
@@ -37,14 +39,37 @@ def resolve_device(setting: str = "auto") -> torch.device:
     return torch.device(setting)
 
 
-def set_determinism(device: torch.device, threads: int) -> None:
+def claim_device(setting: str = "auto", jobs_per_gpu: int = 1, *, exclusive: bool = False,
+                 log: Callable[[str], None] | None = None) -> tuple[torch.device, dict | None]:
+    """The device this job computes on. On CUDA: a slot of the least busy visible GPU (or, `exclusive`,
+    a GPU of its own) that the process holds until it exits (cnnbench.gpuslots), and that GPU made the
+    current device; returns the device and what was claimed, for the record."""
+    device = resolve_device(setting)
+    if device.type != "cuda":
+        return device, None
+    from cnnbench import gpuslots
+
+    slot = gpuslots.acquire(gpuslots.visible_gpu_ids(), jobs_per_gpu, exclusive=exclusive, log=log)
+    _HELD.append(slot)  # held for the life of the process
+    device = torch.device("cuda", slot.index)
+    torch.cuda.set_device(device)
+    return device, slot.as_dict(jobs_per_gpu)
+
+
+_HELD: list = []
+
+
+def set_determinism(device: torch.device, threads: int, deterministic: bool = False) -> None:
     """Same config + same CPU + same threads => same numbers: the CPU kernels used here (oneDNN
     convolutions, GEMM, pooling) are deterministic at a fixed thread count, and every random draw comes
     from the run's seeded generators (tests/test_train.py checks bit-identical reruns). Not calling
-    `torch.use_deterministic_algorithms` on purpose: it imports torch._dynamo, 1.6 s per job here.
-    CUDA runs favour speed (cuDNN autotune); their numbers are not promised to be bit-identical."""
+    `torch.use_deterministic_algorithms` unless asked (`execution.deterministic`): it imports
+    torch._dynamo, 1.6 s per job here. CUDA runs otherwise favour speed (cuDNN autotune), and their
+    numbers are not promised to be bit-identical."""
     torch.set_num_threads(threads)
-    if device.type == "cuda":
+    if deterministic:
+        set_deterministic(device)
+    elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
 
@@ -66,6 +91,7 @@ class FitResult:
     memory: dict  # memory that training added (see measure.PeakMemory)
     dead_filters: dict  # per ReLU layer: dead channels on the validation set, final model
     init_digest: str  # sha256 of the initial weights: same run of two same-architecture variants -> same
+    numerics: dict  # resolved precision, compile, deterministic, and the compile time (s) kept out of speed
     test: dict | None = None  # loss/acc on the official test split
     diverged: dict | None = None  # {"epoch", "reason"} when training was stopped as diverged
 
@@ -161,18 +187,23 @@ def init_model(spec: VariantSpec, seed: int, device: torch.device) -> nn.Module:
     return build_model(spec.plan(), spec.input_shape).to(device, memory_format=torch.channels_last)
 
 
-def warm_up(spec: VariantSpec, device: torch.device) -> None:
+def warm_up(spec: VariantSpec, device: torch.device, num: Numerics | None = None) -> None:
     """One training step and one evaluation batch of the variant's network on random data, so that
     one-time costs of the process (lazy library set-up, kernel and thread-pool caches: ~170 MB and a few
-    hundred ms here) land before the first run rather than in its memory and time figures."""
+    hundred ms here; torch.compile's tracing and code generation) land before the first run rather than
+    in its memory and time figures."""
+    num = num or Numerics.for_run({**spec.numerics, "compile": False}, device)  # compiling: see fit
     model = init_model(spec, 0, device)
+    forward = num.maybe_compile(model)
     opt = make_optimizer(model, spec.train)
     x = torch.randn(spec.train["batch_size"], *spec.input_shape, device=device).contiguous(
         memory_format=torch.channels_last)
-    F.cross_entropy(model(x), torch.zeros(len(x), dtype=torch.long, device=device)).backward()
+    with num.autocast():
+        logits = forward(x)
+    F.cross_entropy(logits.float(), torch.zeros(len(x), dtype=torch.long, device=device)).backward()
     opt.step()
-    with torch.inference_mode():
-        model.eval()(torch.randn(EVAL_BATCH, *spec.input_shape, device=device).contiguous(
+    with torch.inference_mode(), num.autocast():
+        forward.eval()(torch.randn(EVAL_BATCH, *spec.input_shape, device=device).contiguous(
             memory_format=torch.channels_last))
     sync(device)
 
@@ -182,11 +213,14 @@ def fit(spec: VariantSpec, images: ImageData, train_idx: np.ndarray, val_idx: np
     """Train one run. `seed` is the run seed (cnnbench.seeds.run_seed): initial weights, batch order,
     augmentation and dropout all draw from it."""
     t = spec.train
+    num = Numerics.for_run(spec.numerics, device)
+    compile_s = compile_warm_up(lambda: warm_up(spec, device, num), device=device) if num.compile else None
     fit_start = time.perf_counter()
     memory = PeakMemory(device)
     with memory:
         model = init_model(spec, seed, device)  # also seeds the global stream that dropout draws from
         init_digest = weights_digest(model)
+        forward = num.maybe_compile(model)
         shuffle_gen = torch.Generator().manual_seed(seed)
         aug_gen = torch.Generator(device=device).manual_seed(seed)
 
@@ -206,6 +240,7 @@ def fit(spec: VariantSpec, images: ImageData, train_idx: np.ndarray, val_idx: np
                               "training images of a fold")
         total_steps = steps * t["epochs"]
         opt = make_optimizer(model, t)
+        scaler = num.scaler()
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(t["schedule"], s, total_steps))
         penalised = [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
         norms = LayerNorms(model)
@@ -217,14 +252,15 @@ def fit(spec: VariantSpec, images: ImageData, train_idx: np.ndarray, val_idx: np
             sync(device)
             t0 = time.perf_counter()
             warm = WARMUP_STEPS if epoch == 1 else None
-            loss_sum, correct, warm_at = train_epoch(model, opt, sched, x_train, y_train, perm, bs, steps,
-                                                     t["label_smoothing"], t["l1"], penalised, warm, norms)
+            loss_sum, correct, warm_at = train_epoch(forward, opt, sched, x_train, y_train, perm, bs, steps,
+                                                     t["label_smoothing"], t["l1"], penalised, warm, norms,
+                                                     num=num, scaler=scaler)
             if warm_at is not None:
                 warm_time, warm_images = warm_at - t0, min(WARMUP_STEPS, steps - 1) * bs
             epoch_time = time.perf_counter() - t0
             train_time += epoch_time
             t1 = time.perf_counter()
-            val_loss, val_acc, val_pred = evaluate(model, x_val, y_val)
+            val_loss, val_acc, val_pred = evaluate(forward, x_val, y_val, num)
             row = {"epoch": epoch, "train_loss": loss_sum / (steps * bs), "train_acc": correct / (steps * bs),
                    "val_loss": val_loss, "val_acc": val_acc, "lr": opt.param_groups[0]["lr"],
                    "train_time_s": epoch_time, "eval_time_s": time.perf_counter() - t1, **norms.end_epoch()}
@@ -242,39 +278,48 @@ def fit(spec: VariantSpec, images: ImageData, train_idx: np.ndarray, val_idx: np
         t_test = time.perf_counter()
         x_test = Images(torch.from_numpy(images.x_test).to(device), mean, std)
         y_test = torch.from_numpy(images.y_test).to(device)
-        test_loss, test_acc, _ = evaluate(model, x_test, y_test)
+        test_loss, test_acc, _ = evaluate(forward, x_test, y_test, num)
         test = {"test_loss": test_loss, "test_acc": test_acc, "n_test": int(len(images.y_test)),
                 "test_time_s": time.perf_counter() - t_test}
     t_measure = time.perf_counter()
-    dead = dead_filters(model, x_val)
+    with num.autocast():
+        dead = dead_filters(model, x_val)
     return FitResult(model, epochs, val_pred, throughput, train_time, images_seen, time.perf_counter() - fit_start,
-                     time.perf_counter() - t_measure, memory.as_dict(), dead, init_digest, test, watch.diverged)
+                     time.perf_counter() - t_measure, memory.as_dict(), dead, init_digest,
+                     {**num.as_dict(), "compile_time_s": compile_s}, test, watch.diverged)
 
 
 def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, sched, x_train: Images,
                 y_train: torch.Tensor, perm: torch.Tensor, bs: int, steps: int, label_smoothing: float = 0.0,
                 l1: float = 0.0, penalised: list[torch.Tensor] = (), warmup_steps: int | None = None,
-                norms: LayerNorms | None = None) -> tuple[float, int, float | None]:
+                norms: LayerNorms | None = None, *, num: Numerics | None = None,
+                scaler: torch.amp.GradScaler | None = None) -> tuple[float, int, float | None]:
     """`steps` optimiser steps over batches `perm[i*bs:(i+1)*bs]`. Returns summed loss, correct count and,
     if `warmup_steps` is given, the perf_counter time when that many steps had finished (synchronised).
-    `norms` samples per-layer gradient norms on a few evenly spaced steps."""
+    `norms` samples per-layer gradient norms on a few evenly spaced steps. `num` sets the forward pass's
+    precision (default fp32); the loss is always computed in fp32; `scaler` is fp16's loss scale."""
     every = norms.every(steps) if norms else 0
     model.train()
     device = y_train.device
+    num = num or Numerics.for_run({"precision": "fp32"}, device)
+    scaler = scaler or num.scaler()
     loss_sum = torch.zeros((), device=device)  # accumulated on the device: no sync per step
     correct = torch.zeros((), device=device, dtype=torch.long)
     warm_at = None
     for i in range(steps):
         idx = perm[i * bs:(i + 1) * bs]
         xb, yb = x_train[idx], y_train[idx]
-        logits = model(xb)
-        loss = F.cross_entropy(logits, yb, label_smoothing=label_smoothing)
+        with num.autocast():
+            logits = model(xb)
+        loss = F.cross_entropy(logits.float(), yb, label_smoothing=label_smoothing)
         objective = loss + l1 * sum(w.abs().sum() for w in penalised) if l1 else loss
         opt.zero_grad(set_to_none=True)
-        objective.backward()
+        scaler.scale(objective).backward()
         if norms and i % every == 0:
+            scaler.unscale_(opt)  # true gradients, not fp16's scaled ones (a no-op for other precisions)
             norms.sample_gradients()
-        opt.step()
+        scaler.step(opt)
+        scaler.update()
         if sched is not None:
             sched.step()
         loss_sum += loss.detach() * bs
@@ -287,12 +332,16 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, sched, x_train: Im
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, x: Images, y: torch.Tensor) -> tuple[float, float, np.ndarray]:
-    """Mean cross-entropy, accuracy and predicted classes, in eval mode (BN statistics, no dropout)."""
+def evaluate(model: nn.Module, x: Images, y: torch.Tensor, num: Numerics | None = None
+             ) -> tuple[float, float, np.ndarray]:
+    """Mean cross-entropy, accuracy and predicted classes, in eval mode (BN statistics, no dropout), at
+    the run's precision (the loss in fp32)."""
     model.eval()
+    autocast = num.autocast if num else contextlib.nullcontext
     loss_sum, preds = 0.0, []
     for i in range(0, len(y), EVAL_BATCH):
-        logits = model(x[i:i + EVAL_BATCH])
+        with autocast():
+            logits = model(x[i:i + EVAL_BATCH]).float()
         loss_sum += F.cross_entropy(logits, y[i:i + EVAL_BATCH], reduction="sum").item()
         preds.append(logits.argmax(1))
     pred = torch.cat(preds)

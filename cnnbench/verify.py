@@ -1,9 +1,10 @@
 """`cnnbench verify <run.json>`: re-run a run from its own record and compare the numbers.
 
 On the CPU (same thread count) every loss and accuracy, the record's final metrics, and every validation
-prediction must match exactly; that is the reproducibility promise. On a GPU the numbers must agree
-within a tolerance and at most a small fraction of the validation predictions may differ, counted and
-reported. The data cache and split it used are checked by hash first, and the spec hash must be the
+prediction must match exactly; that is the reproducibility promise. On a GPU, a run recorded with
+`execution.deterministic: true` must match exactly too when re-run on the same GPU model; otherwise the
+numbers must agree within a tolerance and at most a small fraction of the validation predictions may
+differ, counted and reported. The data cache and split it used are checked by hash first, and the spec hash must be the
 recorded one, so a mismatch means the code, the seed or the environment changed, not the inputs.
 """
 
@@ -70,11 +71,12 @@ def verify(record_path: str | Path, data: str | Path | None = None, splits: str 
                           "different network or protocol from the same knobs")
     env = record["env"]
     dev = resolve_device(device or env["device"])
-    set_determinism(dev, env.get("threads", 1))
+    set_determinism(dev, env.get("threads", 1), spec.numerics.get("deterministic", False))
     images = load_cache(data)
     train_idx, val_idx = load_fold(splits, record["fold"], images.y)
     result = fit(spec, images, train_idx, val_idx, seed=seed, device=dev)
-    exact = dev.type == "cpu" and env["device"] == "cpu"
+    exact, under = exact_match_expected(env, record.get("numerics", {}), dev)
+    lines.append(f"compared under: {under}")
     tol = 0.0 if exact else 1e-4
     mismatches += _compare_epochs(record["epochs"], result.epochs, tol)
     mismatches += _compare_metrics(record["metrics"], run_metrics(result), tol)
@@ -85,7 +87,8 @@ def verify(record_path: str | Path, data: str | Path | None = None, splits: str 
     if not exact:
         lines.append(f"recorded on {env['device']}, re-run on {dev.type}: compared with tolerance {tol}, and at "
                      f"most {MAX_PRED_DIFF:.1%} of validation predictions ({allowed}) may differ "
-                     "(bit-identical results are promised on the CPU only)")
+                     "(bit-identical results are promised on the CPU, and on the same GPU model with "
+                     "execution.deterministic: true)")
     if mismatches:
         lines += ["MISMATCH", *mismatches[:10]]
         if len(mismatches) > 10:
@@ -104,6 +107,20 @@ def verify(record_path: str | Path, data: str | Path | None = None, splits: str 
             lines.append(f"code: recorded at {env['git_commit'][:10]}{' (dirty)' if env['git_dirty'] else ''}, "
                          f"now {str(now['git_commit'])[:10]}{' (dirty)' if now['git_dirty'] else ''}")
     return Verdict(not mismatches, lines)
+
+
+def exact_match_expected(env: dict, numerics: dict, dev) -> tuple[bool, str]:
+    """Whether the re-run must reproduce the record bit for bit, and the settings it is compared under."""
+    deterministic = bool(numerics.get("deterministic"))
+    how = (f"precision {numerics.get('precision', 'fp32')}, compile {numerics.get('compile', 'off')}, "
+           f"deterministic {'on' if deterministic else 'off'}")
+    if dev.type == "cpu":
+        return env["device"] == "cpu", f"CPU, {env.get('threads', 1)} thread(s), {how}; recorded on {env['device']}"
+    import torch
+
+    now = torch.cuda.get_device_name(dev)
+    same_gpu = env["device"] == "cuda" and env.get("device_name") == now
+    return same_gpu and deterministic, f"GPU {now}, {how}; recorded on {env.get('device_name') or env['device']}"
 
 
 def record_seed(record: dict) -> int:

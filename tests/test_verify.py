@@ -95,3 +95,19 @@ def test_other_inputs_are_refused(recorded, tmp_path):
     other.write_text("{}")
     with pytest.raises(CnnbenchError, match="not the file this run used"):
         verify(recorded, splits=other)
+
+
+def test_exact_match_is_demanded_on_the_cpu_and_on_the_same_gpu_model_in_deterministic_mode(monkeypatch):
+    import torch
+
+    from cnnbench.verify import exact_match_expected
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert exact_match_expected({"device": "cpu", "threads": 1}, {}, cpu)[0]
+    assert not exact_match_expected({"device": "cuda", "device_name": "H100"}, {"deterministic": True}, cpu)[0]
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda dev=None: "NVIDIA H100")
+    h100 = {"device": "cuda", "device_name": "NVIDIA H100"}
+    exact, under = exact_match_expected(h100, {"deterministic": True, "precision": "bf16", "compile": "off"}, gpu)
+    assert exact and under.startswith("GPU NVIDIA H100, precision bf16, compile off, deterministic on")
+    assert not exact_match_expected(h100, {"deterministic": False}, gpu)[0]  # cuDNN autotuning: not promised
+    assert not exact_match_expected({**h100, "device_name": "NVIDIA A100"}, {"deterministic": True}, gpu)[0]

@@ -210,3 +210,17 @@ def test_bad_config_stops_before_any_job(tmp_path):
 def test_workflow_lints_clean():
     out = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_gpu_jobs_take_slots_and_timing_takes_a_whole_gpu(tmp_path):
+    """On CUDA (planned only: no GPU needed for a dry run), a training job asks for one `gpu_slots` unit and
+    the timing job for all `jobs_per_gpu` of one GPU, and the pool is GPUs x jobs_per_gpu unless given."""
+    write_yaml(tmp_path / "study.yaml", tiny_study(execution={"device": "cuda", "jobs_per_gpu": 4}))
+    out = snakemake(tmp_path, "-n", "--resources", "gpu_slots=8")
+    assert out.returncode == 0, out.stderr
+    jobs = re.findall(r"rule (\w+):\n(?:\s+\S.*\n)*?\s+resources: (.*)\n", out.stdout + out.stderr)
+    slots = {rule: re.search(r"gpu_slots=(\d+)", res) for rule, res in jobs}
+    assert slots["train"] and slots["train"].group(1) == "1", jobs
+    assert slots["time"] and slots["time"].group(1) == "4", jobs
+    printed = snakemake(tmp_path, "-n", "-p")
+    assert "--device cuda --jobs-per-gpu 4" in printed.stdout + printed.stderr

@@ -353,6 +353,21 @@ def measurements(ctx) -> Section:
                    html_table(header, rows, numeric=set(range(1, 10)), sortable=True) + note)
 
 
+def numerics_line(runs: pd.DataFrame) -> str:
+    """Precision (what it resolved to, and the setting), compile and its time, deterministic kernels."""
+    if "precision" not in runs:
+        return "fp32 (recorded before cnnbench recorded precision)"
+    parts = []
+    for col, label in (("precision", "precision"), ("precision_setting", "setting"), ("compile", "torch.compile"),
+                       ("deterministic", "deterministic kernels")):
+        if col in runs:
+            parts.append(f"{label} {', '.join(sorted(set(runs[col].dropna().astype(str))))}")
+    if "compile_time_s" in runs and runs["compile_time_s"].notna().any():
+        parts.append(f"compile time {runs['compile_time_s'].max():.1f} s at most per job, kept out of every "
+                     "speed figure")
+    return html.escape("; ".join(parts))
+
+
 def environment(ctx) -> Section:
     runs = ctx.runs
     fields = ["device_name", "device", "cpu", "threads", "python", "torch", "torchvision", "numpy", "cnnbench",
@@ -362,6 +377,7 @@ def environment(ctx) -> Section:
         if f in runs and runs[f].notna().any():
             values = sorted(set(runs[f].dropna().astype(str)))
             rows.append([html.escape(f), html.escape(", ".join(values))])
+    rows.append(["numerics", numerics_line(runs)])
     rows.append(["runs", f"{len(runs)} between {runs['started_at'].min()} and {runs['finished_at'].max()} (UTC)"])
     jobs = job_overhead(runs, ctx.results_dir / "benchmarks" / "train")
     if len(jobs):

@@ -10,7 +10,7 @@ from cnnbench.budget import check_study, detect_machine
 from cnnbench.config import AA_CONTROL, load_study
 from cnnbench.config_yaml import with_typed_overrides
 from cnnbench.errors import ConfigError
-from cnnbench.env import nvidia_gpus_visible
+from cnnbench.env import nvidia_gpus_visible, visible_gpu_count
 from cnnbench.runner import RECORD_SCHEMA
 
 
@@ -70,9 +70,19 @@ def job_mem_mb(variant):
     """Slurm memory request of a training job: the budget's estimate (already 2x on model and activations)."""
     return max(2000, math.ceil(_ESTIMATE.variants[variant].memory_bytes / 2**20))
 
-# One GPU per training job when training runs on CUDA; profiles/default caps `gpu` at the cards present.
+# GPUs. Locally, each GPU has `execution.jobs_per_gpu` slots and the `gpu_slots` resource counts them
+# (GPUs x jobs_per_gpu, unless given with --resources gpu_slots=N): a training job takes one slot, the
+# timing job every slot of one GPU. Which GPU and slot a job gets is decided by the job itself
+# (cnnbench/gpuslots.py: lock files), since Snakemake hands out no GPU ids locally. On a cluster, each
+# job asks the executor for one GPU (the Slurm plugin's `gpu` resource) and Slurm assigns it.
 _device = STUDY.execution["device"]
-GPUS_PER_JOB = int(_device == "cuda" or (_device == "auto" and nvidia_gpus_visible()))
+ON_GPU = _device == "cuda" or (_device == "auto" and nvidia_gpus_visible())
+JOBS_PER_GPU = STUDY.execution["jobs_per_gpu"]
+GPUS_PER_JOB = int(ON_GPU and not workflow.local_exec)
+TRAIN_GPU_SLOTS = int(ON_GPU and workflow.local_exec)
+TIME_GPU_SLOTS = JOBS_PER_GPU * TRAIN_GPU_SLOTS
+if TRAIN_GPU_SLOTS and "gpu_slots" not in workflow.global_resources:
+    workflow.register_resource("gpu_slots", max(1, visible_gpu_count()) * JOBS_PER_GPU)
 
 
 def _cost(variant):

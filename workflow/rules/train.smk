@@ -23,11 +23,13 @@ for _index, _group in enumerate(RUN_GROUPS):
             record_schema=RECORD_SCHEMA,
             runs=" ".join(_group),
             device=STUDY.execution["device"],
+            jobs_per_gpu=JOBS_PER_GPU,
             out_dir=lambda w, output: os.path.dirname(output.runs[0]),
             resume=f"{RESULTS}/.resume",
         threads: STUDY.execution["threads"]
         resources:
             gpu=GPUS_PER_JOB,
+            gpu_slots=TRAIN_GPU_SLOTS,
             runtime=lambda w, _n=len(_group): job_minutes(w.variant, _n),
             mem_mb=lambda w: job_mem_mb(w.variant),
         priority: lambda w: PRIORITY[w.variant]
@@ -40,4 +42,4 @@ for _index, _group in enumerate(RUN_GROUPS):
         shell:
             "cnnbench train --spec {params.spec:q} --data {params.data} --splits {input.splits} "
             "--runs {params.runs} --out-dir {params.out_dir} --weights {output.weights} "
-            "--resume-root {params.resume} --threads {threads} --device {params.device} 2> {log}"
+            "--resume-root {params.resume} --threads {threads} --device {params.device} --jobs-per-gpu {params.jobs_per_gpu} 2> {log}"

@@ -1,0 +1,61 @@
+"""GPU slot assignment (cnnbench.gpuslots), exercised with lock files for made-up GPU ids: no GPU needed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from cnnbench.gpuslots import acquire, try_acquire
+
+GPUS = ["GPU-aaaa", "GPU-bbbb"]
+
+
+def test_jobs_spread_over_gpus_and_never_share_a_slot(tmp_path):
+    held = [try_acquire(GPUS, 2, directory=tmp_path) for _ in range(4)]
+    assert [s.index for s in held] == [0, 1, 0, 1]  # the least busy GPU first
+    assert len({(s.gpu_id, s.slots[0]) for s in held}) == 4  # four distinct slots
+    assert try_acquire(GPUS, 2, directory=tmp_path) is None  # 2 GPUs x 2 slots: full
+    held[1].release()
+    again = try_acquire(GPUS, 2, directory=tmp_path)
+    assert (again.index, again.slots) == (held[1].index, held[1].slots)
+
+
+def test_an_exclusive_job_gets_a_whole_gpu_or_waits(tmp_path):
+    trainer = try_acquire(GPUS, 3, directory=tmp_path)
+    timer = try_acquire(GPUS, 3, exclusive=True, directory=tmp_path)
+    assert timer.index != trainer.index and timer.slots == [0, 1, 2]
+    assert try_acquire(GPUS, 3, exclusive=True, directory=tmp_path) is None  # one GPU busy, the other taken
+    other = try_acquire(GPUS, 3, directory=tmp_path)
+    assert other.index == trainer.index  # trainers share the GPU the timer does not hold
+    with pytest.raises(TimeoutError, match="no whole GPU became free"):
+        acquire(GPUS, 3, exclusive=True, directory=tmp_path, timeout_s=0.6)
+    trainer.release()
+    other.release()
+    assert acquire(GPUS, 3, exclusive=True, directory=tmp_path, timeout_s=2).index == trainer.index
+
+
+def test_a_killed_job_frees_its_slot(tmp_path):
+    """flock dies with the process: a crashed or killed training job never leaves a GPU slot taken."""
+    code = (f"import sys, time; sys.path.insert(0, {str(tmp_path)!r}); from pathlib import Path;"
+            f"from cnnbench.gpuslots import try_acquire;"
+            f"s = try_acquire(['GPU-only'], 1, directory=Path({str(tmp_path)!r})); print(s.index, flush=True);"
+            f"time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "0"
+        assert try_acquire(["GPU-only"], 1, directory=tmp_path) is None
+    finally:
+        holder.kill()
+        holder.wait()
+    deadline = time.monotonic() + 5
+    while (slot := try_acquire(["GPU-only"], 1, directory=tmp_path)) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert slot is not None and slot.index == 0
+
+
+def test_no_visible_gpu_is_a_clear_error(tmp_path):
+    with pytest.raises(RuntimeError, match="no CUDA device is visible"):
+        acquire([], 1, directory=tmp_path)
