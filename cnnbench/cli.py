@@ -86,7 +86,32 @@ def _cmd_list_models(a: argparse.Namespace) -> None:
 def _cmd_loop_bench(a: argparse.Namespace) -> None:
     from cnnbench.loopbench import format_result, loop_bench
 
-    print(format_result(loop_bench(a.config, a.variant, a.steps, a.repeats, a.threads)))
+    r = loop_bench(a.config, a.variant, a.steps, a.repeats, a.threads, a.device, a.precision, a.compile)
+    print(format_result(r))
+    if a.json:
+        from cnnbench.io import write_json
+
+        write_json(a.json, r)
+
+
+def _cmd_gpu_sweep(a: argparse.Namespace) -> None:
+    from cnnbench.gpusweep import format_sweep, sweep
+
+    r = sweep(a.config, a.variant, a.jobs, a.device, a.seconds, a.threads,
+              log=lambda m: print(m, file=sys.stderr, flush=True))
+    print(format_sweep(r))
+    if a.json:
+        from cnnbench.io import write_json
+
+        write_json(a.json, r)
+
+
+def _cmd_gpu_check(a: argparse.Namespace) -> int:
+    from cnnbench.gpucheck import format_summary, gpu_check
+
+    code, summary = gpu_check(a.out, a.budget)
+    print(format_summary(summary))
+    return code
 
 
 def _cmd_verify(a: argparse.Namespace) -> int:
@@ -137,6 +162,13 @@ def _spec(d: dict):
     except (TypeError, KeyError) as e:
         raise CnnbenchError(f"--spec: not a resolved variant spec ({e}); the workflow passes it, see "
                             "results/<study>/specs.json for one") from None
+
+
+def _compile_mode(text: str) -> bool | str:
+    modes = {"off": False, "false": False, "on": True, "true": True, "max-autotune": "max-autotune"}
+    if text.lower() not in modes:
+        raise argparse.ArgumentTypeError(f"{text!r}: use off, on or max-autotune")
+    return modes[text.lower()]
 
 
 def _positive(text: str) -> int:
@@ -219,13 +251,34 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--classes", type=_positive, help="number of classes (models only; default 10)")
     s.set_defaults(func=_cmd_describe)
 
-    s = sub.add_parser("loop-bench", help="img/s of the project's training loop vs a plain DataLoader loop")
+    s = sub.add_parser("loop-bench", help="img/s of the project's training loop vs a DataLoader loop and a tuned loop")
     s.add_argument("--config", default="config/config.yaml")
     s.add_argument("--variant", help="variant to train (default: the study's baseline)")
     s.add_argument("--steps", type=int, default=150, help="timed optimiser steps per measurement")
     s.add_argument("--repeats", type=int, default=3, help="alternating measurements of each loop")
     s.add_argument("--threads", type=int, default=1, help="torch threads (the workflow's default is 1)")
+    s.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--precision", default="auto", choices=["auto", "fp32", "tf32", "bf16", "fp16"],
+                   help="of the tuned and project loops (auto: bf16 on a GPU that has it, else fp32)")
+    s.add_argument("--compile", default=None, type=_compile_mode,
+                   help="off | on | max-autotune, for the tuned and project loops (default: on for CUDA, off on the CPU)")
+    s.add_argument("--json", help="also write the result to this JSON file")
     s.set_defaults(func=_cmd_loop_bench)
+
+    s = sub.add_parser("gpu-sweep", help="aggregate img/s of 1, 2, 4, 8 training jobs sharing one GPU")
+    s.add_argument("--config", default="config/config.yaml")
+    s.add_argument("--variant", help="variant to train (default: the study's baseline)")
+    s.add_argument("--jobs", type=_positive, nargs="+", default=[1, 2, 4, 8], help="concurrent job counts")
+    s.add_argument("--device", default="cuda", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--seconds", type=float, default=15.0, help="timed seconds per job count")
+    s.add_argument("--threads", type=int, default=1, help="torch threads per job")
+    s.add_argument("--json", help="also write the result to this JSON file")
+    s.set_defaults(func=_cmd_gpu_sweep)
+
+    s = sub.add_parser("gpu-check", help="check the GPU path on this machine's GPU (<= 8 min, offline)")
+    s.add_argument("--out", default="gpu-check/summary.json", help="summary JSON (other outputs beside it)")
+    s.add_argument("--budget", type=float, default=480, help="seconds for all steps together (default 480)")
+    s.set_defaults(func=_cmd_gpu_check)
 
     s = sub.add_parser("verify", help="re-run a run from its record; exact match expected on the CPU")
     s.add_argument("record", help="results/<study>/runs/<variant>/fold<k>-seed<s>.json")

@@ -1,9 +1,17 @@
-"""`cnnbench loop-bench`: the project's training loop against the loop a user would write.
+"""`cnnbench loop-bench`: the project's training loop against two references.
 
-Both train the same model (the default study's baseline) on the same data for the same number of
-steps, in one process, alternating A/B so machine noise hits both alike; warm-up steps are not timed.
-Reference: a `DataLoader` over a `TensorDataset` of float images in the default NCHW layout.
-Project: `cnnbench.train.train_epoch` (uint8 tensor on the device, index-slice batches, channels_last).
+All three train the same model (a study's baseline by default) on the same data for the same number of
+steps at the same batch size, in one process, alternating so machine noise hits all alike; warm-up steps
+(and with them torch.compile's compilation) are not timed.
+
+- `dataloader`: the loop a user would write - a `DataLoader` over a `TensorDataset` of float images in the
+  default NCHW layout, each batch copied to the device, fp32.
+- `tuned`: a hand-tuned loop in the airbench style - the whole data set resident on the device,
+  pre-normalised, stored in the compute dtype (bf16/fp16 when the precision is) and channels_last;
+  batch indices drawn on the device; no host synchronisation inside the loop; the model compiled when
+  `compile` is on. It is the ceiling the project's loop is measured against.
+- `project`: `cnnbench.train.train_epoch` with the run's numerics (cnnbench.numerics): uint8 or
+  pre-normalised images on the device, index-slice batches, channels_last, autocast, loss in fp32.
 """
 
 from __future__ import annotations
@@ -19,9 +27,11 @@ import torch.nn.functional as F
 from cnnbench.config import VariantSpec, load_study
 from cnnbench.data import load_source
 from cnnbench.models.build import build_model
-from cnnbench.train import Images, make_optimizer, sync, train_epoch
+from cnnbench.numerics import Numerics
+from cnnbench.train import Images, make_optimizer, resolve_device, sync, train_epoch
 
 WARMUP = 5  # untimed steps before each measurement
+LOOPS = ("dataloader", "tuned", "project")
 
 
 def _spec(config: str | Path, variant: str) -> VariantSpec:
@@ -29,73 +39,135 @@ def _spec(config: str | Path, variant: str) -> VariantSpec:
     return study.variants[variant or study.baseline]
 
 
-def project_loop(spec: VariantSpec, x: torch.Tensor, y: torch.Tensor, steps: int, seed: int) -> float:
-    """img/s of the project's loop."""
+def _model(spec: VariantSpec, seed: int, device: torch.device, channels_last: bool = True) -> torch.nn.Module:
     torch.manual_seed(seed)
-    model = build_model(spec.plan(), spec.input_shape).to(memory_format=torch.channels_last)
+    model = build_model(spec.plan(), spec.input_shape).to(device)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+def _epoch_perm(n: int, steps: int, bs: int, seed: int, device: torch.device) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    rounds = -(-(steps + WARMUP) * bs // n)
+    return torch.cat([torch.randperm(n, generator=gen) for _ in range(rounds)]).to(device)
+
+
+def project_loop(spec: VariantSpec, x: torch.Tensor, y: torch.Tensor, steps: int, seed: int,
+                 num: Numerics) -> float:
+    """img/s of the project's loop (cnnbench.train.train_epoch) at the given numerics."""
+    model = _model(spec, seed, x.device)
+    forward = num.maybe_compile(model)
     opt = make_optimizer(model, spec.train)
     images = Images(x, *Images.stats(x))
     bs = spec.train["batch_size"]
-    n_perm = -(-(steps + WARMUP) * bs // len(y))
-    gen = torch.Generator().manual_seed(seed)
-    perm = torch.cat([torch.randperm(len(y), generator=gen) for _ in range(n_perm)])
-    _, _, warm_at = train_epoch(model, opt, None, images, y, perm, bs, steps + WARMUP, warmup_steps=WARMUP)
+    perm = _epoch_perm(len(y), steps, bs, seed, x.device)
+    _, _, warm_at = train_epoch(forward, opt, None, images, y, perm, bs, steps + WARMUP, warmup_steps=WARMUP,
+                                num=num, scaler=num.scaler())
     return steps * bs / (time.perf_counter() - warm_at)
 
 
-def reference_loop(spec: VariantSpec, x: torch.Tensor, y: torch.Tensor, steps: int, seed: int) -> float:
-    """img/s of a plain PyTorch loop: DataLoader(TensorDataset), NCHW, the same model and optimiser."""
+def tuned_loop(spec: VariantSpec, x: torch.Tensor, y: torch.Tensor, steps: int, seed: int,
+               num: Numerics) -> float:
+    """img/s of a hand-tuned loop in the airbench style (see the module docstring)."""
+    model = _model(spec, seed, x.device)
+    forward = num.maybe_compile(model)
+    opt = make_optimizer(model, spec.train)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(num.precision, torch.float32)
+    xf = x.float().div_(255)
+    mean, std = xf.mean(dim=(0, 2, 3), keepdim=True), xf.std(dim=(0, 2, 3), keepdim=True)
+    data = ((xf - mean) / std).to(dtype).contiguous(memory_format=torch.channels_last)
+    del xf
+    bs = spec.train["batch_size"]
+    perm = _epoch_perm(len(y), steps, bs, seed, x.device)
+    scaler = num.scaler()
+    model.train()
+    start = None
+    for i in range(steps + WARMUP):
+        if i == WARMUP:
+            sync(x.device)
+            start = time.perf_counter()
+        idx = perm[i * bs:(i + 1) * bs]
+        with num.autocast():
+            logits = forward(data[idx])
+        loss = F.cross_entropy(logits.float(), y[idx])
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+    sync(x.device)
+    return steps * bs / (time.perf_counter() - start)
+
+
+def dataloader_loop(spec: VariantSpec, x: torch.Tensor, y: torch.Tensor, steps: int, seed: int,
+                    num: Numerics) -> float:
+    """img/s of a plain PyTorch loop: DataLoader(TensorDataset) on the host, NCHW, fp32, the same model."""
     from torch.utils.data import DataLoader, TensorDataset
 
-    torch.manual_seed(seed)
-    model = build_model(spec.plan(), spec.input_shape)
+    device = x.device
+    model = _model(spec, seed, device, channels_last=False)
     opt = make_optimizer(model, spec.train)
-    xf = x.float() / 255
+    xf = x.cpu().float() / 255
     mean, std = xf.mean(dim=(0, 2, 3), keepdim=True), xf.std(dim=(0, 2, 3), keepdim=True)
-    loader = DataLoader(TensorDataset((xf - mean) / std, y), batch_size=spec.train["batch_size"], shuffle=True,
-                        drop_last=True)
+    loader = DataLoader(TensorDataset((xf - mean) / std, y.cpu()), batch_size=spec.train["batch_size"],
+                        shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(seed))
     done, start = 0, None
     model.train()
     while done < steps + WARMUP:
         for xb, yb in loader:
+            xb, yb = xb.to(device), yb.to(device)
             loss = F.cross_entropy(model(xb), yb)
             opt.zero_grad()
             loss.backward()
             opt.step()
             done += 1
             if done == WARMUP:
-                sync(x.device)
+                sync(device)
                 start = time.perf_counter()
             if done == steps + WARMUP:
                 break
-    sync(x.device)
+    sync(device)
     return steps * spec.train["batch_size"] / (time.perf_counter() - start)
 
 
+LOOP_FUNCTIONS = {"dataloader": dataloader_loop, "tuned": tuned_loop, "project": project_loop}
+
+
 def loop_bench(config: str | Path = "config/config.yaml", variant: str | None = None, steps: int = 150,
-               repeats: int = 3, threads: int = 1) -> dict:
+               repeats: int = 3, threads: int = 1, device: str = "cpu", precision: str = "auto",
+               compile: bool | str | None = None) -> dict:
+    """Median img/s of each loop over `repeats` alternating measurements. `compile` (default: on for CUDA,
+    off on the CPU, where it is slower end to end) and `precision` apply to the tuned and project loops."""
     torch.set_num_threads(threads)
+    dev = resolve_device(device)
+    compile = dev.type == "cuda" if compile is None else compile
+    num = Numerics.for_run({"precision": precision, "compile": compile}, dev)
     spec = _spec(config, variant)
     images = load_source({"name": spec.data["name"], **{k: v for k, v in spec.data.items() if k != "name"}})
     n_train = len(images.y) * (spec.split["folds"] - 1) // spec.split["folds"]  # one fold's training part
-    x = torch.from_numpy(np.ascontiguousarray(images.x[:n_train]))
-    y = torch.from_numpy(images.y[:n_train])
-    ref, proj = [], []
+    x = torch.from_numpy(np.ascontiguousarray(images.x[:n_train])).to(dev)
+    y = torch.from_numpy(images.y[:n_train]).to(dev)
+    measured: dict[str, list[float]] = {name: [] for name in LOOPS}
     for r in range(repeats):
-        ref.append(reference_loop(spec, x, y, steps, seed=r))
-        proj.append(project_loop(spec, x, y, steps, seed=r))
+        for name in LOOPS:
+            measured[name].append(LOOP_FUNCTIONS[name](spec, x, y, steps, r, num))
+    median = {name: statistics.median(v) for name, v in measured.items()}
     return {"variant": spec.name, "steps": steps, "batch_size": spec.train["batch_size"], "threads": threads,
-            "reference_img_per_s": statistics.median(ref), "project_img_per_s": statistics.median(proj),
-            "ratio": statistics.median(proj) / statistics.median(ref), "reference_all": ref, "project_all": proj}
+            "device": str(dev), "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+            **{k: v for k, v in num.as_dict().items() if k != "precision_setting"},
+            **{f"{name}_img_per_s": median[name] for name in LOOPS}, **{f"{name}_all": measured[name] for name in LOOPS},
+            "ratio": median["project"] / median["dataloader"], "ratio_to_tuned": median["project"] / median["tuned"]}
 
 
 def format_result(r: dict) -> str:
+    def line(label: str, name: str) -> str:
+        return (f"  {label:<46} {r[f'{name}_img_per_s']:10,.0f} img/s   "
+                f"[{', '.join(f'{v:,.0f}' for v in r[f'{name}_all'])}]")
+
     return "\n".join([
-        f"loop benchmark: variant {r['variant']!r}, {r['steps']} timed steps of batch {r['batch_size']}, "
-        f"{r['threads']} thread(s), median of {len(r['project_all'])} alternating repeats",
-        f"  reference loop (DataLoader, NCHW): {r['reference_img_per_s']:8,.0f} img/s   "
-        f"[{', '.join(f'{v:,.0f}' for v in r['reference_all'])}]",
-        f"  cnnbench loop (tensor, channels_last): {r['project_img_per_s']:4,.0f} img/s   "
-        f"[{', '.join(f'{v:,.0f}' for v in r['project_all'])}]",
-        f"  speed-up: {r['ratio']:.2f}x",
+        f"loop benchmark: variant {r['variant']!r} on {r['device_name']}, {r['steps']} timed steps of batch "
+        f"{r['batch_size']}, {r['threads']} thread(s), median of {len(r['project_all'])} alternating repeats",
+        line("reference: DataLoader, NCHW, fp32", "dataloader"),
+        line(f"reference: tuned ({r['precision']}, compile {r['compile']})", "tuned"),
+        line(f"cnnbench loop ({r['precision']}, compile {r['compile']})", "project"),
+        f"  speed-up over the DataLoader loop: {r['ratio']:.2f}x",
+        f"  share of the tuned loop's speed: {r['ratio_to_tuned']:.0%} (goal: at least 80%)",
     ])

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from cnnbench.cli import main
 from tests.helpers import REPO, tiny_study, write_yaml
@@ -56,7 +57,7 @@ def test_list_models(capsys):
 @pytest.fixture(scope="module")
 def loop_run(tmp_path_factory):
     """loop_bench on the tiny study, with every training forward pass of each loop recorded
-    (time, batch size): one list per loop, in the order they ran (reference, then project)."""
+    (time, batch size): one list per loop, in the order they ran (dataloader, tuned, project)."""
     from cnnbench import loopbench
 
     cfg = write_yaml(tmp_path_factory.mktemp("loop") / "s.yaml", tiny_study())
@@ -78,27 +79,58 @@ def loop_run(tmp_path_factory):
     return r, loops, wall
 
 
-def test_loop_bench_runs_both_loops(loop_run):
+def test_loop_bench_runs_every_loop(loop_run):
     from cnnbench.loopbench import WARMUP, format_result
 
-    r, (reference, project), wall = loop_run
+    r, (reference, tuned, project), wall = loop_run
     bs, steps = r["batch_size"], r["steps"]
-    assert (bs, steps) == (32, 3) and len(r["reference_all"]) == len(r["project_all"]) == 1
+    assert (bs, steps) == (32, 3) and len(r["dataloader_all"]) == len(r["tuned_all"]) == len(r["project_all"]) == 1
     assert len(reference) == WARMUP + steps  # untimed warm-up, then the timed steps
-    for loop, img_per_s in ((reference, r["reference_img_per_s"]), (project, r["project_img_per_s"])):
+    for loop, img_per_s in ((reference, r["dataloader_img_per_s"]), (tuned, r["tuned_img_per_s"]),
+                            (project, r["project_img_per_s"])):
         assert [b for _, b in loop] == [bs] * len(loop)  # full batches only
         assert steps * bs / wall <= img_per_s  # the timed steps took no longer than the whole call
         # ... and no less than from the first timed forward pass to the last one
         assert img_per_s <= steps * bs / (loop[-1][0] - loop[WARMUP][0])
     assert math.isfinite(r["ratio"]) and r["ratio"] > 0
     text = format_result(r)
-    assert f"speed-up: {r['ratio']:.2f}x" in text
-    assert f"{r['reference_img_per_s']:,.0f} img/s" in text and f"{r['project_img_per_s']:,.0f} img/s" in text
+    assert f"speed-up over the DataLoader loop: {r['ratio']:.2f}x" in text
+    assert f"share of the tuned loop's speed: {r['ratio_to_tuned']:.0%}" in text
+    assert all(f"{r[f'{n}_img_per_s']:,.0f} img/s" in text for n in ("dataloader", "tuned", "project"))
+    assert r["precision"] == "fp32" and r["compile"] == "off"  # the CPU's defaults
     assert f"{steps} timed steps of batch {bs}" in text
 
 
 def test_both_loops_run_the_same_number_of_steps(loop_run):
     from cnnbench.loopbench import WARMUP
 
-    r, (reference, project), _ = loop_run
-    assert len(project) == len(reference) == WARMUP + r["steps"]
+    r, (reference, tuned, project), _ = loop_run
+    assert len(project) == len(tuned) == len(reference) == WARMUP + r["steps"]
+
+
+def test_loop_bench_tuned_loop_keeps_bf16_data_on_the_device(tmp_path, monkeypatch):
+    """The tuned (airbench-style) reference on the CPU at bf16: its batches are bf16, sliced from data stored
+    once in the compute dtype; the DataLoader loop feeds fp32, and the project's loop fp32 images that its
+    autocast casts inside each layer (checked through a convolution's output)."""
+    from cnnbench import loopbench
+
+    cfg = write_yaml(tmp_path / "s.yaml", tiny_study())
+    seen: dict[str, set] = {}
+    real_build = loopbench.build_model
+
+    def recording_build(plan, shape):
+        model = real_build(plan, shape)
+        key = f"model{len(seen)}"
+        seen[key] = set()
+        model.register_forward_pre_hook(lambda m, args: seen[key].add(("input", args[0].dtype)))
+        conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+        conv.register_forward_hook(lambda m, args, out: seen[key].add(("conv", out.dtype)))
+        return model
+
+    monkeypatch.setattr(loopbench, "build_model", recording_build)
+    r = loopbench.loop_bench(cfg, steps=2, repeats=1, precision="bf16")
+    assert r["precision"] == "bf16"
+    dataloader, tuned, project = seen.values()
+    assert dataloader == {("input", torch.float32), ("conv", torch.float32)}
+    assert tuned == {("input", torch.bfloat16), ("conv", torch.bfloat16)}
+    assert project == {("input", torch.float32), ("conv", torch.bfloat16)}

@@ -59,3 +59,25 @@ def test_a_killed_job_frees_its_slot(tmp_path):
 def test_no_visible_gpu_is_a_clear_error(tmp_path):
     with pytest.raises(RuntimeError, match="no CUDA device is visible"):
         acquire([], 1, directory=tmp_path)
+
+
+def test_the_concurrency_sweep_runs_separate_jobs_and_sums_their_speed(tmp_path):
+    """The sweep's mechanics on the CPU (on a GPU it picks execution.jobs_per_gpu): N processes warm up,
+    start together, and the aggregate is the sum of what each trained in the same window."""
+    from cnnbench.gpusweep import format_sweep, sweep
+    from tests.helpers import tiny_study, write_yaml
+
+    cfg = write_yaml(tmp_path / "s.yaml", tiny_study())
+    r = sweep(cfg, counts=(1, 2), device="cpu", seconds=1.0)
+    one, two = r["rows"]
+    assert (one["jobs"], two["jobs"]) == (1, 2) and len(two["per_job_img_per_s"]) == 2
+    assert two["aggregate_img_per_s"] == pytest.approx(sum(two["per_job_img_per_s"]))
+    assert all(v > 0 for row in r["rows"] for v in row["per_job_img_per_s"])
+    assert r["best_jobs_per_gpu"] in (1, 2) and "best: execution.jobs_per_gpu" in format_sweep(r)
+
+
+def test_a_failing_sweep_job_is_reported(tmp_path):
+    from cnnbench.gpusweep import run_concurrent
+
+    with pytest.raises(RuntimeError, match="failed before it started"):
+        run_concurrent(1, str(tmp_path / "missing.yaml"), None, "cpu", 1.0, 1)

@@ -1,0 +1,133 @@
+"""`cnnbench gpu-sweep`: aggregate training img/s with 1, 2, 4, 8 jobs sharing one device.
+
+A small CNN leaves a big GPU mostly idle, so several training jobs on one GPU may finish a study sooner
+than one job at a time. This measures it the way the workflow would run it: N separate processes (as
+Snakemake starts them), each training the variant with the project's loop (cnnbench.train.train_epoch)
+at the study's numerics on the same device. Each process warms up (and compiles) first; all start
+timing together on a signal, train for the same number of seconds, and report the images they trained.
+Aggregate img/s is their sum; the best N is what `execution.jobs_per_gpu` should be on that GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+COUNTS = (1, 2, 4, 8)
+CHUNK_STEPS = 20  # optimiser steps between clock checks (train_epoch synchronises at its end)
+
+
+def worker(config: str, variant: str | None, device: str, seconds: float, threads: int, seed: int) -> dict:
+    """One job: warm up, say ready, wait for the go line on stdin, train for `seconds`, report."""
+    import numpy as np
+    import torch
+
+    from cnnbench.config import load_study
+    from cnnbench.data import load_source
+    from cnnbench.numerics import Numerics
+    from cnnbench.train import Images, init_model, make_optimizer, resolve_device, train_epoch
+
+    torch.set_num_threads(threads)
+    study = load_study(config)
+    spec = study.variants[variant or study.baseline]
+    dev = resolve_device(device)
+    num = Numerics.for_run(spec.numerics, dev)
+    images = load_source(spec.data)
+    x = torch.from_numpy(np.ascontiguousarray(images.x)).to(dev)
+    y = torch.from_numpy(images.y).to(dev)
+    data = Images(x, *Images.stats(x))
+    model = init_model(spec, seed, dev)
+    forward = num.maybe_compile(model)
+    opt, scaler, bs = make_optimizer(model, spec.train), num.scaler(), spec.train["batch_size"]
+    gen = torch.Generator().manual_seed(seed)
+
+    def chunk() -> int:
+        perm = torch.randperm(len(y), generator=gen)[: CHUNK_STEPS * bs].to(dev)
+        steps = len(perm) // bs
+        train_epoch(forward, opt, None, data, y, perm, bs, steps, num=num, scaler=scaler)
+        return steps * bs
+
+    chunk()  # warm-up: allocator, kernel selection, compilation
+    print("ready", flush=True)
+    sys.stdin.readline()
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        done += chunk()
+    elapsed = time.perf_counter() - start
+    return {"images": done, "seconds": elapsed, "img_per_s": done / elapsed, "precision": num.precision,
+            "compile": num.as_dict()["compile"]}
+
+
+def run_concurrent(n: int, config: str, variant: str | None, device: str, seconds: float, threads: int) -> dict:
+    """N worker processes started together; aggregate and per-job img/s."""
+    cmd = [sys.executable, "-m", "cnnbench.gpusweep", "--config", str(config), "--device", device,
+           "--seconds", str(seconds), "--threads", str(threads)] + (["--variant", variant] if variant else [])
+    procs = [subprocess.Popen([*cmd, "--seed", str(i)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+             for i in range(n)]
+    try:
+        for p in procs:
+            line = p.stdout.readline().strip()
+            if line != "ready":
+                p.wait()
+                raise RuntimeError(f"a sweep job failed before it started: {p.stderr.read().strip()[-500:]}")
+        for p in procs:  # go, all at once
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        results = []
+        for p in procs:
+            out, err = p.communicate(timeout=seconds * 10 + 120)
+            if p.returncode != 0:
+                raise RuntimeError(f"a sweep job failed: {err.strip()[-500:]}")
+            results.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    per_job = [r["img_per_s"] for r in results]
+    return {"jobs": n, "aggregate_img_per_s": sum(per_job), "per_job_img_per_s": per_job,
+            "precision": results[0]["precision"], "compile": results[0]["compile"]}
+
+
+def sweep(config: str | Path, variant: str | None = None, counts=COUNTS, device: str = "cuda",
+          seconds: float = 15.0, threads: int = 1, log=None) -> dict:
+    rows = []
+    for n in counts:
+        rows.append(run_concurrent(n, str(config), variant, device, seconds, threads))
+        if log:
+            log(f"  {n} job(s): {rows[-1]['aggregate_img_per_s']:,.0f} img/s in all")
+    best = max(rows, key=lambda r: r["aggregate_img_per_s"])
+    return {"config": str(config), "variant": variant, "device": device, "seconds": seconds, "rows": rows,
+            "best_jobs_per_gpu": best["jobs"], "speedup_best_vs_1": best["aggregate_img_per_s"] / rows[0]["aggregate_img_per_s"]}
+
+
+def format_sweep(r: dict) -> str:
+    base = r["rows"][0]["aggregate_img_per_s"]
+    lines = [f"concurrent training jobs on one {r['device']} device ({r['seconds']:g} s each, "
+             f"precision {r['rows'][0]['precision']}, compile {r['rows'][0]['compile']}):"]
+    for row in r["rows"]:
+        lines.append(f"  {row['jobs']} job(s): {row['aggregate_img_per_s']:10,.0f} img/s in all "
+                     f"({row['aggregate_img_per_s'] / base:.2f}x one job)")
+    lines.append(f"  best: execution.jobs_per_gpu: {r['best_jobs_per_gpu']} ({r['speedup_best_vs_1']:.2f}x)")
+    return "\n".join(lines)
+
+
+def _main() -> None:
+    p = argparse.ArgumentParser(description="one job of the GPU concurrency sweep (started by cnnbench gpu-sweep)")
+    p.add_argument("--config", required=True)
+    p.add_argument("--variant")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--seconds", type=float, default=15.0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args()
+    print(json.dumps(worker(a.config, a.variant, a.device, a.seconds, a.threads, a.seed)), flush=True)
+
+
+if __name__ == "__main__":
+    _main()
