@@ -33,7 +33,9 @@ class TrainKnobs:
     momentum: float = 0.9  # sgd momentum (adam: beta1)
     nesterov: bool = True  # sgd only
     weight_decay: float = 5e-4  # L2 penalty (decoupled for adamw)
-    l1: float = 0.0  # L1 penalty on conv and linear weights, added to the loss
+    l1: float = 0.0  # L1 penalty on conv and linear weights (kernels), added to the loss
+    decay_biases: bool = True  # weight_decay and l1 also act on biases and BatchNorm's scale and shift
+    activity: float = 0.0  # activity penalty: this x the sum over activation layers of the mean |output|
     schedule: str = "onecycle"  # constant | cosine | onecycle (linear up 20%, down to 0) | step (/10 at 50%, 75%)
     label_smoothing: float = 0.0
     augment: AugmentKnobs = field(default_factory=AugmentKnobs)

@@ -57,7 +57,7 @@ def training_speed(spec: VariantSpec, images, train_idx: np.ndarray, dev, repeat
     from cnnbench.measure import Stopwatch, latency
     from cnnbench.numerics import Numerics
     from cnnbench.seeds import run_seed
-    from cnnbench.train import Images, init_model, make_optimizer, train_epoch
+    from cnnbench.train import Images, init_model, make_optimizer, penalties, train_epoch
 
     seed = run_seed(0, 0)
     num = Numerics.for_run(spec.numerics, dev)
@@ -71,13 +71,14 @@ def training_speed(spec: VariantSpec, images, train_idx: np.ndarray, dev, repeat
     bs = t["batch_size"]
     steps_per_epoch = len(train_idx) // bs
     opt = make_optimizer(model, t)
+    penalised, activity = penalties(model, t)
     gen = torch.Generator().manual_seed(seed)
 
     def block(steps: int) -> float:
         perm = torch.randperm(len(y), generator=gen)[: steps * bs].to(dev)
         with Stopwatch(dev) as watch:
-            train_epoch(forward, opt, None, x, y, perm, bs, steps, t["label_smoothing"], t["l1"], num=num,
-                        scaler=scaler)
+            train_epoch(forward, opt, None, x, y, perm, bs, steps, t["label_smoothing"], t["l1"], penalised,
+                        num=num, scaler=scaler, activity=activity)
         return watch.seconds
 
     warm_steps = min(WARMUP_STEPS, steps_per_epoch)

@@ -125,6 +125,38 @@ class DivergenceWatch:
         return self.diverged is not None
 
 
+def penalties(model: nn.Module, t: dict) -> tuple[list[torch.Tensor], "ActivityPenalty | None"]:
+    """What the loss adds beyond cross-entropy: the parameters under the L1 penalty (kernels, and biases
+    and BatchNorm parameters unless `decay_biases` is false) and the activity penalty, if any."""
+    penalised = [p for n, p in model.named_parameters() if t.get("decay_biases", True) or is_kernel(n, p)] \
+        if t["l1"] else []
+    return penalised, ActivityPenalty(model, t["activity"]) if t.get("activity") else None
+
+
+class ActivityPenalty:
+    """`weight` x the sum over activation layers of the mean |output| of the current training forward
+    pass, collected by forward hooks (training mode only; evaluation adds nothing)."""
+
+    def __init__(self, model: nn.Module, weight: float):
+        from cnnbench.models.build import ACTIVATIONS
+
+        self.weight, self._terms = weight, []
+        kinds = tuple(ACTIVATIONS.values())
+        self.layers = [m for m in model.modules() if isinstance(m, kinds)]
+        for m in self.layers:
+            m.register_forward_hook(self._hook)
+
+    def _hook(self, module: nn.Module, args, out: torch.Tensor) -> None:
+        if module.training and torch.is_grad_enabled():
+            self._terms.append(out.float().abs().mean())
+
+    def take(self) -> torch.Tensor:
+        """The penalty of the forward pass just made; clears it for the next step."""
+        total = self.weight * torch.stack(self._terms).sum()
+        self._terms.clear()
+        return total
+
+
 class Images:
     """Images on the device, ready to slice into batches: `images[idx]` -> (B, C, H, W) float, normalised,
     channels_last. Without augmentation the whole set is normalised once, so a batch is a single gather;
@@ -160,8 +192,19 @@ class Images:
         return self._normalise(x)
 
 
+def is_kernel(name: str, param: torch.Tensor) -> bool:
+    """A conv or linear weight (what Keras calls a kernel), as opposed to a bias or a BatchNorm parameter."""
+    return param.dim() > 1 and name.endswith("weight")
+
+
 def make_optimizer(model: nn.Module, t: dict) -> torch.optim.Optimizer:
-    params = model.parameters()
+    """The run's optimiser; weight decay acts on kernels only when `decay_biases` is false."""
+    if t.get("decay_biases", True):
+        params = model.parameters()
+    else:
+        named = list(model.named_parameters())
+        params = [{"params": [p for n, p in named if is_kernel(n, p)]},
+                  {"params": [p for n, p in named if not is_kernel(n, p)], "weight_decay": 0.0}]
     if t["optimizer"] == "sgd":
         return torch.optim.SGD(params, lr=t["lr"], momentum=t["momentum"],
                                nesterov=t["nesterov"] and t["momentum"] > 0, weight_decay=t["weight_decay"])
@@ -242,7 +285,7 @@ def fit(spec: VariantSpec, images: ImageData, train_idx: np.ndarray, val_idx: np
         opt = make_optimizer(model, t)
         scaler = num.scaler()
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(t["schedule"], s, total_steps))
-        penalised = [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        penalised, activity = penalties(model, t)
         norms = LayerNorms(model)
 
         epochs, train_time, warm_time, warm_images = [], 0.0, None, 0
@@ -254,7 +297,7 @@ def fit(spec: VariantSpec, images: ImageData, train_idx: np.ndarray, val_idx: np
             warm = WARMUP_STEPS if epoch == 1 else None
             loss_sum, correct, warm_at = train_epoch(forward, opt, sched, x_train, y_train, perm, bs, steps,
                                                      t["label_smoothing"], t["l1"], penalised, warm, norms,
-                                                     num=num, scaler=scaler)
+                                                     num=num, scaler=scaler, activity=activity)
             if warm_at is not None:
                 warm_time, warm_images = warm_at - t0, min(WARMUP_STEPS, steps - 1) * bs
             epoch_time = time.perf_counter() - t0
@@ -293,7 +336,8 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, sched, x_train: Im
                 y_train: torch.Tensor, perm: torch.Tensor, bs: int, steps: int, label_smoothing: float = 0.0,
                 l1: float = 0.0, penalised: list[torch.Tensor] = (), warmup_steps: int | None = None,
                 norms: LayerNorms | None = None, *, num: Numerics | None = None,
-                scaler: torch.amp.GradScaler | None = None) -> tuple[float, int, float | None]:
+                scaler: torch.amp.GradScaler | None = None,
+                activity: "ActivityPenalty | None" = None) -> tuple[float, int, float | None]:
     """`steps` optimiser steps over batches `perm[i*bs:(i+1)*bs]`. Returns summed loss, correct count and,
     if `warmup_steps` is given, the perf_counter time when that many steps had finished (synchronised).
     `norms` samples per-layer gradient norms on a few evenly spaced steps. `num` sets the forward pass's
@@ -313,6 +357,8 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, sched, x_train: Im
             logits = model(xb)
         loss = F.cross_entropy(logits.float(), yb, label_smoothing=label_smoothing)
         objective = loss + l1 * sum(w.abs().sum() for w in penalised) if l1 else loss
+        if activity is not None:
+            objective = objective + activity.take()
         opt.zero_grad(set_to_none=True)
         scaler.scale(objective).backward()
         if norms and i % every == 0:

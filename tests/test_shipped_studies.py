@@ -43,7 +43,8 @@ def _settings() -> dict[str, set]:
 def test_every_knob_appears_in_a_shipped_variant():
     seen = _settings()
     knobs = ["width", "padding", "stride", "pool", "block", "shortcut", "bn", "dropout", "kernel_size", "dilation",
-             "groups", "activation", "head", "blocks", "hidden", "weight_decay", "l1", "optimizer", "lr", "schedule",
+             "groups", "activation", "head", "blocks", "hidden", "weight_decay", "l1", "decay_biases", "activity",
+             "optimizer", "lr", "schedule",
              "label_smoothing", "augment.flip", "augment.shift", "augment.rotate", "augment.shear",
              "augment.brightness", "augment.contrast", "augment.saturation"]
     assert [k for k in knobs if k not in seen] == []

@@ -12,7 +12,7 @@ from torch import nn
 from cnnbench.models import plan as P
 from cnnbench.models.geometry import layer_table
 
-_ACTIVATIONS = {
+ACTIVATIONS = {
     "relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "elu": nn.ELU, "gelu": nn.GELU,
     "silu": nn.SiLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh,
 }
@@ -115,7 +115,7 @@ def _build(node: P.Node, path: str, in_shapes: dict[str, tuple[int, ...]]) -> nn
     if isinstance(node, P.BatchNorm):
         return nn.BatchNorm2d(shape[0])
     if isinstance(node, P.Activation):
-        return _ACTIVATIONS[node.kind]()
+        return ACTIVATIONS[node.kind]()
     if isinstance(node, P.Pool):
         pool = nn.MaxPool2d if node.kind == "max" else nn.AvgPool2d
         return pool(node.kernel, node.stride, node.padding, ceil_mode=node.ceil)
