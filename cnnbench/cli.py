@@ -114,6 +114,14 @@ def _cmd_gpu_check(a: argparse.Namespace) -> int:
     return code
 
 
+def _cmd_ablate(a: argparse.Namespace) -> None:
+    from cnnbench.ablate import ablate
+
+    added = ablate(a.config, a.variant, [k.strip() for k in a.remove.split(",") if k.strip()], a.out)
+    print(f"wrote {a.out}: {len(added)} leave-one-out variant(s) of {a.variant}: {', '.join(added)}\n"
+          f"run them with: snakemake --cores all --configfile {a.out}")
+
+
 def _cmd_verify(a: argparse.Namespace) -> int:
     from cnnbench.verify import verify
 
@@ -279,6 +287,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="gpu-check/summary.json", help="summary JSON (other outputs beside it)")
     s.add_argument("--budget", type=float, default=480, help="seconds for all steps together (default 480)")
     s.set_defaults(func=_cmd_gpu_check)
+
+    s = sub.add_parser("ablate", help="write leave-one-out variants of a full model into a study config")
+    s.add_argument("variant", help="the full model: a variant with the choices on")
+    s.add_argument("--remove", required=True, help="comma-separated knobs to switch off one at a time, e.g. bn,dropout,shortcut")
+    s.add_argument("--config", default="config/config.yaml")
+    s.add_argument("--out", required=True, help="the new study config (the input config plus the new variants)")
+    s.set_defaults(func=_cmd_ablate)
 
     s = sub.add_parser("verify", help="re-run a run from its record; exact match expected on the CPU")
     s.add_argument("record", help="results/<study>/runs/<variant>/fold<k>-seed<s>.json")

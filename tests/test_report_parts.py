@@ -16,3 +16,22 @@ def test_pareto_front_drops_points_dominated_on_a_cost_tie():
                      "width64": 97.49, "no_pool": 96.19})
     assert pareto_front(cost, acc) == ["stride2", "dropout"]
     assert pareto_front(pd.Series({"a": 1, "b": 1}), pd.Series({"a": 0.5, "b": 0.5})) == ["a"]  # exact tie: one
+
+
+def test_augmentation_grid_shows_one_figure_per_distinct_setting():
+    from types import SimpleNamespace
+
+    from cnnbench.config import load_study
+    from cnnbench.data import load_source
+    from cnnbench.report.augmentation import augmentation_examples
+    from tests.helpers import tiny_study
+
+    study = load_study(tiny_study(variants={
+        "baseline": {"base": "cnn"}, "shifted": {"base": "baseline", "augment": {"shift": 2}},
+        "shifted_bn": {"base": "shifted", "bn": True}, "rotated": {"base": "baseline", "augment": {"rotate": 20}}}))
+    ctx = SimpleNamespace(featured=list(study.variants), specs=study.variants, images=load_source(study.data, 0))
+    section = augmentation_examples(ctx)
+    assert section.html.count("<figure>") == 2  # shift (two variants share it) and rotate
+    assert "<h3>shifted, shifted_bn</h3>" in section.html and "<h3>rotated</h3>" in section.html
+    plain = SimpleNamespace(featured=["baseline"], specs=study.variants, images=ctx.images)
+    assert augmentation_examples(plain) is None

@@ -84,9 +84,20 @@ def test_report_renders_in_a_real_browser(finished, chromium, tmp_path):
     assert len(images) >= 20 and all(ok and width > 0 for ok, width, _ in images), images
     assert sections == ["Findings", "Noise floor: the A/A control", "Summary", "Accuracy per variant",
                         "Effects on accuracy", "Per-example differences", "Accuracy vs cost", "Learning curves",
-                        "Error distributions", "Ranking (descriptive)", "Cost, speed, memory", "Per variant",
+                        "Error distributions", "Weight norms", "Ranking (descriptive)", "Cost, speed, memory",
+                        "Per variant",
                         "Environment and provenance", "Data behind this report"]
     assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def test_weight_norms_section_shows_each_variants_final_norms(finished):
+    layers = pd.read_parquet(finished / "results" / "tiny" / "layers.parquet")
+    html = (finished / "reports" / "tiny" / "index.html").read_text()
+    last = layers[layers.epoch == layers.epoch.max()]
+    total = last.groupby(["variant", "fold", "seed"])["weight_norm"].apply(lambda s: np.sqrt((s ** 2).sum()))
+    section = html[html.index("<h2>Weight norms</h2>"):]
+    for variant, value in total.groupby("variant").mean().items():
+        assert f"<td>{variant}</td><td class=\"num\">{value:.2f}</td>" in section.replace("\n", ""), variant
 
 
 def test_report_numbers_come_from_the_runs(finished):

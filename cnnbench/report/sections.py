@@ -361,7 +361,8 @@ def numerics_line(runs: pd.DataFrame) -> str:
     for col, label in (("precision", "precision"), ("precision_setting", "setting"), ("compile", "torch.compile"),
                        ("deterministic", "deterministic kernels")):
         if col in runs:
-            parts.append(f"{label} {', '.join(sorted(set(runs[col].dropna().astype(str))))}")
+            values = {"True": "on", "False": "off"}
+            parts.append(f"{label} {', '.join(sorted({values.get(v, v) for v in runs[col].dropna().astype(str)}))}")
     if "compile_time_s" in runs and runs["compile_time_s"].notna().any():
         parts.append(f"compile time {runs['compile_time_s'].max():.1f} s at most per job, kept out of every "
                      "speed figure")
@@ -428,9 +429,13 @@ def per_variant(ctx) -> Section:
 
 
 def report_sections() -> list[Callable]:
+    from cnnbench.report.augmentation import augmentation_examples
     from cnnbench.report.calibration import aa_control
+    from cnnbench.report.ladder import ladder_section
+    from cnnbench.report.norms import weight_norms
     from cnnbench.report.per_example import per_example
     from cnnbench.report.ranking import ranking
 
-    return [findings, aa_control, summary_table, accuracy_plot, effects, per_example, cost_vs_accuracy,
-            learning_curves, error_edfs, ranking, measurements, per_variant, environment, data_files]
+    return [findings, aa_control, summary_table, accuracy_plot, effects, ladder_section, per_example,
+            cost_vs_accuracy, learning_curves, error_edfs, weight_norms, augmentation_examples, ranking,
+            measurements, per_variant, environment, data_files]

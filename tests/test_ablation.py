@@ -1,0 +1,82 @@
+"""The ablation ladder (chains of variants) and the leave-one-out generator `cnnbench ablate`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from cnnbench.cli import main
+from cnnbench.config import load_study
+from cnnbench.report.ladder import ladder_table, ladders
+from cnnbench.stats import compare
+from tests.helpers import tiny_study, write_yaml
+
+CHAIN = {"baseline": {"base": "cnn"}, "bn": {"base": "baseline", "bn": True},
+         "bn_drop": {"base": "bn", "dropout": 0.3}, "bn_drop_gap": {"base": "bn_drop", "head": "gap"},
+         "wide": {"base": "baseline", "width": 32}}
+
+
+def test_a_chain_of_variants_is_a_ladder_and_a_star_is_not():
+    study = load_study(tiny_study(variants=CHAIN))
+    assert ladders(study.variants, study.references) == [["baseline", "bn", "bn_drop", "bn_drop_gap"]]
+    star = load_study(tiny_study())  # batchnorm and dropout both built on the baseline
+    assert ladders(star.variants, star.references) == []
+    # a rung compared with something other than the rung below breaks the chain there
+    redirected = load_study(tiny_study(variants={**CHAIN, "bn_drop": {**CHAIN["bn_drop"], "compare_to": "baseline"}}))
+    assert ladders(redirected.variants, redirected.references) == []
+
+
+def _runs(effects: dict[str, float], folds: int = 6) -> pd.DataFrame:
+    """Accuracies with a large per-fold effect shared by every variant: only pairing removes it."""
+    rng = np.random.default_rng(0)
+    fold_effect = rng.normal(0, 0.05, folds)
+    rows = []
+    for v, e in effects.items():
+        for f in range(folds):
+            rows.append({"variant": v, "fold": f, "seed": 0, "val_acc": 0.8 + e + fold_effect[f] + rng.normal(0, 0.002),
+                         "data_n_train": 800, "data_n_val": 200, "status": "ok", "study": "s", "spec_hash": v})
+    return pd.DataFrame(rows)
+
+
+def test_ladder_rungs_are_paired_on_the_same_runs():
+    path = ["baseline", "bn", "bn_drop"]
+    runs = _runs({"baseline": 0.0, "bn": 0.02, "bn_drop": 0.03})
+    comparison = compare(runs, "baseline", references={"bn": "baseline", "bn_drop": "bn"}).set_index("variant")
+    table = ladder_table(runs, path, comparison).set_index("variant")
+    wide = runs.pivot(index="fold", columns="variant", values="val_acc")
+    assert table.loc["bn_drop", "step"] == pytest.approx((wide.bn_drop - wide.bn).mean())
+    assert table.loc["bn_drop", "total"] == pytest.approx((wide.bn_drop - wide.baseline).mean())
+    # paired: the shared fold effect (sd 5 pts) cancels, so the 1-point step's CI is narrow
+    assert table.loc["bn_drop", "step_high"] - table.loc["bn_drop", "step_low"] < 0.01
+    assert table.loc["bn", "p_holm"] == comparison.loc["bn", "p_holm"]
+
+
+def test_ablate_writes_one_leave_one_out_variant_per_choice(tmp_path, capsys):
+    full = {"baseline": {"base": "cnn"}, "full": {"base": "baseline", "bn": True, "dropout": 0.3,
+                                                  "augment": {"shift": 1}, "weight_decay": 1e-3}}
+    cfg = write_yaml(tmp_path / "study.yaml", tiny_study(variants=full))
+    out = tmp_path / "ablation.yaml"
+    assert main(["ablate", "full", "--remove", "bn,dropout,augment.shift,weight_decay", "--config", str(cfg),
+                 "--out", str(out)]) == 0
+    assert "4 leave-one-out variant(s)" in capsys.readouterr().out
+    study = load_study(out)
+    assert study.variants["full_no_bn"].model["bn"] is False
+    assert study.variants["full_no_dropout"].model["dropout"] == 0.0
+    assert study.variants["full_no_augment_shift"].train["augment"]["shift"] == 0
+    assert study.variants["full_no_weight_decay"].train["weight_decay"] == 0.0
+    for name in ("full_no_bn", "full_no_dropout", "full_no_augment_shift", "full_no_weight_decay"):
+        assert study.references[name] == "full"
+        others = {k: v for k, v in study.variants[name].model.items() if k not in ("bn", "dropout")}
+        assert others == {k: v for k, v in study.variants["full"].model.items() if k not in ("bn", "dropout")}
+    assert yaml.safe_load(out.read_text())["variants"]["full"] == full["full"]  # the original is kept
+
+
+@pytest.mark.parametrize("remove, message", [("colour", "'colour' is not a knob"),
+                                             ("shortcut", "'shortcut' is already off")])
+def test_ablate_refuses_what_it_cannot_remove(tmp_path, capsys, remove, message):
+    cfg = write_yaml(tmp_path / "study.yaml", tiny_study())
+    assert main(["ablate", "batchnorm", "--remove", remove, "--config", str(cfg), "--out", str(tmp_path / "o.yaml")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o.yaml").exists()
