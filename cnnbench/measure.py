@@ -224,17 +224,30 @@ def _reset_peak_rss() -> None:
 
 @torch.inference_mode()
 def dead_filters(model: nn.Module, x, batch: int = 500) -> dict[str, dict]:
-    """For every ReLU: how many of its channels output zero for every image of `x` (the validation set)
-    at every position. `x[i:j]` must give model-ready batches."""
+    """For every ReLU, two views of channels that do not fire (`x[i:j]` must give model-ready batches):
+
+    - strict (`dead`): the channel outputs zero for every image of `x` (the validation set) at every
+      position - a kernel that never fires;
+    - per image, as the course looks at activation maps: `zero_maps_probe`, how many of the layer's maps
+      are entirely zero for the probe image (the first of `x`); `silent_fraction`, per channel, the share
+      of images whose whole map is zero; `silent_half`, the channels silent on at least half the images.
+    A layer can have no strictly dead kernel and still many maps that are blank for a given digit."""
     was_training = model.training
     model.eval()
     relus = {name: m for name, m in model.named_modules() if isinstance(m, nn.ReLU)}
     peak: dict[str, torch.Tensor] = {}
+    silent: dict[str, torch.Tensor] = {}
+    probe: dict[str, int] = {}
 
     def hook(name):
         def record(module, inputs, out):
-            m = out.amax(dim=(0, 2, 3)) if out.dim() == 4 else out.amax(dim=0)  # per channel/unit
+            per_image = out.amax(dim=(2, 3)) if out.dim() == 4 else out  # (B, channels)
+            m = per_image.amax(dim=0)
+            quiet = (per_image <= 0).sum(dim=0)
             peak[name] = m if name not in peak else torch.maximum(peak[name], m)
+            silent[name] = quiet if name not in silent else silent[name] + quiet
+            if name not in probe:
+                probe[name] = int((per_image[0] <= 0).sum())
         return record
 
     handles = [m.register_forward_hook(hook(name)) for name, m in relus.items()]
@@ -245,7 +258,13 @@ def dead_filters(model: nn.Module, x, batch: int = 500) -> dict[str, dict]:
         for h in handles:
             h.remove()
         model.train(was_training)
-    return {name: {"dead": int((p <= 0).sum()), "total": int(p.numel())} for name, p in peak.items()}
+    out = {}
+    for name, p in peak.items():
+        fraction = (silent[name].float() / len(x)).cpu()
+        out[name] = {"dead": int((p <= 0).sum()), "total": int(p.numel()), "zero_maps_probe": probe[name],
+                     "silent_half": int((fraction >= 0.5).sum()), "silent_mean": float(fraction.mean()),
+                     "silent_fraction": [round(float(f), 4) for f in fraction]}
+    return out
 
 
 class LayerNorms:

@@ -106,9 +106,19 @@ def runs_table(records: list[dict]) -> pd.DataFrame:
             row |= {k: v for k, v in r.get(section, {}).items() if not isinstance(v, (dict, list))}
         row |= {f"memory_{k}": v for k, v in r.get("memory", {}).items()}
         row["dead_fraction"] = r.get("diagnostics", {}).get("dead_fraction")
+        row |= first_layer_silence(r)
         row |= {"started_at": r["started_at"], "finished_at": r["finished_at"]}
         rows.append(row)
     return pd.DataFrame(rows).sort_values(["variant", "seed", "fold"], ignore_index=True)
+
+
+def first_layer_silence(record: dict) -> dict:
+    """The first ReLU layer's kernels that do not fire, both ways (measure.dead_filters), as run columns."""
+    layers = record.get("diagnostics", {}).get("dead_filters") or {}
+    if not layers:
+        return {}
+    first = next(iter(layers.values()))
+    return {f"first_layer_{k}": first[k] for k in ("dead", "total", "zero_maps_probe", "silent_half") if k in first}
 
 
 def epochs_table(records: list[dict]) -> pd.DataFrame:
@@ -130,10 +140,13 @@ def layers_table(records: list[dict]) -> pd.DataFrame:
 
 
 def dead_filters_table(records: list[dict]) -> pd.DataFrame:
-    """One row per run and ReLU layer: channels that never fire on the validation set (final model)."""
-    rows = [{**{k: r[k] for k in ID_COLUMNS}, "layer": layer, **d, "fraction": d["dead"] / d["total"]}
+    """One row per run and ReLU layer: channels that never fire on the validation set (final model), and
+    the per-image view (measure.dead_filters)."""
+    rows = [{**{k: r[k] for k in ID_COLUMNS}, "layer": layer, **{k: v for k, v in d.items() if not isinstance(v, list)},
+             "fraction": d["dead"] / d["total"]}
             for r in records for layer, d in r.get("diagnostics", {}).get("dead_filters", {}).items()]
-    return pd.DataFrame(rows, columns=[*ID_COLUMNS, "layer", "dead", "total", "fraction"])
+    return pd.DataFrame(rows, columns=[*ID_COLUMNS, "layer", "dead", "total", "fraction", "zero_maps_probe",
+                                       "silent_half", "silent_mean"])
 
 
 def predictions_table(records: list[dict], split_path: str | Path, labels) -> pd.DataFrame:

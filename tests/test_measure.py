@@ -142,6 +142,24 @@ def test_dead_filter_detection_finds_a_filter_forced_dead():
     assert set(after) == {"features.stage0.act", "features.stage1.act"}
 
 
+def test_per_image_view_counts_maps_blank_for_some_images_that_the_strict_count_misses():
+    """A kernel that fires only on bright images: never 'dead', but its map is all zero on every dark
+    image - what the course saw with 64 first-layer kernels."""
+    torch.manual_seed(0)
+    model = get_model("cnn")
+    conv = model.get_submodule("features.stage0.block0.conv1")
+    with torch.no_grad():
+        conv.weight[5].fill_(1.0 / 9)  # the local mean of the image...
+        conv.bias[5] = -0.5  # ...fires only where it exceeds 0.5
+    x = torch.cat([torch.full((30, 1, 28, 28), 0.1), torch.full((10, 1, 28, 28), 0.9)])  # 30 dark, 10 bright
+    layer = dead_filters(model, x)["features.stage0.act"]
+    assert layer["dead"] == 0 or layer["silent_fraction"][5] < 1.0  # kernel 5 is not strictly dead...
+    assert layer["silent_fraction"][5] == pytest.approx(0.75)  # ...but blank on the 30 dark images
+    assert layer["silent_half"] >= 1 and 0 <= layer["silent_mean"] <= 1
+    assert layer["zero_maps_probe"] >= 1  # the probe image (the first, dark) has a blank map for kernel 5
+    assert len(layer["silent_fraction"]) == layer["total"] == 16
+
+
 def test_layer_norms_sample_gradients_per_layer():
     model = get_model("cnn")
     norms = LayerNorms(model)

@@ -435,7 +435,9 @@ def report_sections() -> list[Callable]:
     from cnnbench.report.norms import weight_norms
     from cnnbench.report.per_example import per_example
     from cnnbench.report.ranking import ranking
+    from cnnbench.report.silent import silent_kernels
 
     return [findings, aa_control, summary_table, accuracy_plot, effects, ladder_section, per_example,
-            cost_vs_accuracy, learning_curves, error_edfs, weight_norms, augmentation_examples, ranking,
+            cost_vs_accuracy, learning_curves, error_edfs, weight_norms, silent_kernels, augmentation_examples,
+            ranking,
             measurements, per_variant, environment, data_files]
