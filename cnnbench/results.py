@@ -190,6 +190,23 @@ def job_overhead(runs: pd.DataFrame, benchmark_dir: str | Path) -> pd.DataFrame:
     return df.assign(overhead_s=df["job_s"] - df["work_s"])
 
 
+def write_test_probs(records: list[dict], images, path: Path) -> None:
+    """Every run's test-image probabilities (`<variant>/fold<k>-seed<s>` keys) and the true labels, for
+    the report's ensembles; no file when the runs have none (no test split and no held-out part)."""
+    import numpy as np
+
+    from cnnbench.runner import decode_array, run_name
+
+    probs = {f"{r['variant']}/{run_name(r['fold'], r['seed'])}": decode_array(r["test_prob"])
+             for r in records if "test_prob" in r}
+    if not probs or images.y_test is None:
+        path.unlink(missing_ok=True)
+        return
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, y_test=images.y_test, **probs)
+
+
 def write_table(df: pd.DataFrame, path_stem: str | Path) -> list[Path]:
     """Write `<stem>.parquet` (typed, for code) and `<stem>.csv` (for people and spreadsheets)."""
     stem = Path(path_stem)
@@ -217,6 +234,7 @@ def collect(paths: Iterable[str | Path], out_dir: str | Path, split_path: str | 
               "predictions": predictions_table(records, split_path, labels), "timing": timing_table(timing_paths)}
     for name, df in tables.items():
         write_table(df, Path(out_dir) / name)
+    write_test_probs(records, load_cache(data_path), Path(out_dir) / "test_probs.npz")
     specs = {}
     for r in records:
         specs.setdefault(r["variant"], r["spec"])

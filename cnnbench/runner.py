@@ -26,7 +26,8 @@ from cnnbench.seeds import run_seed
 RECORD_SCHEMA = 5  # bump when a record gains or changes fields: the workflow then retrains (a param)
 # 4: run_seed, seed_offset, init_digest, status/diverged, strict JSON; memory.train_mb; latency moved to
 #    the timing job
-# 5: numerics (resolved precision, compile and its time, deterministic); env.gpu_slot on CUDA
+# 5: numerics (resolved precision, compile and its time, deterministic); env.gpu_slot on CUDA; test_prob;
+#    per-image silent kernels in diagnostics.dead_filters
 
 
 def run_name(fold: int, seed: int) -> str:
@@ -152,11 +153,27 @@ def make_record(spec: VariantSpec, fold: int, seed: int, result, train_idx: np.n
                                           max(1, sum(d["total"] for d in dead.values()))) if dead else None},
         "epochs": result.epochs,
         "val_pred": result.val_pred.tolist(),  # in the order of the fold's validation indices
+        # class probabilities on the test images (official split or held-out part): ensembles average them
+        **({"test_prob": encode_array(result.test_prob)} if result.test_prob is not None else {}),
         "env": env,
         "started_at": started.isoformat(timespec="seconds"),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "spec": spec.run_dict(),
     }
+
+
+def encode_array(a: np.ndarray) -> dict:
+    """A float16 array inside a JSON record, compactly (500 x 10 probabilities: 13 kB)."""
+    import base64
+
+    a = np.ascontiguousarray(a, dtype=np.float16)
+    return {"dtype": "float16", "shape": list(a.shape), "base64": base64.b64encode(a.tobytes()).decode("ascii")}
+
+
+def decode_array(d: dict) -> np.ndarray:
+    import base64
+
+    return np.frombuffer(base64.b64decode(d["base64"]), dtype=d["dtype"]).reshape(d["shape"])
 
 
 def reusable(stored: Path) -> bool:

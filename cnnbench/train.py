@@ -92,7 +92,8 @@ class FitResult:
     dead_filters: dict  # per ReLU layer: dead channels on the validation set, final model
     init_digest: str  # sha256 of the initial weights: same run of two same-architecture variants -> same
     numerics: dict  # resolved precision, compile, deterministic, and the compile time (s) kept out of speed
-    test: dict | None = None  # loss/acc on the official test split
+    test: dict | None = None  # loss/acc on the official test split (or the held-out part)
+    test_prob: np.ndarray | None = None  # (n_test, classes) float16 class probabilities: ensembles average them
     diverged: dict | None = None  # {"epoch", "reason"} when training was stopped as diverged
 
 
@@ -316,12 +317,14 @@ def fit(spec: VariantSpec, images: ImageData, train_idx: np.ndarray, val_idx: np
     images_seen = steps * bs * len(epochs)
     warm_time = warm_time or 0.0
     throughput = (images_seen - warm_images) / max(train_time - warm_time, 1e-9)
-    test = None
+    test, test_prob = None, None
     if images.has_test:
         t_test = time.perf_counter()
         x_test = Images(torch.from_numpy(images.x_test).to(device), mean, std)
         y_test = torch.from_numpy(images.y_test).to(device)
-        test_loss, test_acc, _ = evaluate(forward, x_test, y_test, num)
+        probs: list[torch.Tensor] = []
+        test_loss, test_acc, _ = evaluate(forward, x_test, y_test, num, probs_out=probs)
+        test_prob = torch.cat(probs).numpy()
         test = {"test_loss": test_loss, "test_acc": test_acc, "n_test": int(len(images.y_test)),
                 "test_time_s": time.perf_counter() - t_test}
     t_measure = time.perf_counter()
@@ -329,7 +332,8 @@ def fit(spec: VariantSpec, images: ImageData, train_idx: np.ndarray, val_idx: np
         dead = dead_filters(model, x_val)
     return FitResult(model, epochs, val_pred, throughput, train_time, images_seen, time.perf_counter() - fit_start,
                      time.perf_counter() - t_measure, memory.as_dict(), dead, init_digest,
-                     {**num.as_dict(), "compile_time_s": compile_s}, test, watch.diverged)
+                     {**num.as_dict(), "compile_time_s": compile_s}, test=test, test_prob=test_prob,
+                     diverged=watch.diverged)
 
 
 def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, sched, x_train: Images,
@@ -378,10 +382,11 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, sched, x_train: Im
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, x: Images, y: torch.Tensor, num: Numerics | None = None
-             ) -> tuple[float, float, np.ndarray]:
+def evaluate(model: nn.Module, x: Images, y: torch.Tensor, num: Numerics | None = None,
+             probs_out: list | None = None) -> tuple[float, float, np.ndarray]:
     """Mean cross-entropy, accuracy and predicted classes, in eval mode (BN statistics, no dropout), at
-    the run's precision (the loss in fp32)."""
+    the run's precision (the loss in fp32). With `probs_out`, the class probabilities (float16, what an
+    ensemble averages) are appended to it."""
     model.eval()
     autocast = num.autocast if num else contextlib.nullcontext
     loss_sum, preds = 0.0, []
@@ -390,5 +395,7 @@ def evaluate(model: nn.Module, x: Images, y: torch.Tensor, num: Numerics | None 
             logits = model(x[i:i + EVAL_BATCH]).float()
         loss_sum += F.cross_entropy(logits, y[i:i + EVAL_BATCH], reduction="sum").item()
         preds.append(logits.argmax(1))
+        if probs_out is not None:
+            probs_out.append(logits.softmax(1).half().cpu())
     pred = torch.cat(preds)
     return loss_sum / len(y), (pred == y).float().mean().item(), pred.cpu().numpy()

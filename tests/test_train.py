@@ -47,6 +47,12 @@ def test_every_fold_is_also_scored_on_an_official_test_split(prepared):
     with_test = ImageData(images.name, images.x[:200], images.y[:200], images.classes, images.x[200:], images.y[200:])
     result = fit(study.variants["baseline"], with_test, np.arange(100), np.arange(100, 200), seed=0, device=CPU)
     assert result.test["n_test"] == 100 and 0 <= result.test["test_acc"] <= 1 and result.test["test_loss"] > 0
+    probs = result.test_prob.astype(np.float64)  # what ensembles average: one row of probabilities per test image
+    assert probs.shape == (100, 10) and np.allclose(probs.sum(1), 1, atol=1e-2)
+    assert (probs.argmax(1) == images.y[200:]).mean() == pytest.approx(result.test["test_acc"], abs=0.02)
+    from cnnbench.runner import decode_array, encode_array
+
+    assert np.array_equal(decode_array(encode_array(result.test_prob)), result.test_prob)
     assert fit(study.variants["baseline"], images, np.arange(100), np.arange(100, 200), seed=0, device=CPU).test is None
 
 
