@@ -252,6 +252,11 @@ def _memory_message(v: VariantEstimate, spec: VariantSpec, machine: Machine) -> 
 def data_sizes(data: dict) -> tuple[int, int]:
     """(images that k-fold splits, official test images) of a `data:` section, without loading it."""
     name = data["name"]
+    if name == "synthetic":
+        from cnnbench.catalog import complete_data
+
+        d = complete_data(data)
+        return d["n"], d["test_n"]
     if name in CATALOG:
         n = CATALOG[name].n_dev
         n = n if data.get("subset") is None else min(data["subset"], n)

@@ -36,9 +36,28 @@ CATALOG = {
 }
 
 
+# Synthetic data (cnnbench.data._synthetic): seeded random images for timing where a data set cannot be
+# downloaded. Its accuracies mean nothing. What a `data: {name: synthetic}` section leaves out:
+SYNTHETIC_DEFAULTS = {"shape": [3, 32, 32], "classes": 10, "n": 50000, "test_n": 10000}  # CIFAR-10's sizes
+SYNTHETIC_KEYS = tuple(SYNTHETIC_DEFAULTS)
+
+
+def complete_data(data: dict) -> dict:
+    """The `data:` section with synthetic data's sizes written out (other data sets: unchanged)."""
+    if data.get("name") != "synthetic":
+        return data
+    return {**data, **{k: list(v) if isinstance(v, list) else v
+                       for k, v in SYNTHETIC_DEFAULTS.items() if data.get(k) is None}}
+
+
 def dataset_info(data: dict) -> DatasetInfo:
     """Info for a validated `data:` section; an image folder is inspected for its classes."""
     name = data["name"]
+    if name == "synthetic":
+        d = complete_data(data)
+        return DatasetInfo("synthetic", tuple(int(v) for v in d["shape"]), int(d["classes"]), int(d["n"]),
+                           int(d["test_n"]) > 0, True,
+                           "seeded random images and labels, for timing only: accuracies mean nothing")
     if name != "imagefolder":
         info = CATALOG[name]
         n = info.n_dev if data.get("subset") is None else min(data["subset"], info.n_dev)

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 
-from cnnbench.catalog import CATALOG, dataset_info
+from cnnbench.catalog import CATALOG, SYNTHETIC_KEYS, complete_data, dataset_info
 from cnnbench.config_schema import check_schema, normalise, path_words, schema  # noqa: F401 (re-exported)
 from cnnbench.config_yaml import StrictLoader, read_config  # noqa: F401 (re-exported)
 from cnnbench.errors import ConfigError
@@ -194,6 +194,7 @@ def _resolve(raw: dict) -> Study:
     check_schema(raw)
     data = dict(raw["data"])
     check_data(data)
+    data = complete_data(data)  # synthetic: shape, classes, n and test_n written out (part of the identity)
     info = dataset_info(data)
     protocol = dict(raw.get("protocol", {}))
     split = {k: protocol.pop(k, v) for k, v in SPLIT_DEFAULTS.items()}
@@ -204,15 +205,19 @@ def _resolve(raw: dict) -> Study:
     if baseline not in variants_raw:
         raise ConfigError(f"baseline: {baseline!r} is not a variant; name one of "
                           f"{', '.join(variants_raw)} as baseline, or add a variant called {baseline!r}")
+    synthetic = data["name"] == "synthetic"
     if info.n_dev is not None and info.n_dev < 2 * split["folds"]:
         raise ConfigError(f"protocol.folds: {split['folds']} folds need at least {2 * split['folds']} images, "
-                          f"the data has {info.n_dev}")
-    smallest = _smallest_class(data["name"], info.n_dev)
+                          f"the data has {info.n_dev}" + ("; raise data.n or use fewer folds" if synthetic else ""))
+    # synthetic labels are i mod classes: the smallest class has n // classes images
+    smallest = info.n_dev // info.num_classes if synthetic else _smallest_class(data["name"], info.n_dev)
     if smallest is not None and split["folds"] > smallest:
         raise ConfigError(f"protocol.folds: {split['folds']} stratified folds need at least {split['folds']} images "
                           f"of every class, and the smallest class of {data['name']} has about {smallest} here; "
-                          f"use at most {smallest} folds or a larger data.subset")
-    data_identity = {k: data.get(k) for k in ("name", "subset", "image_size", "channels") if data.get(k) is not None}
+                          f"use at most {smallest} folds or a larger "
+                          + ("data.n (or fewer data.classes)" if synthetic else "data.subset"))
+    data_identity = {k: data.get(k) for k in ("name", "subset", "image_size", "channels", *SYNTHETIC_KEYS)
+                     if data.get(k) is not None}
     specs = {}
     for name in variants_raw:
         specs[name] = _resolve_variant(raw["study"], name, variants_raw, train_defaults, data_identity,
@@ -327,6 +332,28 @@ def check_data(data: dict) -> None:
     """What can be known about the data before any job: fields that do nothing for this data set, and
     the folders a data set is read from (they are read only by the first job, which is too late)."""
     name = data["name"]
+    if name == "synthetic":  # generated from its section alone (the schema checks types and upper bounds)
+        fixes = {"root": "it is generated, not read; remove root", "download": "nothing is downloaded; remove it",
+                 "subset": "set data.n, the number of images, instead",
+                 "image_size": "set data.shape, e.g. [3, 32, 32], instead",
+                 "channels": "set the first entry of data.shape (1 or 3) instead"}
+        for key, fix in fixes.items():
+            if data.get(key) not in (None, False):  # download: false says nothing
+                raise ConfigError(f"data.{key}: synthetic data does not use it; {fix}")
+        shape = data.get("shape")
+        if shape is not None and shape[0] not in (1, 3):
+            raise ConfigError(f"data.shape: {shape[0]} channels; the first entry is the number of channels, 1 (grey) "
+                              "or 3 (RGB), e.g. shape: [3, 32, 32]")
+        if shape is not None and min(shape[1:]) < 4:
+            raise ConfigError(f"data.shape: {shape[1]}x{shape[2]} images are smaller than 4x4; give sides of at "
+                              "least 4, e.g. shape: [3, 32, 32]")
+        return
+    for key in SYNTHETIC_KEYS:
+        if data.get(key) is not None:
+            size = ("image_size and channels set its image size" if name == "imagefolder" else
+                    f"its images are {'x'.join(map(str, CATALOG[name].shape))}")
+            raise ConfigError(f"data.{key}: only synthetic data uses it ({name} is a real data set: {size}); "
+                              "remove it, or set data.name: synthetic for random images")
     if name != "imagefolder":
         for key in ("image_size", "channels"):
             if data.get(key) is not None:

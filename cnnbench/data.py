@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnbench.catalog import dataset_info
+from cnnbench.catalog import complete_data, dataset_info
 from cnnbench.errors import DataError
 from cnnbench.io import atomic_path, read_json, write_json
 
@@ -39,7 +39,7 @@ def load_source(data: dict, split_seed: int = 0) -> ImageData:
     """Load a validated `data:` section from its source and apply `subset`."""
     name = data["name"]
     loader = _LOADERS[name]
-    images = loader(data) if name in ("mnist5k", "digits") else loader(data, _root(data))
+    images = loader(data) if name in ("mnist5k", "digits", "synthetic") else loader(data, _root(data))
     expected = dataset_info(data).shape
     if images.shape != expected:
         raise DataError(f"data: {name} gave images of shape {images.shape}, expected {expected}")
@@ -124,6 +124,28 @@ def _digits(data: dict) -> ImageData:
     d = load_digits()  # (1797, 8, 8) in 0..16
     x = np.round(d.images * (255 / 16)).astype(np.uint8)[:, None]
     return ImageData("digits", x, d.target.astype(np.int64), [str(i) for i in range(10)])
+
+
+# Seed of synthetic data, mixed with its shape, classes and sizes: a section always gives the same bytes.
+SYNTHETIC_SEED = 20_240_611
+
+
+def _synthetic(data: dict) -> ImageData:
+    """Random uint8 images with balanced labels (i mod classes, shuffled): for timing where a data set
+    cannot be downloaded. Nothing to learn, so accuracies stay at chance and mean nothing. Development
+    images come from (SYNTHETIC_SEED, 0, C, H, W, classes, n), the test split from (SYNTHETIC_SEED, 1,
+    C, H, W, classes, test_n), so changing test_n leaves the development images as they were."""
+    d = complete_data(data)
+    (c, h, w), classes = (int(v) for v in d["shape"]), int(d["classes"])
+
+    def draw(split: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng([SYNTHETIC_SEED, split, c, h, w, classes, n])
+        x = rng.integers(0, 256, (n, c, h, w), dtype=np.uint8)
+        return x, rng.permutation(np.arange(n, dtype=np.int64) % classes)
+
+    x, y = draw(0, int(d["n"]))
+    x_test, y_test = draw(1, int(d["test_n"])) if int(d["test_n"]) > 0 else (None, None)
+    return ImageData("synthetic", x, y, [str(i) for i in range(classes)], x_test, y_test)
 
 
 def _root(data: dict) -> Path:
@@ -217,7 +239,7 @@ def _subset(images: ImageData, n: int, seed: int) -> ImageData:
 
 
 _LOADERS = {
-    "mnist5k": _mnist5k, "digits": _digits,
+    "mnist5k": _mnist5k, "digits": _digits, "synthetic": _synthetic,
     "mnist": _mnist_like("MNIST"), "fashion_mnist": _mnist_like("FashionMNIST"), "kmnist": _mnist_like("KMNIST"),
     "cifar10": _cifar("CIFAR10"), "cifar100": _cifar("CIFAR100"), "svhn": _svhn, "imagefolder": _imagefolder,
 }

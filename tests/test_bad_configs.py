@@ -189,6 +189,44 @@ CASES = [
          ("data.root", "'/nonexistent'", "does not exist", "download: true")),
     Case("image_size_for_digits", with_changes(data={"name": "digits", "image_size": 32}),
          ("data.image_size", "only an imagefolder study")),
+    # --- synthetic data: sizes from the section, nothing to read ---
+    Case("synthetic_shape_too_short", with_changes(data={"name": "synthetic", "shape": [3, 32]}),
+         ("data.shape", "[3, 32]", "too short")),
+    Case("synthetic_shape_too_long", with_changes(data={"name": "synthetic", "shape": [3, 32, 32, 1]}),
+         ("data.shape", "at most 3")),
+    Case("synthetic_shape_channels", with_changes(data={"name": "synthetic", "shape": [2, 32, 32]}),
+         ("data.shape", "2 channels", "1 (grey) or 3 (RGB)")),
+    Case("synthetic_shape_side", with_changes(data={"name": "synthetic", "shape": [3, 2, 32]}),
+         ("data.shape", "2x32", "at least 4")),
+    Case("synthetic_shape_2.5", with_changes(data={"name": "synthetic", "shape": [3, raw("32.5"), 32]}),
+         ("data.shape.1", "whole number")),
+    Case("synthetic_shape_huge", with_changes(data={"name": "synthetic", "shape": [3, 4096, 32]}),
+         ("data.shape.1", "upper bound of 2048")),
+    Case("shape_for_mnist5k", with_changes(data={"name": "mnist5k", "shape": [1, 28, 28]}),
+         ("data.shape", "only synthetic data uses it", "1x28x28", "remove it")),
+    Case("classes_for_digits", with_changes(data={"name": "digits", "classes": 10}),
+         ("data.classes", "only synthetic data uses it")),
+    Case("n_for_imagefolder", with_changes(data={"name": "imagefolder", "root": "/tmp", "image_size": 8, "n": 100}),
+         ("data.n", "only synthetic data uses it", "image_size")),
+    Case("synthetic_classes_1", with_changes(data={"name": "synthetic", "classes": 1}),
+         ("data.classes", "minimum of 2")),
+    Case("synthetic_n_10", with_changes(data={"name": "synthetic", "n": 10}), ("data.n", "minimum of 20")),
+    Case("synthetic_n_1e12", with_changes(data={"name": "synthetic", "n": raw("1e12")}),
+         ("data.n", "upper bound of 100000000")),
+    Case("synthetic_n_below_2_folds", with_changes(data={"name": "synthetic", "n": 20, "classes": 2},
+                                                   protocol={"folds": 11}),
+         ("protocol.folds", "at least 22 images", "the data has 20", "raise data.n")),
+    Case("synthetic_classes_beyond_folds", with_changes(data={"name": "synthetic", "n": 100, "classes": 50},
+                                                        protocol={"folds": 3}),
+         ("protocol.folds", "smallest class of synthetic has about 2", "data.n")),
+    Case("synthetic_test_n_negative", with_changes(data={"name": "synthetic", "test_n": -1}),
+         ("data.test_n", "minimum of 0")),
+    Case("synthetic_with_root", with_changes(data={"name": "synthetic", "root": "data/cifar10"}),
+         ("data.root", "synthetic data does not use it", "remove root")),
+    Case("synthetic_with_subset", with_changes(data={"name": "synthetic", "subset": 1000}),
+         ("data.subset", "synthetic data does not use it", "data.n")),
+    Case("synthetic_with_image_size", with_changes(data={"name": "synthetic", "image_size": 32}),
+         ("data.image_size", "data.shape")),
     # --- the file itself ---
     Case("not_yaml", "study: [unclosed\n", ("not valid YAML", "line 2")),
     Case("not_a_mapping", "- just\n- a list\n", ("must be a mapping",)),
@@ -299,18 +337,23 @@ def test_merge_keys_still_override(tmp_path: Path):
 # --- the budget ------------------------------------------------------------------------------------
 
 def test_shipped_studies_load_and_fit_their_budget():
-    """The MNIST studies fit the reference 2-core CPU; cifar10.yaml is a GPU study (its header says so):
-    it fits one GPU at the assumed throughput, and on 2 CPU cores it would take days, which the workflow
-    refuses there unless execution.max_hours is raised."""
+    """The MNIST studies fit the reference 2-core CPU; cifar10.yaml and its synthetic twin are GPU studies
+    (their headers say so): they fit one GPU at the assumed throughput, and on 2 CPU cores they would take
+    days, which the workflow refuses there unless execution.max_hours is raised."""
+    gpu_studies = ("cifar10.yaml", "cifar10-synthetic.yaml")
     gpu = B.detect_machine({"device": "cuda"})
     for path in sorted((REPO / "config").glob("*.yaml")):
         study = load_study(path)
-        machine = gpu if path.name == "cifar10.yaml" else CPU2
+        machine = gpu if path.name in gpu_studies else CPU2
         est = B.check_study(study, machine)
         assert 0 < est.hours < est.max_hours and est.peak().memory_bytes < machine.memory_bytes, path.name
         assert set(est.variants) == set(study.variants)
-    with pytest.raises(ConfigError, match=r"execution.max_hours: .* days"):
-        B.check_study(load_study(REPO / "config" / "cifar10.yaml"), CPU2)
+    for name in gpu_studies:
+        with pytest.raises(ConfigError, match=r"execution.max_hours: .* days"):
+            B.check_study(load_study(REPO / "config" / name), CPU2)
+    # the synthetic twin has CIFAR-10's sizes, so the same estimate
+    real, synthetic = (B.estimate_study(load_study(REPO / "config" / n), gpu) for n in gpu_studies)
+    assert synthetic.hours == pytest.approx(real.hours)
 
 
 def test_default_study_estimate_matches_its_measured_time():

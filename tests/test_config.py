@@ -184,3 +184,34 @@ def test_compare_to_defaults_to_the_base_variant_and_is_checked():
     assert study.variants["bn_vs_wide"].spec_hash == study.variants["bn"].spec_hash  # presentation only
     with pytest.raises(ConfigError, match="variant 'bn', field 'compare_to'"):
         load_study(tiny_study(variants={**variants, "bn": {"base": "cnn", "compare_to": "nope"}}))
+
+
+def test_synthetic_data_takes_its_sizes_from_the_section():
+    study = load_study(tiny_study(data={"name": "synthetic", "shape": [1, 8, 8], "classes": 4, "n": 200}))
+    assert study.data == {"name": "synthetic", "shape": [1, 8, 8], "classes": 4, "n": 200, "test_n": 10000}
+    spec = study.variants["baseline"]
+    assert spec.input_shape == (1, 8, 8) and spec.num_classes == 4 and spec.data == study.data
+    other = load_study(tiny_study(data={"name": "synthetic", "shape": [1, 12, 12], "classes": 4, "n": 200}))
+    assert other.variants["baseline"].spec_hash != spec.spec_hash  # the shape is part of what runs depend on
+    default = load_study(tiny_study(data={"name": "synthetic"}))
+    assert default.data["shape"] == [3, 32, 32] and default.variants["baseline"].num_classes == 10
+    assert set(load_study(tiny_study()).variants["baseline"].data) == {"name", "subset"}  # real data: as before
+    for data, field in (({"name": "synthetic", "shape": [3, 32]}, "data.shape"),
+                        ({"name": "synthetic", "shape": [2, 32, 32]}, "data.shape"),
+                        ({"name": "mnist5k", "shape": [1, 28, 28]}, "data.shape"),
+                        ({"name": "synthetic", "classes": 1}, "data.classes"),
+                        ({"name": "synthetic", "download": True}, "data.download")):
+        assert field in error_of(tiny_study(data=data)), data
+    assert load_study(tiny_study(data={"name": "synthetic", "download": False})).data["n"] == 50000
+
+
+def test_cifar10_synthetic_is_cifar10_on_synthetic_data():
+    synthetic, real = load_study(REPO / "config" / "cifar10-synthetic.yaml"), load_study(REPO / "config" / "cifar10.yaml")
+    assert synthetic.data == {"name": "synthetic", "shape": [3, 32, 32], "classes": 10, "n": 50000, "test_n": 10000}
+    assert "mean nothing" in synthetic.description and synthetic.name != real.name
+    assert (synthetic.split, synthetic.execution, synthetic.baseline) == (real.split, real.execution, real.baseline)
+    assert list(synthetic.variants) == list(real.variants)
+    for name, spec in synthetic.variants.items():
+        twin = real.variants[name]
+        assert (spec.model, spec.train, spec.input_shape, spec.num_classes) == \
+            (twin.model, twin.train, twin.input_shape, twin.num_classes), name

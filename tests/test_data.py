@@ -146,3 +146,26 @@ def test_download_without_network_says_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setattr(cifar, "download_and_extract_archive", offline)
     with pytest.raises(DataError, match=r"data.download: fetching cifar10 .* failed .*download: false"):
         load_source({"name": "cifar10", "root": str(tmp_path), "download": True})
+
+
+def test_synthetic_data_is_seeded_balanced_and_has_the_declared_shape():
+    from cnnbench.catalog import DatasetInfo, dataset_info
+
+    data = {"name": "synthetic", "shape": [1, 8, 8], "classes": 3, "n": 100, "test_n": 10}
+    a, b = load_source(data), load_source(dict(data))
+    assert a.x.shape == (100, 1, 8, 8) and a.x.dtype == np.uint8 and a.y.dtype == np.int64
+    assert a.x_test.shape == (10, 1, 8, 8) and a.classes == ["0", "1", "2"] and a.name == "synthetic"
+    assert np.bincount(a.y).tolist() == [34, 33, 33] and np.bincount(a.y_test).tolist() == [4, 3, 3]
+    assert a.y.tolist() != [i % 3 for i in range(100)]  # shuffled, not in class order
+    assert a.x.min() == 0 and a.x.max() == 255
+    for x, y in ((a.x, b.x), (a.y, b.y), (a.x_test, b.x_test), (a.y_test, b.y_test)):  # the same bytes twice
+        assert np.array_equal(x, y)
+    rgb = load_source({**data, "shape": [3, 8, 8]})
+    assert rgb.x.shape == (100, 3, 8, 8) and not np.array_equal(rgb.x[:, :1], a.x)
+    assert not np.array_equal(load_source({**data, "classes": 4}).x, a.x)
+    no_test = load_source({**data, "test_n": 0})
+    assert not no_test.has_test and np.array_equal(no_test.x, a.x)  # test_n leaves the k-fold images alone
+    assert all(np.bincount(a.y[v]).min() >= 6 for v in make_splits(a.y, folds=5, repeats=1, seed=0))
+    assert dataset_info(data) == DatasetInfo("synthetic", (1, 8, 8), 3, 100, True, True, dataset_info(data).doc)
+    default = dataset_info({"name": "synthetic"})  # CIFAR-10's sizes
+    assert (default.shape, default.num_classes, default.n_dev, default.has_test) == ((3, 32, 32), 10, 50000, True)

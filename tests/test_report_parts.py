@@ -35,3 +35,31 @@ def test_augmentation_grid_shows_one_figure_per_distinct_setting():
     assert "<h3>shifted, shifted_bn</h3>" in section.html and "<h3>rotated</h3>" in section.html
     plain = SimpleNamespace(featured=["baseline"], specs=study.variants, images=ctx.images)
     assert augmentation_examples(plain) is None
+
+
+def test_synthetic_data_is_announced_first_in_the_findings(tmp_path):
+    """On synthetic data the findings open with the notice that accuracies mean nothing; on real data
+    there is no such notice. The context reads the data set's name from specs.json, as `collect` writes it."""
+    from cnnbench.config import load_study
+    from cnnbench.io import write_json
+    from cnnbench.report.context import ReportContext
+    from cnnbench.report.sections import SYNTHETIC_NOTICE, findings, synthetic_note
+    from tests.helpers import tiny_study
+
+    def context(data: dict) -> ReportContext:
+        study = load_study(tiny_study(data=data, variants={"baseline": {"base": "cnn"}}, aa_control=False))
+        out = tmp_path / data["name"]
+        out.mkdir()
+        write_json(out / "specs.json", {v: s.to_dict() for v, s in study.variants.items()})
+        ctx = ReportContext("t", "", "baseline", out, out / "data.npz", out / "splits.json", out, out)
+        runs = pd.DataFrame({"variant": "baseline", "fold": [0, 1], "seed": 0, "val_acc": [0.1, 0.11],
+                             "params": 10, "macs_forward": 100})
+        ctx.__dict__.update(runs=runs, comparison=pd.DataFrame(columns=["diff", "reference"]),
+                            timing=pd.DataFrame(index=pd.Index([], name="variant")))
+        return ctx
+
+    synthetic = context({"name": "synthetic", "shape": [1, 8, 8], "n": 300})
+    assert synthetic.data_name == "synthetic"
+    assert findings(synthetic).html.startswith(f'<div class="alarm"><p><b>{SYNTHETIC_NOTICE}')
+    real = context({"name": "digits", "subset": 300})
+    assert real.data_name == "digits" and synthetic_note(real) == "" and SYNTHETIC_NOTICE not in findings(real).html

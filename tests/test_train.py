@@ -191,6 +191,9 @@ def test_divergence_watch_stops_on_non_finite_loss_or_a_stuck_run():
     assert watch.check(row(1, float("nan"), 0.5)) and watch.diverged == {"epoch": 1, "reason": "non-finite loss"}
     watch = DivergenceWatch(t, y)
     assert not any(watch.check(row(e, 0.5, 0.9)) for e in range(1, 11))  # a learning run is never stopped
+    noise = DivergenceWatch(t, y, random_labels=True)  # synthetic data: chance is all there is to learn
+    assert not any(noise.check(row(e, 2.30, 0.10)) for e in range(1, 11))
+    assert noise.check(row(11, float("inf"), 0.1))  # ...but a non-finite loss still stops it
 
 
 def test_a_diverging_run_is_stopped_marked_and_written_as_strict_json(prepared, tmp_path):

@@ -80,6 +80,11 @@ class ReportContext:
     def has_aa_control(self) -> bool:
         return AA_CONTROL in self.specs
 
+    @property
+    def data_name(self) -> str:
+        """The data set's name in the config (every variant of a study shares its data)."""
+        return str(self.specs[self.baseline].data.get("name", ""))
+
     @cached_property
     def featured(self) -> list[str]:
         """The variants that get a panel in grid figures and a full section: all of them up to

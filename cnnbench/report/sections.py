@@ -47,6 +47,17 @@ def design_line(ctx) -> str:
     return f"{j * seeds} paired runs ({split['repeats']} &times; {split['folds']}-fold cross-validation{seeds_text})"
 
 
+SYNTHETIC_NOTICE = ("Synthetic data (random images, random labels): accuracies and every accuracy comparison "
+                    "mean nothing; this study measures speed, memory and cost only.")
+
+
+def synthetic_note(ctx) -> str:
+    """On synthetic data (cnnbench.data._synthetic), the alarm that its accuracies mean nothing."""
+    if ctx.data_name != "synthetic":
+        return ""
+    return f'<div class="alarm"><p><b>{SYNTHETIC_NOTICE}</b></p></div>'
+
+
 # --- sections ----------------------------------------------------------------------------------------
 
 def findings(ctx) -> Section:
@@ -76,7 +87,7 @@ def findings(ctx) -> Section:
             "detectable difference'. Where there is none, the note says the smallest difference this study "
             "could have detected with 80% power at Holm's strictest level (run <code>cnnbench plan</code> for "
             "the runs a smaller one needs).</p>")
-    return Section("findings", "Findings", aa_finding(ctx) + diverged_note(ctx) + lead
+    return Section("findings", "Findings", synthetic_note(ctx) + aa_finding(ctx) + diverged_note(ctx) + lead
                    + (f"<ul>{''.join(items)}</ul>" if items else ""))
 
 
@@ -411,7 +422,7 @@ def data_files(ctx) -> Section:
               f'which <code>cnnbench verify</code> re-runs</li>'
               f'<li><a href="{ctx.link(ctx.results_dir / "specs.json")}">specs.json</a>: each variant\'s resolved spec</li>'
               f'<li><a href="{ctx.link(ctx.splits_path)}">splits.json</a>: the validation indices of every fold</li>')
-    return Section("data", "Data behind this report", f"<ul>{items}</ul>")
+    return Section("data", "Data behind this report", synthetic_note(ctx) + f"<ul>{items}</ul>")
 
 
 def per_variant(ctx) -> Section:
