@@ -260,7 +260,10 @@ def data_sizes(data: dict) -> tuple[int, int]:
     if name in CATALOG:
         n = CATALOG[name].n_dev
         n = n if data.get("subset") is None else min(data["subset"], n)
-        return n, TEST_SIZES.get(name, 0)
+        from cnnbench.catalog import holdout_size
+
+        held = holdout_size(n, data.get("holdout"))
+        return n - held, TEST_SIZES.get(name, 0) + held
     root = Path(data.get("root") or ".").expanduser()
     train, test = root / "train", root / "test"
     if train.is_dir() and test.is_dir():

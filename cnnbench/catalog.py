@@ -5,6 +5,7 @@ Kept apart from the loaders (which import torchvision) so that validating a stud
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -50,8 +51,21 @@ def complete_data(data: dict) -> dict:
                        for k, v in SYNTHETIC_DEFAULTS.items() if data.get(k) is None}}
 
 
+def holdout_size(n: int, fraction: float | None) -> int:
+    """Images `data.holdout` keeps out of every fold (as sklearn's train_test_split counts them)."""
+    return math.ceil(fraction * n) if fraction else 0
+
+
 def dataset_info(data: dict) -> DatasetInfo:
-    """Info for a validated `data:` section; an image folder is inspected for its classes."""
+    """Info for a validated `data:` section; `holdout` moves a share of the images to a test part."""
+    info = _source_info(data)
+    if not data.get("holdout") or info.n_dev is None:
+        return info
+    n_dev = info.n_dev - holdout_size(info.n_dev, data["holdout"])
+    return DatasetInfo(info.name, info.shape, info.num_classes, n_dev, True, info.embedded, info.doc)
+
+
+def _source_info(data: dict) -> DatasetInfo:
     name = data["name"]
     if name == "synthetic":
         d = complete_data(data)

@@ -216,7 +216,7 @@ def _resolve(raw: dict) -> Study:
                           f"of every class, and the smallest class of {data['name']} has about {smallest} here; "
                           f"use at most {smallest} folds or a larger "
                           + ("data.n (or fewer data.classes)" if synthetic else "data.subset"))
-    data_identity = {k: data.get(k) for k in ("name", "subset", "image_size", "channels", *SYNTHETIC_KEYS)
+    data_identity = {k: data.get(k) for k in ("name", "subset", "holdout", "image_size", "channels", *SYNTHETIC_KEYS)
                      if data.get(k) is not None}
     specs = {}
     for name in variants_raw:
@@ -332,6 +332,9 @@ def check_data(data: dict) -> None:
     """What can be known about the data before any job: fields that do nothing for this data set, and
     the folders a data set is read from (they are read only by the first job, which is too late)."""
     name = data["name"]
+    if data.get("holdout") and name in CATALOG and CATALOG[name].has_test:
+        raise ConfigError(f"data.holdout: {name} has an official test split, which every run is scored on; "
+                          "remove holdout")
     if name == "synthetic":  # generated from its section alone (the schema checks types and upper bounds)
         fixes = {"root": "it is generated, not read; remove root", "download": "nothing is downloaded; remove it",
                  "subset": "set data.n, the number of images, instead",

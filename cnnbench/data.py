@@ -36,7 +36,7 @@ class ImageData:
 
 
 def load_source(data: dict, split_seed: int = 0) -> ImageData:
-    """Load a validated `data:` section from its source and apply `subset`."""
+    """Load a validated `data:` section from its source and apply `subset`, then `holdout`."""
     name = data["name"]
     loader = _LOADERS[name]
     images = loader(data) if name in ("mnist5k", "digits", "synthetic") else loader(data, _root(data))
@@ -45,7 +45,22 @@ def load_source(data: dict, split_seed: int = 0) -> ImageData:
         raise DataError(f"data: {name} gave images of shape {images.shape}, expected {expected}")
     if data.get("subset"):
         images = _subset(images, data["subset"], split_seed)
+    if data.get("holdout"):
+        images = _holdout(images, data["holdout"], split_seed)
     return images
+
+
+def _holdout(images: ImageData, fraction: float, seed: int) -> ImageData:
+    """A stratified share of the images as the test part, kept out of every fold: what each run and the
+    ensemble of a variant's fold models are scored on where the data set has no official test split."""
+    from sklearn.model_selection import train_test_split
+
+    if images.has_test:
+        raise DataError(f"data.holdout: {images.name} has an official test split, which every run is scored on; "
+                        "remove holdout")
+    dev, test = train_test_split(np.arange(len(images.y)), test_size=fraction, stratify=images.y, random_state=seed)
+    dev, test = np.sort(dev), np.sort(test)
+    return ImageData(images.name, images.x[dev], images.y[dev], images.classes, images.x[test], images.y[test])
 
 
 def save_cache(images: ImageData, path: str | Path) -> None:

@@ -169,3 +169,28 @@ def test_synthetic_data_is_seeded_balanced_and_has_the_declared_shape():
     assert dataset_info(data) == DatasetInfo("synthetic", (1, 8, 8), 3, 100, True, True, dataset_info(data).doc)
     default = dataset_info({"name": "synthetic"})  # CIFAR-10's sizes
     assert (default.shape, default.num_classes, default.n_dev, default.has_test) == ((3, 32, 32), 10, 50000, True)
+
+
+def test_holdout_keeps_a_stratified_test_part_out_of_every_fold():
+    from cnnbench.catalog import dataset_info
+    from cnnbench.config import load_study
+    from tests.helpers import tiny_study
+
+    study = load_study(tiny_study(data={"name": "digits", "subset": 300, "holdout": 0.2}))
+    images = load_source(study.data, 0)
+    whole = load_source({"name": "digits", "subset": 300}, 0)
+    assert len(images.y) == dataset_info(study.data).n_dev == 240 and len(images.y_test) == 60
+    assert np.array_equal(np.bincount(images.y_test), np.full(10, 6))  # stratified
+    dev = {x.tobytes() for x in images.x}
+    assert not any(x.tobytes() in dev for x in images.x_test if (whole.x == x).all(axis=(1, 2, 3)).sum() == 1)
+    assert sorted(np.concatenate([images.y, images.y_test])) == sorted(whole.y)  # nothing lost, nothing added
+    assert study.variants["baseline"].data["holdout"] == 0.2  # part of every run's identity
+
+
+def test_holdout_is_refused_where_an_official_test_split_exists():
+    from cnnbench.config import load_study
+    from cnnbench.errors import ConfigError
+    from tests.helpers import tiny_study
+
+    with pytest.raises(ConfigError, match="data.holdout: cifar10 has an official test split"):
+        load_study(tiny_study(data={"name": "cifar10", "root": ".", "holdout": 0.1}))
