@@ -225,13 +225,15 @@ def collect(paths: Iterable[str | Path], out_dir: str | Path, split_path: str | 
     """Write the runs, epochs, layers, dead_filters, predictions and timing tables, `specs.json` (each
     variant's resolved spec, in the given order) and `study.json` (baseline and comparisons)."""
     from cnnbench.data import load_cache
+    from cnnbench.probe import probe_table
 
     records = load_records(paths, data_path, split_path)
     check_shared_precision(records, (study or {}).get("references", {}))
     labels = load_cache(data_path).y
     tables = {"runs": runs_table(records), "epochs": epochs_table(records), "layers": layers_table(records),
               "dead_filters": dead_filters_table(records),
-              "predictions": predictions_table(records, split_path, labels), "timing": timing_table(timing_paths)}
+              "predictions": predictions_table(records, split_path, labels), "timing": timing_table(timing_paths),
+              "probe": probe_table(records)}
     for name, df in tables.items():
         write_table(df, Path(out_dir) / name)
     write_test_probs(records, load_cache(data_path), Path(out_dir) / "test_probs.npz")

@@ -27,7 +27,7 @@ RECORD_SCHEMA = 5  # bump when a record gains or changes fields: the workflow th
 # 4: run_seed, seed_offset, init_digest, status/diverged, strict JSON; memory.train_mb; latency moved to
 #    the timing job
 # 5: numerics (resolved precision, compile and its time, deterministic); env.gpu_slot on CUDA; test_prob;
-#    per-image silent kernels in diagnostics.dead_filters
+#    per-image silent kernels in diagnostics.dead_filters; the translation probe
 
 
 def run_name(fold: int, seed: int) -> str:
@@ -153,6 +153,7 @@ def make_record(spec: VariantSpec, fold: int, seed: int, result, train_idx: np.n
                                           max(1, sum(d["total"] for d in dead.values()))) if dead else None},
         "epochs": result.epochs,
         "val_pred": result.val_pred.tolist(),  # in the order of the fold's validation indices
+        "probe": result.probe,  # translation probe: accuracy on shifted images, equivariance per stage
         # class probabilities on the test images (official split or held-out part): ensembles average them
         **({"test_prob": encode_array(result.test_prob)} if result.test_prob is not None else {}),
         "env": env,

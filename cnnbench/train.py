@@ -95,6 +95,7 @@ class FitResult:
     test: dict | None = None  # loss/acc on the official test split (or the held-out part)
     test_prob: np.ndarray | None = None  # (n_test, classes) float16 class probabilities: ensembles average them
     diverged: dict | None = None  # {"epoch", "reason"} when training was stopped as diverged
+    probe: dict | None = None  # translation probe (cnnbench.probe.probe) of the final model
 
 
 class DivergenceWatch:
@@ -331,10 +332,23 @@ def fit(spec: VariantSpec, images: ImageData, train_idx: np.ndarray, val_idx: np
     t_measure = time.perf_counter()
     with num.autocast():
         dead = dead_filters(model, x_val)
+    shift_probe = translation_probe(model, x_val, y_val, num)
     return FitResult(model, epochs, val_pred, throughput, train_time, images_seen, time.perf_counter() - fit_start,
                      time.perf_counter() - t_measure, memory.as_dict(), dead, init_digest,
                      {**num.as_dict(), "compile_time_s": compile_s}, test=test, test_prob=test_prob,
-                     diverged=watch.diverged)
+                     diverged=watch.diverged, probe=shift_probe)
+
+
+PROBE_MAX_IMAGES = 1000  # validation images the translation probe's accuracy curve uses (its cost: ~11 passes)
+
+
+def translation_probe(model: nn.Module, x_val: Images, y_val: torch.Tensor, num: Numerics) -> dict:
+    """Accuracy on shifted validation images and per-stage equivariance errors (cnnbench.probe), on at
+    most PROBE_MAX_IMAGES images, shifted images filled with the black pixel of the run's normalisation."""
+    from cnnbench.probe import black_fill, probe
+
+    n = min(len(y_val), PROBE_MAX_IMAGES)
+    return probe(model, x_val[0:n], y_val[:n], num=num, fill=black_fill(x_val))
 
 
 def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, sched, x_train: Images,

@@ -84,7 +84,8 @@ def test_report_renders_in_a_real_browser(finished, chromium, tmp_path):
     assert len(images) >= 20 and all(ok and width > 0 for ok, width, _ in images), images
     assert sections == ["Findings", "Noise floor: the A/A control", "Summary", "Accuracy per variant",
                         "Effects on accuracy", "Per-example differences", "Accuracy vs cost", "Learning curves",
-                        "Error distributions", "Weight norms", "Kernels that do not fire", "Ranking (descriptive)",
+                        "Error distributions", "Translation: equivariance and invariance", "Weight norms",
+                        "Kernels that do not fire", "Ranking (descriptive)",
                         "Cost, speed, memory",
                         "Per variant",
                         "Environment and provenance", "Data behind this report"]
