@@ -12,6 +12,7 @@ if not workflow.configfiles:  # --configfile replaces the default study instead 
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/measure.smk"
 include: "workflow/rules/aggregate.smk"

@@ -57,8 +57,13 @@ def holdout_size(n: int, fraction: float | None) -> int:
 
 
 def dataset_info(data: dict) -> DatasetInfo:
-    """Info for a validated `data:` section; `holdout` moves a share of the images to a test part."""
+    """Info for a validated `data:` section; `labels` keeps some classes (their share of the images is
+    estimated as if classes were balanced), `holdout` moves a share of the images to a test part."""
     info = _source_info(data)
+    if data.get("labels"):
+        keep = len(data["labels"])
+        n = None if info.n_dev is None else info.n_dev * keep // info.num_classes
+        info = DatasetInfo(info.name, info.shape, keep, n, info.has_test, info.embedded, info.doc)
     if not data.get("holdout") or info.n_dev is None:
         return info
     n_dev = info.n_dev - holdout_size(info.n_dev, data["holdout"])

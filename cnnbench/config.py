@@ -73,6 +73,7 @@ class VariantSpec:
     diff: dict[str, Any] = field(default_factory=dict)  # knobs this variant's own entry sets
     compare_to: str | None = None  # the variant the report compares this one with (None: the baseline itself)
     numerics: dict[str, Any] = field(default_factory=dict)  # precision, compile, deterministic (cnnbench.numerics)
+    pretrain: dict[str, Any] = field(default_factory=dict)  # with train.pretrained: {name, spec, spec_hash} of the source
 
     def identity(self) -> dict[str, Any]:
         """What the numbers of a run depend on (the name and description do not). The plan's digest is
@@ -83,7 +84,8 @@ class VariantSpec:
                 "plan": hashlib.sha256(repr(self.plan()).encode()).hexdigest()[:16],
                 # only settings that differ from the defaults, so that studies run before these settings
                 # existed keep their hashes (and their finished runs)
-                **({"numerics": changed} if (changed := non_default_numerics(self.numerics)) else {})}
+                **({"numerics": changed} if (changed := non_default_numerics(self.numerics)) else {}),
+                **({"pretrain": self.pretrain["spec_hash"]} if self.pretrain else {})}
 
     @cached_property  # the plan digest rebuilds the network plan: compute it once per spec
     def spec_hash(self) -> str:
@@ -130,6 +132,7 @@ class Study:
     execution: dict[str, Any]
     baseline: str
     variants: dict[str, VariantSpec]
+    pretrain: dict[str, VariantSpec] = field(default_factory=dict)  # name -> the network trained on the source task
 
     @property
     def fold_ids(self) -> list[int]:
@@ -210,13 +213,15 @@ def _resolve(raw: dict) -> Study:
         raise ConfigError(f"protocol.folds: {split['folds']} folds need at least {2 * split['folds']} images, "
                           f"the data has {info.n_dev}" + ("; raise data.n or use fewer folds" if synthetic else ""))
     # synthetic labels are i mod classes: the smallest class has n // classes images
-    smallest = info.n_dev // info.num_classes if synthetic else _smallest_class(data["name"], info.n_dev)
+    balanced = synthetic or data.get("labels")  # a label subset: its share of the images is estimated as balanced
+    smallest = info.n_dev // info.num_classes if balanced else _smallest_class(data["name"], info.n_dev)
     if smallest is not None and split["folds"] > smallest:
         raise ConfigError(f"protocol.folds: {split['folds']} stratified folds need at least {split['folds']} images "
                           f"of every class, and the smallest class of {data['name']} has about {smallest} here; "
                           f"use at most {smallest} folds or a larger "
                           + ("data.n (or fewer data.classes)" if synthetic else "data.subset"))
-    data_identity = {k: data.get(k) for k in ("name", "subset", "holdout", "image_size", "channels", *SYNTHETIC_KEYS)
+    data_identity = {k: data.get(k) for k in ("name", "labels", "subset", "holdout", "image_size", "channels",
+                                              *SYNTHETIC_KEYS)
                      if data.get(k) is not None}
     specs = {}
     for name in variants_raw:
@@ -224,9 +229,57 @@ def _resolve(raw: dict) -> Study:
                                        {k: split[k] for k in ("folds", "repeats", "split_seed")}, info)
         specs[name] = replace(specs[name], compare_to=_reference(name, variants_raw, baseline),
                               numerics={k: execution[k] for k in NUMERICS})
+    pretrain = {name: pretrain_spec(name, entry, specs, variants_raw) for name, entry in raw.get("pretrain", {}).items()}
+    for name, spec in specs.items():
+        if spec.train.get("pretrained"):
+            specs[name] = with_pretrained(spec, pretrain)
     if raw.get("aa_control"):
         specs[AA_CONTROL] = aa_control(specs[baseline], variants_raw)
-    return Study(raw["study"], raw.get("description", ""), data, split, execution, baseline, specs)
+    return Study(raw["study"], raw.get("description", ""), data, split, execution, baseline, specs, pretrain)
+
+
+TRANSFER_KNOBS = ("pretrained", "freeze", "finetune_lr_factor", "labels_per_class")
+
+
+def pretrain_spec(name: str, entry: dict, specs: dict[str, VariantSpec], variants: dict) -> VariantSpec:
+    """The network of `pretrain.<name>`: its variant's network and protocol, trained on the source data
+    (all of it but a 10% check) for `epochs`, from scratch."""
+    if entry["variant"] not in specs:
+        raise ConfigError(f"pretrain.{name}.variant: {entry['variant']!r} is not a variant; variants: "
+                          f"{', '.join(variants)}")
+    source = dict(entry["data"])
+    check_data(source)
+    info = dataset_info(source)
+    base = specs[entry["variant"]]
+    if info.shape != base.input_shape:
+        raise ConfigError(f"pretrain.{name}.data: its images are {'x'.join(map(str, info.shape))}, the study's "
+                          f"{'x'.join(map(str, base.input_shape))}; pretrain on images of the same shape")
+    train = {**base.train, "epochs": entry.get("epochs", base.train["epochs"]), "pretrained": None, "freeze": False,
+             "finetune_lr_factor": 1.0, "labels_per_class": None}
+    data_identity = {k: v for k, v in source.items() if k in ("name", "labels", "subset", "holdout", "image_size",
+                                                              "channels", *SYNTHETIC_KEYS) and v is not None}
+    return replace(base, name=f"pretrain-{name}", data=data_identity, train=train, num_classes=info.num_classes,
+                   split={"folds": 1, "repeats": 1, "split_seed": base.split["split_seed"]}, pretrain={},
+                   description=f"pretrained network {name!r}: {base.name}'s network on {source['name']}",
+                   compare_to=None, chain=(), diff={})
+
+
+def with_pretrained(spec: VariantSpec, pretrain: dict[str, VariantSpec]) -> VariantSpec:
+    """A variant that starts from pretrained weights: the source is part of its identity, and its network
+    must be the source's (only the head, which is replaced, may differ in its number of classes)."""
+    name = spec.train["pretrained"]
+    if name not in pretrain:
+        raise ConfigError(f"variant {spec.name!r}, field 'pretrained': {name!r} is not an entry of the study's "
+                          f"pretrain section ({', '.join(pretrain) or 'none'}); add pretrain: {{{name}: "
+                          "{variant: ..., data: ...}}")
+    source = pretrain[name]
+    differ = sorted(k for k in spec.model if spec.model[k] != source.model.get(k)) + \
+        ([] if spec.arch == source.arch else ["base model"])
+    if differ:
+        raise ConfigError(f"variant {spec.name!r}, field 'pretrained': its network differs from the pretrained "
+                          f"one ({source.description}) in {', '.join(differ)}; the weights would not fit - change "
+                          "the pretrain entry's variant or these knobs")
+    return replace(spec, pretrain={"name": name, "spec": source.run_dict(), "spec_hash": source.spec_hash})
 
 
 def aa_control(baseline: VariantSpec, variants: dict) -> VariantSpec:

@@ -36,18 +36,41 @@ class ImageData:
 
 
 def load_source(data: dict, split_seed: int = 0) -> ImageData:
-    """Load a validated `data:` section from its source and apply `subset`, then `holdout`."""
+    """Load a validated `data:` section from its source and apply `labels`, `subset`, then `holdout`."""
     name = data["name"]
     loader = _LOADERS[name]
     images = loader(data) if name in ("mnist5k", "digits", "synthetic") else loader(data, _root(data))
     expected = dataset_info(data).shape
     if images.shape != expected:
         raise DataError(f"data: {name} gave images of shape {images.shape}, expected {expected}")
+    if data.get("labels"):
+        images = keep_labels(images, data["labels"])
     if data.get("subset"):
         images = _subset(images, data["subset"], split_seed)
     if data.get("holdout"):
         images = _holdout(images, data["holdout"], split_seed)
     return images
+
+
+def keep_labels(images: ImageData, labels: list[int]) -> ImageData:
+    """Only the images of `labels`, relabelled 0..len(labels)-1 in that order (a task made of some of a
+    data set's classes, e.g. digits 5-9 as the target of transfer learning)."""
+    n_classes = len(images.classes)
+    bad = [label for label in labels if not 0 <= label < n_classes]
+    if bad:
+        raise DataError(f"data.labels: {bad} are not labels of {images.name}, whose labels are 0..{n_classes - 1}")
+    mapping = np.full(n_classes, -1, dtype=np.int64)
+    mapping[labels] = np.arange(len(labels))
+
+    def part(x, y):
+        if x is None:
+            return None, None
+        keep = np.isin(y, labels)
+        return x[keep], mapping[y[keep]]
+
+    x, y = part(images.x, images.y)
+    x_test, y_test = part(images.x_test, images.y_test)
+    return ImageData(images.name, x, y, [images.classes[label] for label in labels], x_test, y_test)
 
 
 def _holdout(images: ImageData, fraction: float, seed: int) -> ImageData:

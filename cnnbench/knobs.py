@@ -39,6 +39,10 @@ class TrainKnobs:
     schedule: str = "onecycle"  # constant | cosine | onecycle (linear up 20%, down to 0) | step (/10 at 50%, 75%)
     label_smoothing: float = 0.0
     augment: AugmentKnobs = field(default_factory=AugmentKnobs)
+    labels_per_class: int | None = None  # train on this many images per class of each fold's training part
+    pretrained: str | None = None  # start from the weights of this `pretrain:` entry (all but the head)
+    freeze: bool = False  # with pretrained: train the head only (the pretrained layers stay bit-identical)
+    finetune_lr_factor: float = 1.0  # with pretrained: the pretrained layers' lr is the lr times this
 
 
 TRAIN_KNOBS = tuple(f.name for f in fields(TrainKnobs))

@@ -282,7 +282,8 @@ class LayerNorms:
         return max(1, steps // self.samples_per_epoch)
 
     def sample_gradients(self) -> None:
-        norms = torch.stack([torch.linalg.vector_norm(w.grad) for w in self.weights])  # stays on the device
+        norms = torch.stack([torch.linalg.vector_norm(w.grad) if w.grad is not None  # None: a frozen layer
+                             else torch.zeros((), device=w.device) for w in self.weights])  # stays on the device
         self._sum = norms if self._sum is None else self._sum + norms
         self._count += 1
 

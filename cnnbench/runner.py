@@ -71,12 +71,12 @@ class Progress:
 def train_variant(spec: VariantSpec, *, data_path: str | Path, splits_path: str | Path,
                   runs: list[tuple[int, int]], out_dir: str | Path, weights_path: str | Path | None,
                   resume_root: str | Path, threads: int = 1, device: str = "auto", jobs_per_gpu: int = 1,
-                  log: Callable[[str], None] | None = None) -> list[Path]:
+                  pretrained_path: str | Path | None = None, log: Callable[[str], None] | None = None) -> list[Path]:
     """Train `runs` [(fold, seed), ...] of one variant; the first one's weights go to `weights_path`."""
 
     from cnnbench.env import environment
     from cnnbench.measure import cost
-    from cnnbench.train import claim_device, fit, resolve_device, set_determinism, warm_up
+    from cnnbench.train import claim_device, fit, labels_per_class, resolve_device, set_determinism, warm_up
 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     # before CUDA starts: cuBLAS reads its workspace setting once
@@ -89,11 +89,13 @@ def train_variant(spec: VariantSpec, *, data_path: str | Path, splits_path: str 
     env = {**environment(dev), **({"gpu_slot": gpu_slot} if gpu_slot else {})}
     job_cost = cost(spec)  # the same for every run of the variant
     warm_up(spec, dev)  # one-time process costs stay out of the first run's memory and time
+    pretrained, source = load_pretrained(spec, pretrained_path)
 
     def train(fold: int, seed: int, on_epoch=None):
         train_idx, val_idx = load_fold(splits_path, fold, images.y)
+        train_idx = labels_per_class(train_idx, images.y, spec.train.get("labels_per_class"))  # what it trains on
         result = fit(spec, images, train_idx, val_idx, seed=run_seed(seed, fold, spec.seed_offset), device=dev,
-                     on_epoch=on_epoch)
+                     on_epoch=on_epoch, pretrained=pretrained)
         return result, train_idx, val_idx
 
     written = []
@@ -110,6 +112,8 @@ def train_variant(spec: VariantSpec, *, data_path: str | Path, splits_path: str 
             record = make_record(spec, fold, seed, result, train_idx, val_idx, job_cost,
                                  {"split_sha256": split_sha, "data_sha256": data_sha, "name": images.name},
                                  env, started)
+            if source:
+                record["pretrained"] = source
             if index == 0 and weights_path is not None:
                 _save_weights(resume / f"{name}.pt", result.model, spec, fold, seed)
             write_json(stored, record)
@@ -161,6 +165,54 @@ def make_record(spec: VariantSpec, fold: int, seed: int, result, train_idx: np.n
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "spec": spec.run_dict(),
     }
+
+
+def load_pretrained(spec: VariantSpec, path: str | Path | None) -> tuple[dict | None, dict | None]:
+    """The state dict a `pretrained:` variant starts from, and its provenance for every run record (the
+    file's hash, the source network's spec hash, how well it did on its own task)."""
+    if not spec.train.get("pretrained"):
+        return None, None
+    if path is None:
+        raise CnnbenchError(f"variant {spec.name!r} starts from pretrained weights {spec.train['pretrained']!r}: "
+                            "pass --pretrained (the workflow's pretrain job writes them)")
+    import torch
+
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    if saved.get("spec_hash") != spec.pretrain["spec_hash"]:
+        raise CnnbenchError(f"{path}: pretrained for spec {saved.get('spec_hash')}, this variant needs "
+                            f"{spec.pretrain['spec_hash']}; rerun the pretrain job")
+    return saved["state_dict"], {"name": spec.train["pretrained"], "sha256": file_hash(path),
+                                 "spec_hash": saved["spec_hash"], "source_val_acc": saved["val_acc"],
+                                 "source_data": saved["data"]}
+
+
+def pretrain(spec: VariantSpec, *, out: str | Path, threads: int = 1, device: str = "auto",
+             log: Callable[[str], None] | None = None) -> dict:
+    """Train a `pretrain:` entry's network once on its source data: 90% to train, a stratified 10% to
+    report how well it learned its own task; the weights (all layers) go to `out` with that figure."""
+    import torch
+    from sklearn.model_selection import train_test_split
+
+    from cnnbench.data import load_source
+    from cnnbench.train import claim_device, fit, resolve_device, set_determinism
+
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    set_determinism(resolve_device(device), threads, spec.numerics.get("deterministic", False))
+    dev, _ = claim_device(device, 1, log=log)
+    images = load_source(spec.data, spec.split["split_seed"])
+    train_idx, val_idx = train_test_split(np.arange(len(images.y)), test_size=0.1, stratify=images.y,
+                                          random_state=spec.split["split_seed"])
+    train_idx, val_idx = np.sort(train_idx), np.sort(val_idx)
+    log(f"[{spec.study}/{spec.name}] pretraining on {len(train_idx)} images of {spec.data}")
+    result = fit(spec, images, train_idx, val_idx, seed=run_seed(0, 0, spec.seed_offset), device=dev,
+                 on_epoch=lambda row: log(f"[{spec.study}/{spec.name}] epoch {row['epoch']}/{spec.train['epochs']} "
+                                          f"val acc {row['val_acc']:.1%}"))
+    meta = {"spec_hash": spec.spec_hash, "val_acc": result.epochs[-1]["val_acc"], "data": spec.data,
+            "n_train": int(len(train_idx))}
+    with atomic_path(out) as tmp:
+        torch.save({**meta, "spec": spec.run_dict(),
+                    "state_dict": {k: v.cpu() for k, v in result.model.state_dict().items()}}, tmp)
+    return meta
 
 
 def encode_array(a: np.ndarray) -> dict:

@@ -57,17 +57,19 @@ def training_speed(spec: VariantSpec, images, train_idx: np.ndarray, dev, repeat
     from cnnbench.measure import Stopwatch, latency
     from cnnbench.numerics import Numerics
     from cnnbench.seeds import run_seed
-    from cnnbench.train import Images, init_model, make_optimizer, penalties, train_epoch
+    from cnnbench.train import Images, init_model, make_optimizer, penalties, start_from, train_epoch
 
     seed = run_seed(0, 0)
+    t = spec.train
     num = Numerics.for_run(spec.numerics, dev)
     model = init_model(spec, seed, dev)
+    if t.get("freeze"):  # a frozen body computes no weight gradients: time what the runs do
+        start_from(model, model.state_dict(), freeze=True)
     forward = num.maybe_compile(model)
     scaler = num.scaler()
     x_all = torch.from_numpy(images.x[train_idx]).to(dev)
     x = Images(x_all, *Images.stats(x_all), spec.train["augment"], torch.Generator(device=dev).manual_seed(seed))
     y = torch.from_numpy(images.y[train_idx]).to(dev)
-    t = spec.train
     bs = t["batch_size"]
     steps_per_epoch = len(train_idx) // bs
     opt = make_optimizer(model, t)

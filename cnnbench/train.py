@@ -201,13 +201,18 @@ def is_kernel(name: str, param: torch.Tensor) -> bool:
 
 
 def make_optimizer(model: nn.Module, t: dict) -> torch.optim.Optimizer:
-    """The run's optimiser; weight decay acts on kernels only when `decay_biases` is false."""
-    if t.get("decay_biases", True):
-        params = model.parameters()
-    else:
-        named = list(model.named_parameters())
-        params = [{"params": [p for n, p in named if is_kernel(n, p)]},
-                  {"params": [p for n, p in named if not is_kernel(n, p)], "weight_decay": 0.0}]
+    """The run's optimiser over the parameters that train (frozen ones are left out). Weight decay acts on
+    kernels only when `decay_biases` is false; with `pretrained`, every layer but the head learns at lr
+    times `finetune_lr_factor`. Without either, one group of every parameter, in model order."""
+    groups: dict[tuple[bool, bool], list] = {}
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            pretrained = bool(t.get("pretrained")) and not n.startswith("head.")
+            decayed = t.get("decay_biases", True) or is_kernel(n, p)
+            groups.setdefault((pretrained, decayed), []).append(p)
+    params = [{"params": ps, "lr": t["lr"] * (t.get("finetune_lr_factor", 1.0) if pretrained else 1.0),
+               "weight_decay": t["weight_decay"] if decayed else 0.0}
+              for (pretrained, decayed), ps in sorted(groups.items(), key=lambda kv: kv[0][0])]  # head first
     if t["optimizer"] == "sgd":
         return torch.optim.SGD(params, lr=t["lr"], momentum=t["momentum"],
                                nesterov=t["nesterov"] and t["momentum"] > 0, weight_decay=t["weight_decay"])
@@ -233,6 +238,37 @@ def init_model(spec: VariantSpec, seed: int, device: torch.device) -> nn.Module:
     return build_model(spec.plan(), spec.input_shape).to(device, memory_format=torch.channels_last)
 
 
+def labels_per_class(train_idx: np.ndarray, y: np.ndarray, n: int | None) -> np.ndarray:
+    """`n` images of each class of a fold's training part (all of a class that has fewer). The choice
+    depends on the fold's training indices and `n` only, so every variant with the same `n` trains on
+    the same images and stays paired; a larger `n` keeps the images of a smaller one (nested draws)."""
+    if not n:
+        return train_idx
+    order = np.random.default_rng([len(train_idx), int(train_idx.sum() % 2**32)]).permutation(len(train_idx))
+    labels = y[train_idx[order]]
+    taken = [train_idx[order[labels == c][:n]] for c in np.unique(labels)]
+    return np.sort(np.concatenate(taken))
+
+
+def start_from(model: nn.Module, state: dict[str, torch.Tensor], freeze: bool) -> None:
+    """Load pretrained weights into every layer but the head (a new task: the head starts afresh); with
+    `freeze`, those layers do not train and BatchNorm keeps the pretrained statistics (momentum 0)."""
+    body = {k: v for k, v in state.items() if not k.startswith("head.")}
+    missing, unexpected = model.load_state_dict(body, strict=False)
+    if unexpected or any(not k.startswith("head.") for k in missing):
+        from cnnbench.errors import CnnbenchError
+
+        raise CnnbenchError(f"pretrained weights do not fit this network: missing {missing[:3]}, unexpected "
+                            f"{unexpected[:3]}")
+    if freeze:
+        for name, p in model.named_parameters():
+            if not name.startswith("head."):
+                p.requires_grad_(False)
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.momentum = 0.0
+
+
 def warm_up(spec: VariantSpec, device: torch.device, num: Numerics | None = None) -> None:
     """One training step and one evaluation batch of the variant's network on random data, so that
     one-time costs of the process (lazy library set-up, kernel and thread-pool caches: ~170 MB and a few
@@ -255,16 +291,26 @@ def warm_up(spec: VariantSpec, device: torch.device, num: Numerics | None = None
 
 
 def fit(spec: VariantSpec, images: ImageData, train_idx: np.ndarray, val_idx: np.ndarray, *, seed: int,
-        device: torch.device, on_epoch: Callable[[dict], None] | None = None) -> FitResult:
+        device: torch.device, on_epoch: Callable[[dict], None] | None = None,
+        pretrained: dict[str, torch.Tensor] | None = None) -> FitResult:
     """Train one run. `seed` is the run seed (cnnbench.seeds.run_seed): initial weights, batch order,
-    augmentation and dropout all draw from it."""
+    augmentation and dropout all draw from it. `pretrained`: the state dict a `pretrained:` variant
+    starts from (every layer but the head; see `start_from`)."""
     t = spec.train
+    if t.get("pretrained") and pretrained is None:
+        from cnnbench.errors import CnnbenchError
+
+        raise CnnbenchError(f"variant {spec.name!r} starts from pretrained weights {t['pretrained']!r}; pass them "
+                            "(the workflow's pretrain job writes them)")
+    train_idx = labels_per_class(train_idx, images.y, t.get("labels_per_class"))
     num = Numerics.for_run(spec.numerics, device)
     compile_s = compile_warm_up(lambda: warm_up(spec, device, num), device=device) if num.compile else None
     fit_start = time.perf_counter()
     memory = PeakMemory(device)
     with memory:
         model = init_model(spec, seed, device)  # also seeds the global stream that dropout draws from
+        if pretrained is not None:
+            start_from(model, pretrained, freeze=t.get("freeze", False))
         init_digest = weights_digest(model)
         forward = num.maybe_compile(model)
         shuffle_gen = torch.Generator().manual_seed(seed)

@@ -51,6 +51,12 @@ if not workflow.local_exec and not workflow.dryrun:
                   f"profiles/slurm/config.yaml or with --default-resources {_key}=NAME", file=sys.stderr)
 
 
+def pretrained_weights(variant):
+    """The pretrain job's weights file a `pretrained:` variant starts from (none for the others)."""
+    name = STUDY.variants[variant].train.get("pretrained")
+    return [f"{RESULTS}/pretrained/{name}.pt"] if name else []
+
+
 def train_rule(index):
     """Rule name of run group `index`: one `train` rule when a job trains all runs of a variant."""
     return "train" if len(RUN_GROUPS) == 1 else f"train_{index}"

@@ -13,6 +13,7 @@ for _index, _group in enumerate(RUN_GROUPS):
             train_rule(_index)
         input:
             splits=ancient(rules.split.output[0]),
+            pretrained=lambda w: pretrained_weights(w.variant),
         output:
             runs=[f"{RESULTS}/runs/{{variant}}/{run}.json" for run in _group],
             weights=f"{RESULTS}/models/{{variant}}{group_suffix(_index)}.pt",
@@ -26,6 +27,7 @@ for _index, _group in enumerate(RUN_GROUPS):
             jobs_per_gpu=JOBS_PER_GPU,
             out_dir=lambda w, output: os.path.dirname(output.runs[0]),
             resume=f"{RESULTS}/.resume",
+            pretrained=lambda w, input: f"--pretrained {input.pretrained}" if input.pretrained else "",
         threads: STUDY.execution["threads"]
         resources:
             gpu=GPUS_PER_JOB,
@@ -42,4 +44,4 @@ for _index, _group in enumerate(RUN_GROUPS):
         shell:
             "cnnbench train --spec {params.spec:q} --data {params.data} --splits {input.splits} "
             "--runs {params.runs} --out-dir {params.out_dir} --weights {output.weights} "
-            "--resume-root {params.resume} --threads {threads} --device {params.device} --jobs-per-gpu {params.jobs_per_gpu} 2> {log}"
+            "--resume-root {params.resume} --threads {threads} --device {params.device} --jobs-per-gpu {params.jobs_per_gpu} {params.pretrained} 2> {log}"

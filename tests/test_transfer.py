@@ -1,0 +1,137 @@
+"""Transfer learning on tiny real data: label subsets, labels per class, pretraining once, freeze and
+fine-tune, provenance, and the workflow's pretrain job."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from cnnbench.config import load_study
+from cnnbench.data import keep_labels, load_source, make_splits, save_cache, save_splits
+from cnnbench.errors import ConfigError
+from cnnbench.runner import pretrain, train_variant
+from cnnbench.train import labels_per_class, make_optimizer, start_from
+from tests.helpers import tiny_study, write_yaml
+
+CPU = torch.device("cpu")
+TRANSFER = {
+    "study": "tinytransfer",
+    "data": {"name": "digits", "labels": [5, 6, 7, 8, 9]},
+    "pretrain": {"low": {"variant": "scratch", "data": {"name": "digits", "labels": [0, 1, 2, 3, 4]}, "epochs": 3}},
+    "protocol": {"folds": 2, "seeds": [0], "epochs": 2, "batch_size": 16, "lr": 0.05},
+    "execution": {"device": "cpu", "threads": 1},
+    "baseline": "scratch",
+    "variants": {
+        "scratch": {"base": "cnn", "labels_per_class": 20},
+        "freeze": {"base": "scratch", "pretrained": "low", "freeze": True},
+        "finetune": {"base": "scratch", "pretrained": "low", "finetune_lr_factor": 0.1},
+    },
+}
+
+
+def test_a_label_subset_is_relabelled_in_order():
+    full = load_source({"name": "digits"})
+    part = keep_labels(full, [7, 3])
+    assert set(part.y) == {0, 1} and part.classes == ["7", "3"]
+    assert (part.y == 0).sum() == (full.y == 7).sum() and (part.y == 1).sum() == (full.y == 3).sum()
+
+
+def test_labels_per_class_is_the_same_nested_draw_for_every_variant():
+    y = np.repeat(np.arange(5), 40)
+    train = np.arange(0, 200, 2)  # 20 per class
+    ten, again, fifteen = labels_per_class(train, y, 10), labels_per_class(train, y, 10), labels_per_class(train, y, 15)
+    assert np.array_equal(ten, again) and np.bincount(y[ten]).tolist() == [10] * 5
+    assert set(ten) <= set(fifteen) <= set(train)
+    assert np.array_equal(labels_per_class(train, y, 100), train)  # fewer than asked: all of them
+
+
+def test_pretraining_is_part_of_the_identity_and_checked():
+    study = load_study(TRANSFER)
+    source = study.pretrain["low"]
+    assert source.num_classes == 5 and source.data["labels"] == [0, 1, 2, 3, 4] and source.train["epochs"] == 3
+    assert study.variants["freeze"].pretrain["spec_hash"] == source.spec_hash
+    longer = load_study({**TRANSFER, "pretrain": {"low": {**TRANSFER["pretrain"]["low"], "epochs": 4}}})
+    assert longer.variants["freeze"].spec_hash != study.variants["freeze"].spec_hash  # a new source retrains
+    assert longer.variants["scratch"].spec_hash == study.variants["scratch"].spec_hash
+    with pytest.raises(ConfigError, match="'nope' is not an entry of the study's pretrain section"):
+        load_study({**TRANSFER, "variants": {**TRANSFER["variants"], "x": {"base": "scratch", "pretrained": "nope"}}})
+    with pytest.raises(ConfigError, match="its network differs from the pretrained one .* in bn"):
+        load_study({**TRANSFER, "variants": {**TRANSFER["variants"],
+                                             "x": {"base": "scratch", "pretrained": "low", "bn": True}}})
+
+
+def test_the_finetune_lr_factor_reaches_the_optimiser_and_frozen_layers_are_left_out():
+    study = load_study(TRANSFER)
+    from cnnbench.train import init_model
+
+    spec = study.variants["finetune"]
+    model = init_model(spec, 0, CPU)
+    groups = make_optimizer(model, spec.train).param_groups
+    head = {id(p) for n, p in model.named_parameters() if n.startswith("head.")}
+    for g in groups:
+        in_head = {id(p) in head for p in g["params"]}
+        assert len(in_head) == 1
+        assert g["lr"] == pytest.approx(0.05 if in_head == {True} else 0.005)
+    frozen = init_model(study.variants["freeze"], 0, CPU)
+    start_from(frozen, model.state_dict(), freeze=True)
+    trained = {id(p) for g in make_optimizer(frozen, study.variants["freeze"].train).param_groups for p in g["params"]}
+    assert trained == {id(p) for n, p in frozen.named_parameters() if n.startswith("head.")}
+
+
+@pytest.fixture(scope="module")
+def transferred(tmp_path_factory):
+    root = tmp_path_factory.mktemp("transfer")
+    study = load_study(TRANSFER)
+    weights = root / "low.pt"
+    meta = pretrain(study.pretrain["low"], out=weights)
+    images = load_source(study.data, 0)
+    save_cache(images, root / "data.npz")
+    save_splits(root / "splits.json", make_splits(images.y, 2, 1, 0), images.y, 2, 1, 0)
+    out = {}
+    for name in ("freeze", "finetune", "scratch"):
+        [path] = train_variant(study.variants[name], data_path=root / "data.npz", splits_path=root / "splits.json",
+                               runs=[(0, 0)], out_dir=root / name, weights_path=root / f"{name}.pt",
+                               resume_root=root / "resume", pretrained_path=weights if name != "scratch" else None)
+        out[name] = json.loads(path.read_text())
+    return study, weights, meta, out, root
+
+
+def test_frozen_layers_are_bit_identical_after_transfer_training(transferred):
+    study, weights, meta, out, root = transferred
+    source = torch.load(weights, weights_only=True)["state_dict"]
+    after = torch.load(root / "freeze.pt", weights_only=True)["state_dict"]
+    body = [k for k in source if not k.startswith("head.")]
+    assert body and all(torch.equal(source[k], after[k]) for k in body)
+    assert not torch.equal(source["head.fc.weight"], after["head.fc.weight"]) if "head.fc.weight" in source else True
+    tuned = torch.load(root / "finetune.pt", weights_only=True)["state_dict"]
+    assert any(not torch.equal(source[k], tuned[k]) for k in body)  # fine-tuning moves them
+
+
+def test_every_transfer_run_records_where_its_weights_came_from(transferred):
+    study, weights, meta, out, root = transferred
+    from cnnbench.data import file_hash
+
+    for name in ("freeze", "finetune"):
+        p = out[name]["pretrained"]
+        assert p["sha256"] == file_hash(weights) and p["name"] == "low" and p["source_val_acc"] == meta["val_acc"]
+        assert out[name]["data"]["n_train"] == 5 * 20  # labels_per_class: 20 of each of the 5 target classes
+    assert "pretrained" not in out["scratch"] and meta["val_acc"] > 0.5  # the source task was learned
+
+
+def test_the_workflow_pretrains_once_for_all_folds(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    write_yaml(tmp_path / "study.yaml", TRANSFER)
+    out = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
+                          "--configfile", str(tmp_path / "study.yaml"), "--cores", "2", "-n"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout + out.stderr
+    assert re.search(r"pretrain\s+1\b", text) and "results/tinytransfer/pretrained/low.pt" in text

@@ -1,0 +1,23 @@
+# Transfer learning: each entry of the study's `pretrain:` section is trained once, on its source data
+# (not once per fold), and the variants that start from it (`pretrained: NAME`) take its weights file as an
+# input. What the file was made from is part of those variants' spec hash, so a changed source retrains
+# them; its sha256 is in every run record they write.
+rule pretrain:
+    output:
+        f"{RESULTS}/pretrained/{{name}}.pt",
+    params:
+        spec=lambda w: json.dumps(STUDY.pretrain[w.name].run_dict(), sort_keys=True),
+        device=STUDY.execution["device"],
+    threads: STUDY.execution["threads"]
+    resources:
+        gpu=GPUS_PER_JOB,
+        gpu_slots=TRAIN_GPU_SLOTS,
+    wildcard_constraints:
+        name="|".join(STUDY.pretrain) or "(?!x)x",
+    log:
+        f"{RESULTS}/logs/pretrain/{{name}}.log",
+    conda:
+        ENV
+    shell:
+        "cnnbench pretrain --spec {params.spec:q} --out {output} --threads {threads} --device {params.device} "
+        "2> {log}"
