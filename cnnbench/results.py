@@ -107,6 +107,9 @@ def runs_table(records: list[dict]) -> pd.DataFrame:
         row |= {f"memory_{k}": v for k, v in r.get("memory", {}).items()}
         row["dead_fraction"] = r.get("diagnostics", {}).get("dead_fraction")
         row |= first_layer_silence(r)
+        if r.get("pretrained"):
+            row |= {"pretrained": r["pretrained"]["name"], "pretrained_sha256": r["pretrained"]["sha256"],
+                    "pretrained_source_val_acc": r["pretrained"]["source_val_acc"]}
         row |= {"started_at": r["started_at"], "finished_at": r["finished_at"]}
         rows.append(row)
     return pd.DataFrame(rows).sort_values(["variant", "seed", "fold"], ignore_index=True)

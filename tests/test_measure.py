@@ -197,7 +197,7 @@ def test_timing_job_measures_speed_with_spread(recorded):
     spec = load_study(tiny_study(protocol={"folds": 2, "epochs": 2, "batch_size": 32})).variants["baseline"]
     t = time_variant(spec, data_path=root / "data.npz", splits_path=root / "splits.json", device="cpu", repeats=3)
     assert t["train_img_per_s"] > 0 and t["train_img_per_s_iqr"] >= 0 and t["blocks"] == 3
-    steps_per_epoch = 150 // 32  # fold 0's training part of 300 images
+    steps_per_epoch = 120 // 32  # fold 0's training part of the 240 images the folds split
     assert t["epoch_time_s"] == pytest.approx(steps_per_epoch * 32 / t["train_img_per_s"], rel=0.5)
     assert 0 < t["latency_b1_ms"] < t["latency_bN_ms"] and t["latency_batch"] == 32
     assert t["window"][0] < t["window"][1] and t["spec_hash"] == spec.spec_hash

@@ -53,7 +53,7 @@ def test_a_missing_metric_fails(recorded, tmp_path):
 
 def test_off_the_cpu_predictions_are_counted_not_assumed(recorded, tmp_path):
     """A record made on a GPU, re-run on the CPU: within tolerance, and every differing validation
-    prediction is counted; beyond 0.5% of them (here 0 of 150) the verdict fails."""
+    prediction is counted; beyond 0.5% of them (here 0 of 120) the verdict fails."""
     def on_gpu(r):
         r["env"]["device"] = "cuda"
 

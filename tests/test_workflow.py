@@ -83,13 +83,28 @@ def test_report_renders_in_a_real_browser(finished, chromium, tmp_path):
     assert failed == [] and errors == []
     assert len(images) >= 20 and all(ok and width > 0 for ok, width, _ in images), images
     assert sections == ["Findings", "Noise floor: the A/A control", "Summary", "Accuracy per variant",
-                        "Effects on accuracy", "Per-example differences", "Accuracy vs cost", "Learning curves",
+                        "Effects on accuracy", "Ensembles of the fold models", "Per-example differences", "Accuracy vs cost", "Learning curves",
                         "Error distributions", "Translation: equivariance and invariance", "Weight norms",
                         "Kernels that do not fire", "Ranking (descriptive)",
                         "Cost, speed, memory",
                         "Per variant",
                         "Environment and provenance", "Data behind this report"]
     assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def test_ensembles_are_scored_on_the_images_held_out_of_every_fold(finished):
+    stored = np.load(finished / "results" / "tiny" / "test_probs.npz")
+    y = stored["y_test"]
+    assert len(y) == 60  # data.holdout: 0.2 of 300
+    keys = [k for k in stored.files if k.startswith("baseline/")]
+    assert len(keys) == 2  # the 2 fold models
+    mean = np.mean([stored[k].astype(np.float64) for k in keys], axis=0)
+    ensemble = (mean.argmax(1) == y).mean()
+    single = np.mean([(stored[k].argmax(1) == y).mean() for k in keys])
+    html = (finished / "reports" / "tiny" / "index.html").read_text()
+    section = html[html.index("<h2>Ensembles of the fold models</h2>"):]
+    assert f'<td>baseline</td><td>1 &times; 2</td><td class="num">{100 * single:.2f}</td>' \
+           f'<td class="num">{100 * ensemble:.2f}</td>' in section
 
 
 def test_weight_norms_section_shows_each_variants_final_norms(finished):

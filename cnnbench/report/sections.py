@@ -442,15 +442,15 @@ def per_variant(ctx) -> Section:
 def report_sections() -> list[Callable]:
     from cnnbench.report.augmentation import augmentation_examples
     from cnnbench.report.calibration import aa_control
+    from cnnbench.report.ensembles import ensembles
     from cnnbench.report.invariance import translation
     from cnnbench.report.ladder import ladder_section
     from cnnbench.report.norms import weight_norms
     from cnnbench.report.per_example import per_example
     from cnnbench.report.ranking import ranking
     from cnnbench.report.silent import silent_kernels
+    from cnnbench.report.transfer import transfer
 
-    return [findings, aa_control, summary_table, accuracy_plot, effects, ladder_section, per_example,
-            cost_vs_accuracy, learning_curves, error_edfs, translation, weight_norms, silent_kernels,
-            augmentation_examples,
-            ranking,
-            measurements, per_variant, environment, data_files]
+    return [findings, aa_control, summary_table, accuracy_plot, effects, ladder_section, transfer, ensembles,
+            per_example, cost_vs_accuracy, learning_curves, error_edfs, translation, weight_norms, silent_kernels,
+            augmentation_examples, ranking, measurements, per_variant, environment, data_files]
