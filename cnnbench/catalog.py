@@ -72,6 +72,11 @@ def dataset_info(data: dict) -> DatasetInfo:
 
 def _source_info(data: dict) -> DatasetInfo:
     name = data["name"]
+    if name == "npz":
+        from cnnbench.npzdata import inspect
+
+        info = inspect(data["path"])
+        return DatasetInfo("npz", info.shape, info.num_classes, info.n, info.has_test, True, f"images from {data['path']}")
     if name == "synthetic":
         d = complete_data(data)
         return DatasetInfo("synthetic", tuple(int(v) for v in d["shape"]), int(d["classes"]), int(d["n"]),

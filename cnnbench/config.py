@@ -215,6 +215,10 @@ def _resolve(raw: dict) -> Study:
     # synthetic labels are i mod classes: the smallest class has n // classes images
     balanced = synthetic or data.get("labels")  # a label subset: its share of the images is estimated as balanced
     smallest = info.n_dev // info.num_classes if balanced else _smallest_class(data["name"], info.n_dev)
+    if data["name"] == "npz" and not data.get("labels") and not data.get("subset") and not data.get("holdout"):
+        from cnnbench.npzdata import inspect
+
+        smallest = inspect(data["path"]).smallest_class  # counted, not estimated
     if smallest is not None and split["folds"] > smallest:
         raise ConfigError(f"protocol.folds: {split['folds']} stratified folds need at least {split['folds']} images "
                           f"of every class, and the smallest class of {data['name']} has about {smallest} here; "
@@ -223,6 +227,10 @@ def _resolve(raw: dict) -> Study:
     data_identity = {k: data.get(k) for k in ("name", "labels", "subset", "holdout", "image_size", "channels",
                                               *SYNTHETIC_KEYS)
                      if data.get(k) is not None}
+    if data["name"] == "npz":  # the file's contents, not where it is
+        from cnnbench.data import file_hash
+
+        data_identity["sha256"] = file_hash(Path(data["path"]).expanduser())
     specs = {}
     for name in variants_raw:
         specs[name] = _resolve_variant(raw["study"], name, variants_raw, train_defaults, data_identity,
@@ -385,6 +393,17 @@ def check_data(data: dict) -> None:
     """What can be known about the data before any job: fields that do nothing for this data set, and
     the folders a data set is read from (they are read only by the first job, which is too late)."""
     name = data["name"]
+    if (name == "npz") != ("path" in data):
+        raise ConfigError("data.path: an npz study needs path, the .npz file with x and y" if name == "npz" else
+                          f"data.path: only npz data is read from a file ({name} is not); remove it")
+    if name == "npz":
+        for key in ("root", "download", "image_size", "channels"):
+            if data.get(key) not in (None, False):
+                raise ConfigError(f"data.{key}: npz data is read from data.path as it is; remove {key}")
+        from cnnbench.npzdata import inspect
+
+        inspect(data["path"])  # every check of the file, now rather than in the first job
+        return
     if data.get("holdout") and name in CATALOG and CATALOG[name].has_test:
         raise ConfigError(f"data.holdout: {name} has an official test split, which every run is scored on; "
                           "remove holdout")

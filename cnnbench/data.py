@@ -39,7 +39,7 @@ def load_source(data: dict, split_seed: int = 0) -> ImageData:
     """Load a validated `data:` section from its source and apply `labels`, `subset`, then `holdout`."""
     name = data["name"]
     loader = _LOADERS[name]
-    images = loader(data) if name in ("mnist5k", "digits", "synthetic") else loader(data, _root(data))
+    images = loader(data) if name in ("mnist5k", "digits", "synthetic", "npz") else loader(data, _root(data))
     expected = dataset_info(data).shape
     if images.shape != expected:
         raise DataError(f"data: {name} gave images of shape {images.shape}, expected {expected}")
@@ -276,8 +276,14 @@ def _subset(images: ImageData, n: int, seed: int) -> ImageData:
     return ImageData(images.name, images.x[keep], images.y[keep], images.classes, images.x_test, images.y_test)
 
 
+def _npz(data: dict) -> ImageData:
+    from cnnbench.npzdata import load
+
+    return load(data["path"])
+
+
 _LOADERS = {
-    "mnist5k": _mnist5k, "digits": _digits, "synthetic": _synthetic,
+    "mnist5k": _mnist5k, "digits": _digits, "synthetic": _synthetic, "npz": _npz,
     "mnist": _mnist_like("MNIST"), "fashion_mnist": _mnist_like("FashionMNIST"), "kmnist": _mnist_like("KMNIST"),
     "cifar10": _cifar("CIFAR10"), "cifar100": _cifar("CIFAR100"), "svhn": _svhn, "imagefolder": _imagefolder,
 }
