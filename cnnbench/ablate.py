@@ -39,7 +39,7 @@ def ablate(config: str | Path, variant: str, remove: list[str], out: str | Path)
     spec = study.variants[variant]
     from cnnbench.models.registry import get_entry
 
-    model_defaults = get_entry(spec.arch).defaults
+    model_defaults = {} if spec.external else get_entry(spec.arch).defaults
     raw = read_config(config)
     added = []
     for knob in remove:

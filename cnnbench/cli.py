@@ -87,7 +87,10 @@ def _cmd_list_models(a: argparse.Namespace) -> None:
     from cnnbench.models.registry import get_entry, list_models
 
     for name in list_models():
-        print(f"{name:11s} {get_entry(name).doc}")
+        entry = get_entry(name)
+        print(f"{name:11s} {entry.doc}" + ("" if entry.source == "cnnbench" else f"  [{entry.source}]"))
+    print("also usable as a base: torchvision:<model>, timm:<model> (if timm is installed), and "
+          "package.module:function (your own nn.Module)")
 
 
 def _cmd_loop_bench(a: argparse.Namespace) -> None:

@@ -39,6 +39,7 @@ from cnnbench.knobs import TRAIN_KNOBS, AugmentKnobs, TrainKnobs  # noqa: F401 (
 from cnnbench.models import plan as P
 from cnnbench.models.convnet import UNUSED_BY_BLOCK
 from cnnbench.models.geometry import GeometryError, LayerRow, layer_table
+from cnnbench.models.external import EXTERNAL_KNOBS, is_external
 from cnnbench.models.registry import get_entry, list_models
 
 SPEC_VERSION = 2  # bump when the meaning of a knob changes, so old results stop matching new specs
@@ -78,10 +79,16 @@ class VariantSpec:
     def identity(self) -> dict[str, Any]:
         """What the numbers of a run depend on (the name and description do not). The plan's digest is
         included, so a code change that alters the network built from the same knobs changes the hash."""
-        return {"version": SPEC_VERSION, "arch": self.arch, "model": self.model, "train": self.train,
+        if self.external:  # the library's version or the module's source hash, not a plan
+            from cnnbench.models import external
+
+            built = {"source": external.identity(self.arch, self.model.get("_search", ()))}
+        else:
+            built = {"plan": hashlib.sha256(repr(self.plan()).encode()).hexdigest()[:16]}
+        model = {k: v for k, v in self.model.items() if not k.startswith("_")}  # where to import from: not identity
+        return {"version": SPEC_VERSION, "arch": self.arch, "model": model, "train": self.train,
                 "data": self.data, "split": self.split, "input_shape": list(self.input_shape),
-                "num_classes": self.num_classes, "seed_offset": self.seed_offset,
-                "plan": hashlib.sha256(repr(self.plan()).encode()).hexdigest()[:16],
+                "num_classes": self.num_classes, "seed_offset": self.seed_offset, **built,
                 # only settings that differ from the defaults, so that studies run before these settings
                 # existed keep their hashes (and their finished runs)
                 **({"numerics": changed} if (changed := non_default_numerics(self.numerics)) else {}),
@@ -92,11 +99,36 @@ class VariantSpec:
         blob = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
+    @property
+    def external(self) -> bool:
+        """Built by torchvision, timm or the user's own module, not from the design space's plan."""
+        return is_external(self.arch)
+
     def plan(self) -> P.Network:
+        if self.external:
+            raise ConfigError(f"variant {self.name!r}: {self.arch} is an external network; it has no design-space plan")
         return get_entry(self.arch).plan_fn(self.model, self.input_shape, self.num_classes)
 
+    def network(self):
+        """The torch module this variant trains (on the CPU, freshly initialised from torch's global RNG)."""
+        if self.external:
+            from cnnbench.models import external
+
+            return external.build(self.arch, self.model, self.input_shape, self.num_classes, self.model.get("_search", ()))
+        from cnnbench.models.build import build_model
+
+        return build_model(self.plan(), self.input_shape)
+
     def layer_table(self) -> list[LayerRow]:
+        if self.external:
+            return self._external_rows
         return layer_table(self.plan(), self.input_shape)
+
+    @cached_property
+    def _external_rows(self) -> list[LayerRow]:
+        from cnnbench.models import external
+
+        return external.layer_rows(self.network(), self.input_shape)
 
     def run_dict(self) -> dict[str, Any]:
         """What a training job needs: the spec without its presentation fields. Editing a description
@@ -175,7 +207,9 @@ def load_study(source: str | Path | dict, name_hint: str | None = None, *, files
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: a study config must be a mapping with study, data and variants")
     try:
-        study = _resolve(raw)
+        folder = Path(source).resolve().parent if not isinstance(source, dict) else \
+            (Path(files[0]).resolve().parent if files else None)
+        study = _resolve(raw, (str(folder),) if folder else ())
         if budget is not None and budget is not False:
             from cnnbench import budget as B
 
@@ -192,7 +226,7 @@ def _one_line(message: str) -> str:
 
 # --- numbers ---------------------------------------------------------------------------------------
 
-def _resolve(raw: dict) -> Study:
+def _resolve(raw: dict, search: tuple[str, ...] = ()) -> Study:
     raw = normalise(raw)
     check_schema(raw)
     data = dict(raw["data"])
@@ -234,7 +268,7 @@ def _resolve(raw: dict) -> Study:
     specs = {}
     for name in variants_raw:
         specs[name] = _resolve_variant(raw["study"], name, variants_raw, train_defaults, data_identity,
-                                       {k: split[k] for k in ("folds", "repeats", "split_seed")}, info)
+                                       {k: split[k] for k in ("folds", "repeats", "split_seed")}, info, search)
         specs[name] = replace(specs[name], compare_to=_reference(name, variants_raw, baseline),
                               numerics={k: execution[k] for k in NUMERICS})
     pretrain = {name: pretrain_spec(name, entry, specs, variants_raw) for name, entry in raw.get("pretrain", {}).items()}
@@ -317,11 +351,15 @@ def _reference(name: str, variants: dict[str, dict], baseline: str) -> str | Non
 
 
 def _resolve_variant(study: str, name: str, variants: dict[str, dict], train_defaults: dict,
-                     data_identity: dict, split: dict, info) -> VariantSpec:
-    chain = _base_chain(name, variants)
+                     data_identity: dict, split: dict, info, search: tuple[str, ...] = ()) -> VariantSpec:
+    chain = _base_chain(name, variants, search)
     arch = variants[chain[-1]]["base"]
-    entry = get_entry(arch)
-    model, train, explicit = dict(entry.defaults), copy.deepcopy(train_defaults), set()
+    external = is_external(arch)
+    if external:
+        model = {"kwargs": {}, "weights": None, "cam_layer": None, "_search": list(search)}
+    else:
+        model = dict(get_entry(arch).defaults)
+    train, explicit = copy.deepcopy(train_defaults), set()
     for link in reversed(chain):  # root first, so nearer diffs win
         for knob, value in variants[link].items():
             if knob in ("base", "description", "compare_to"):
@@ -329,6 +367,17 @@ def _resolve_variant(study: str, name: str, variants: dict[str, dict], train_def
             explicit.add(knob)
             if knob in TRAIN_KNOBS:
                 train = _merge(train, {knob: value})
+            elif external and knob in EXTERNAL_KNOBS:
+                model[knob] = value
+            elif external:
+                what = ("a design-space knob of the built-in models" if knob in get_entry("cnn").defaults
+                        else "not a knob")
+                raise ConfigError(f"variant {link!r}, field {knob!r}: {what}; it cannot apply to {arch} (an external "
+                                  "network): pass the network's own arguments under kwargs: {...}, or build on a "
+                                  "registered model")
+            elif knob in EXTERNAL_KNOBS:
+                raise ConfigError(f"variant {link!r}, field {knob!r}: only external networks (torchvision:, timm:, "
+                                  f"module:function) take it; {arch!r} is a registered model")
             elif knob in model:
                 model[knob] = value
             else:
@@ -351,6 +400,8 @@ def _resolve_variant(study: str, name: str, variants: dict[str, dict], train_def
                           f"inputs: {e}. Fix: padding: same, a smaller stride or kernel, fewer stages/pooling, "
                           f"or larger images") from None
     except ConfigError as e:  # the family's own checks say "knob: what is wrong"
+        if spec.external:
+            raise ConfigError(f"variant {name!r} ({arch}): {e}") from None
         knob, _, why = str(e).partition(": ")
         raise ConfigError(f"variant {name!r}, field {knob!r}: {why}") from None
     if info.n_dev is not None:
@@ -460,7 +511,7 @@ def check_data(data: dict) -> None:
                           "at the data set or set data.download: true (needs internet)")
 
 
-def _base_chain(name: str, variants: dict[str, dict]) -> list[str]:
+def _base_chain(name: str, variants: dict[str, dict], search: tuple[str, ...] = ()) -> list[str]:
     """[name, its base, its base's base, ...] over variants; the last one's base is a model."""
     chain = [name]
     while True:
@@ -472,6 +523,14 @@ def _base_chain(name: str, variants: dict[str, dict]) -> list[str]:
                                   "one of them must start from a model such as 'cnn'")
             chain.append(base)
             continue
+        if is_external(base):
+            from cnnbench.models import external
+
+            try:
+                external.identity(base, search)  # importable, and the model exists
+            except ConfigError as e:
+                raise ConfigError(f"variant {chain[-1]!r}, field 'base': {e}") from None
+            return chain
         try:
             get_entry(base)
         except ConfigError:

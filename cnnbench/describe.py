@@ -26,7 +26,10 @@ def describe(name: str, config: str | Path | None = None, input_shape: tuple[int
         changes = study.changes(name)
         title = (f"variant {name!r} of study {study.name!r} (base chain: {' <- '.join(spec.chain)} <- {spec.arch})"
                  + (f"\nchanges vs {study.baseline}: {'; '.join(changes)}" if changes else ""))
-        return title + "\n" + format_table(spec.layer_table(), spec.input_shape)
+        if spec.external:
+            title += ("\nan external network: shapes and parameters from a forward pass with hooks; MACs of "
+                      "convolutions and linear layers only; receptive fields not available")
+        return title + "\n" + format_table(spec.layer_table(), spec.input_shape, rf_known=not spec.external)
     if input_shape is not None and len(input_shape) != 3:
         raise ConfigError("--input: give channels, height and width, e.g. 3x32x32")
     shape = tuple(input_shape or (1, 28, 28))
@@ -34,12 +37,12 @@ def describe(name: str, config: str | Path | None = None, input_shape: tuple[int
     return f"model {name!r}\n" + format_table(rows, shape)
 
 
-def format_table(rows: list[LayerRow], input_shape: tuple[int, ...]) -> str:
+def format_table(rows: list[LayerRow], input_shape: tuple[int, ...], rf_known: bool = True) -> str:
     head = ("layer", "type", "output", "params", "MACs", "RF")
     body = [("input", "", _shape(input_shape), "", "", "1")]
     for r in rows:
         body.append((r.name.removeprefix("features."), r.kind, _shape(r.out_shape), f"{r.params:,}",
-                     f"{r.macs:,}", "all" if r.rf is None else str(r.rf)))
+                     f"{r.macs:,}", "n/a" if not rf_known else "all" if r.rf is None else str(r.rf)))
     total_p, total_m = sum(r.params for r in rows), sum(r.macs for r in rows)
     body.append(("total", "", "", f"{total_p:,}", f"{total_m:,}", ""))
     widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]

@@ -41,7 +41,7 @@ def _spec(config: str | Path, variant: str) -> VariantSpec:
 
 def _model(spec: VariantSpec, seed: int, device: torch.device, channels_last: bool = True) -> torch.nn.Module:
     torch.manual_seed(seed)
-    model = build_model(spec.plan(), spec.input_shape).to(device)
+    model = build_model(spec.plan(), spec.input_shape).to(device) if not spec.external else spec.network().to(device)
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 

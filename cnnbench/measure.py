@@ -25,7 +25,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from cnnbench.models.build import build_model
 
 FLOP_COUNTER = "torch.utils.flop_counter.FlopCounterMode (2 FLOPs per multiply-accumulate)"
 
@@ -75,7 +74,7 @@ def _flop_fixes() -> dict:
 def cost(spec) -> dict:
     """Parameters, MACs (from the plan's formulas) and FLOPs (counted by torch) per image, of a freshly
     built model on the CPU: counts depend on neither weights nor device."""
-    model = build_model(spec.plan(), spec.input_shape)
+    model = spec.network()
     forward, step = count_flops(model, spec.input_shape)
     return {"params": sum(p.numel() for p in model.parameters()),
             "macs_forward": int(sum(r.macs for r in spec.layer_table())),

@@ -109,9 +109,11 @@ def training_memory(spec: VariantSpec, images, train_idx: np.ndarray, val_idx: n
 
     from cnnbench.measure import steady_heap
     from cnnbench.seeds import run_seed
-    from cnnbench.train import fit, warm_up
+    from cnnbench.train import fit, init_model, warm_up
 
     steady_heap()
     warm_up(spec, device)  # the heap's first allocations under the new thresholds (measured: +11% otherwise)
     one_epoch = replace(spec, train={**spec.train, "epochs": 1})
-    return fit(one_epoch, images, train_idx, val_idx, seed=run_seed(0, 0), device=device).memory
+    # a transfer variant's memory does not depend on its weights' values: its own initial ones stand in
+    stand_in = init_model(spec, 0, device).state_dict() if spec.train.get("pretrained") else None
+    return fit(one_epoch, images, train_idx, val_idx, seed=run_seed(0, 0), device=device, pretrained=stand_in).memory

@@ -22,7 +22,6 @@ from cnnbench.augment import augment, is_active
 from cnnbench.config import VariantSpec
 from cnnbench.data import ImageData
 from cnnbench.measure import LayerNorms, PeakMemory, dead_filters, weights_digest
-from cnnbench.models.build import build_model
 from cnnbench.numerics import Numerics, compile_warm_up, set_deterministic
 
 WARMUP_STEPS = 5  # steps excluded from the throughput figure (allocator and kernel set-up)
@@ -235,7 +234,7 @@ def lr_factor(kind: str, step: int, total: int) -> float:
 def init_model(spec: VariantSpec, seed: int, device: torch.device) -> nn.Module:
     """The run's initial network: weights drawn from the run seed, channels_last on the device."""
     torch.manual_seed(seed)
-    return build_model(spec.plan(), spec.input_shape).to(device, memory_format=torch.channels_last)
+    return spec.network().to(device, memory_format=torch.channels_last)
 
 
 def labels_per_class(train_idx: np.ndarray, y: np.ndarray, n: int | None) -> np.ndarray:
@@ -388,11 +387,13 @@ def fit(spec: VariantSpec, images: ImageData, train_idx: np.ndarray, val_idx: np
 PROBE_MAX_IMAGES = 1000  # validation images the translation probe's accuracy curve uses (its cost: ~11 passes)
 
 
-def translation_probe(model: nn.Module, x_val: Images, y_val: torch.Tensor, num: Numerics) -> dict:
+def translation_probe(model: nn.Module, x_val: Images, y_val: torch.Tensor, num: Numerics) -> dict | None:
     """Accuracy on shifted validation images and per-stage equivariance errors (cnnbench.probe), on at
     most PROBE_MAX_IMAGES images, shifted images filled with the black pixel of the run's normalisation."""
     from cnnbench.probe import black_fill, probe
 
+    if not isinstance(getattr(model, "features", None), nn.Sequential):
+        return None  # an external network: its stages are not known (cnnbench.models.external)
     n = min(len(y_val), PROBE_MAX_IMAGES)
     return probe(model, x_val[0:n], y_val[:n], num=num, fill=black_fill(x_val))
 

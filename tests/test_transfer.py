@@ -135,3 +135,14 @@ def test_the_workflow_pretrains_once_for_all_folds(tmp_path):
     assert out.returncode == 0, out.stderr
     text = out.stdout + out.stderr
     assert re.search(r"pretrain\s+1\b", text) and "results/tinytransfer/pretrained/low.pt" in text
+
+
+def test_the_timing_job_measures_a_frozen_variant_as_it_trains(transferred):
+    """Speed and memory of a transfer variant, without its pretrained file: a frozen body computes no weight
+    gradients, and the timing job freezes it too."""
+    from cnnbench.timing import time_variant
+
+    study, weights, meta, out, root = transferred
+    t = time_variant(study.variants["freeze"], data_path=root / "data.npz", splits_path=root / "splits.json",
+                     device="cpu", repeats=2)
+    assert t["train_img_per_s"] > 0 and t["train_mb"] > 0

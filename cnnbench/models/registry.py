@@ -30,6 +30,7 @@ class ModelEntry:
     defaults: dict[str, Any]  # every knob the plan function takes, with its default
     plan_fn: PlanFn
     torchvision: str | None = None  # the torchvision model it reproduces (same layers and parameter count)
+    source: str = "cnnbench"  # who registered it: cnnbench, or the plugin package (entry point group cnnbench.models)
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -38,6 +39,33 @@ _DEPRECATED: dict[str, tuple[str, str]] = {
     "vgg11": ("vgg11_slim", "its head is 512-512, not VGG-11's 4096-4096 (22,841,704 parameters at 224x224 and "
                             "1000 classes against torchvision vgg11's 132,863,336)"),
 }
+
+
+PLUGIN_GROUP = "cnnbench.models"
+_registering_for: list[str] = []  # the plugin whose entry point is running
+_plugins_loaded = False
+
+
+def load_plugins() -> None:
+    """Presets and models shared by other packages, without forking cnnbench: every entry point of the
+    group `cnnbench.models` names a function that receives `register_model` and registers with it, e.g.
+    in the plugin's pyproject.toml: [project.entry-points."cnnbench.models"] mylab = "mylab.nets:register"."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=PLUGIN_GROUP):
+        source = f"plugin {ep.dist.name if ep.dist else ep.name} ({ep.value})"
+        _registering_for.append(source)
+        try:
+            ep.load()(register_model)
+        except Exception as e:  # a broken plugin is named, and does not take cnnbench down with it
+            warnings.warn(f"cnnbench: the model plugin {source} failed to register: {type(e).__name__}: {e}",
+                          RuntimeWarning, stacklevel=2)
+        finally:
+            _registering_for.pop()
 
 
 def register_model(name: str, doc: str, plan_fn: PlanFn | None = None, torchvision: str | None = None,
@@ -55,16 +83,20 @@ def register_model(name: str, doc: str, plan_fn: PlanFn | None = None, torchvisi
             raise ValueError(f"{name}: unknown convnet knobs {sorted(unknown)}")
         defaults = _jsonable({**base, **defaults})
         plan_fn = _convnet_from_dict
-    entry = ModelEntry(name, doc, defaults, plan_fn, torchvision)
+    entry = ModelEntry(name, doc, defaults, plan_fn, torchvision,
+                       _registering_for[-1] if _registering_for else "cnnbench")
     _REGISTRY[name] = entry
     return entry
 
 
 def list_models() -> list[str]:
+    load_plugins()
     return sorted(_REGISTRY)
 
 
 def get_entry(name: str) -> ModelEntry:
+    if name not in _REGISTRY:
+        load_plugins()
     if name in _DEPRECATED:
         current, why = _DEPRECATED[name]
         warnings.warn(f"model {name!r} is deprecated and maps to {current!r}: {why}; use {current!r}",

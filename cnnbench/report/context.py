@@ -167,7 +167,6 @@ class ReportContext:
         fold used; None if the weights are missing."""
         import torch
 
-        from cnnbench.models.build import build_model
         from cnnbench.train import Images
 
         path = self.models_dir / f"{variant}.pt"
@@ -177,7 +176,7 @@ class ReportContext:
             return None
         saved = torch.load(path, map_location="cpu", weights_only=True)
         spec = VariantSpec.from_dict(saved["spec"])
-        model = build_model(spec.plan(), spec.input_shape)
+        model = spec.network()
         model.load_state_dict(saved["state_dict"])
         model.eval()
         train_idx, val_idx = self.fold(saved["fold"])

@@ -29,7 +29,7 @@ def variant_details(ctx, variant: str, open_: bool = False) -> str:
         model, val, val_idx, saved = loaded
         note = f"First run's model (fold {saved['fold']}, seed {saved['seed']})"
         parts += [f'<h3>{note}: kernels and feature maps</h3>', kernels_and_maps(ctx, model, val, val_idx),
-                  "<h3>Where it looks: class-activation maps (Grad-CAM)</h3>", cams(ctx, model, val, val_idx)]
+                  "<h3>Where it looks: class-activation maps (Grad-CAM)</h3>", cams(ctx, model, val, val_idx, spec)]
     parts += ["<h3>Errors over all runs</h3>", confusion_and_gallery(ctx, variant), per_example_rows(ctx, variant),
               "<h3>Diagnostics</h3>", diagnostics(ctx, variant)]
     summary = html.escape(variant) + (f" &mdash; {html.escape(desc)}" if desc else "")
@@ -40,7 +40,8 @@ def variant_details(ctx, variant: str, open_: bool = False) -> str:
 def layer_table_html(spec) -> str:
     layers = spec.layer_table()
     rows = [[html.escape(r.name.removeprefix("features.")), html.escape(r.kind), "x".join(map(str, r.out_shape)),
-             f"{r.params:,}", f"{r.macs:,}", "all" if r.rf is None else str(r.rf)] for r in layers]
+             f"{r.params:,}", f"{r.macs:,}", "n/a" if spec.external else "all" if r.rf is None else str(r.rf)]
+            for r in layers]
     total = sum(r.params for r in layers), sum(r.macs for r in layers)
     rows.append(["<b>total</b>", "", "", f"<b>{total[0]:,}</b>", f"<b>{total[1]:,}</b>", ""])
     table = html_table(["layer", "type", "output", "params", "MACs", "receptive field"], rows, numeric={3, 4, 5})
@@ -107,13 +108,23 @@ def kernels_and_maps(ctx, model: nn.Module, val, val_idx: np.ndarray) -> str:
                           "image (before their activation)."))
 
 
-def cams(ctx, model: nn.Module, val, val_idx: np.ndarray) -> str:
+def cam_target(spec, model: nn.Module) -> nn.Module:
+    """The Grad-CAM layer: the last stage of a design-space network; for an external one the variant's
+    `cam_layer`, else its last convolution."""
+    if not spec.external:
+        return model.features[-1]
+    from cnnbench.models.external import last_conv
+
+    return model.get_submodule(spec.model.get("cam_layer") or last_conv(model))
+
+
+def cams(ctx, model: nn.Module, val, val_idx: np.ndarray, spec=None) -> str:
     from pytorch_grad_cam import GradCAM
 
     y = ctx.images.y[val_idx]
     picks = [int(np.flatnonzero(y == c)[0]) for c in np.unique(y)[:CAM_IMAGES]]
     x = val[torch.tensor(picks)].clone()
-    with GradCAM(model=model, target_layers=[model.features[-1]]) as cam:
+    with GradCAM(model=model, target_layers=[cam_target(spec, model) if spec else model.features[-1]]) as cam:
         maps = cam(input_tensor=x, targets=None)  # (B, H, W) in [0, 1], for the predicted class
     with torch.inference_mode():
         pred = model(x).argmax(1).numpy()
