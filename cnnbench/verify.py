@@ -74,7 +74,19 @@ def verify(record_path: str | Path, data: str | Path | None = None, splits: str 
     set_determinism(dev, env.get("threads", 1), spec.numerics.get("deterministic", False))
     images = load_cache(data)
     train_idx, val_idx = load_fold(splits, record["fold"], images.y)
-    result = fit(spec, images, train_idx, val_idx, seed=seed, device=dev)
+    pretrained = None
+    if spec.train.get("pretrained"):  # the weights it started from, checked against the record's hash
+        from cnnbench.runner import load_pretrained
+
+        weights = Path(data).resolve().parent / "pretrained" / f"{spec.train['pretrained']}.pt"
+        if not weights.exists():
+            raise CnnbenchError(f"{weights}: the pretrained weights this run started from are missing; rerun the "
+                                "workflow (its pretrain job writes them)")
+        pretrained, source = load_pretrained(spec, weights)
+        if record.get("pretrained", {}).get("sha256") not in (None, source["sha256"]):
+            mismatches.append(f"pretrained weights: sha256 now {source['sha256']}, recorded "
+                              f"{record['pretrained']['sha256']}")
+    result = fit(spec, images, train_idx, val_idx, seed=seed, device=dev, pretrained=pretrained)
     exact, under = exact_match_expected(env, record.get("numerics", {}), dev)
     lines.append(f"compared under: {under}")
     tol = 0.0 if exact else 1e-4

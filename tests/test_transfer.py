@@ -146,3 +146,17 @@ def test_the_timing_job_measures_a_frozen_variant_as_it_trains(transferred):
     t = time_variant(study.variants["freeze"], data_path=root / "data.npz", splits_path=root / "splits.json",
                      device="cpu", repeats=2)
     assert t["train_img_per_s"] > 0 and t["train_mb"] > 0
+
+
+def test_verify_reruns_a_transfer_run_from_its_pretrained_weights(transferred):
+    """cnnbench verify finds the pretrained file next to the data cache, as the workflow lays it out."""
+    import shutil
+
+    from cnnbench.verify import verify
+
+    study, weights, meta, out, root = transferred
+    (root / "pretrained").mkdir(exist_ok=True)
+    shutil.copyfile(weights, root / "pretrained" / "low.pt")
+    record = root / "finetune" / "fold0-seed0.json"
+    verdict = verify(record, data=root / "data.npz", splits=root / "splits.json")
+    assert verdict.match, str(verdict)
