@@ -33,7 +33,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cnnbench.catalog import CATALOG
 from cnnbench.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -250,28 +249,38 @@ def _memory_message(v: VariantEstimate, spec: VariantSpec, machine: Machine) -> 
 
 
 def data_sizes(data: dict) -> tuple[int, int]:
-    """(images that k-fold splits, official test images) of a `data:` section, without loading it."""
-    name = data["name"]
-    if name == "synthetic":
-        from cnnbench.catalog import complete_data
+    """(images that k-fold splits, test images: official plus held out) of a `data:` section, without
+    loading it; the same counts the loader will give (labels, then subset, then holdout)."""
+    from cnnbench.catalog import complete_data, dataset_info, source_info
 
-        d = complete_data(data)
-        return d["n"], d["test_n"]
-    if name in CATALOG:
-        n = CATALOG[name].n_dev
-        n = n if data.get("subset") is None else min(data["subset"], n)
-        from cnnbench.catalog import holdout_size
+    info = dataset_info(data)
+    if info.n_dev is not None:
+        whole = dataset_info({**data, "holdout": None}).n_dev
+        name = data["name"]
+        if name == "synthetic":
+            official = complete_data(data)["test_n"]
+        elif name == "npz":
+            from cnnbench.npzdata import inspect
 
-        held = holdout_size(n, data.get("holdout"))
-        return n - held, TEST_SIZES.get(name, 0) + held
-    root = Path(data.get("root") or ".").expanduser()
+            official = inspect(data["path"]).n_test
+        else:
+            official = TEST_SIZES.get(name, 0)
+        return info.n_dev, official + whole - info.n_dev
+    root = Path(data.get("root") or ".").expanduser()  # an image folder: counted
     train, test = root / "train", root / "test"
     if train.is_dir() and test.is_dir():
         n_dev, n_test = _count_images(train), _count_images(test)
     else:
         n_dev, n_test = _count_images(root), 0
+    if data.get("labels"):  # their share, as if the classes were balanced
+        n_dev = n_dev * len(data["labels"]) // max(source_info(data).num_classes, 1)
     if data.get("subset") is not None:
         n_dev = min(n_dev, data["subset"])
+    if data.get("holdout"):
+        from cnnbench.catalog import holdout_size
+
+        held = holdout_size(n_dev, data["holdout"])
+        n_dev, n_test = n_dev - held, n_test + held
     return n_dev, n_test
 
 

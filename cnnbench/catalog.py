@@ -57,20 +57,37 @@ def holdout_size(n: int, fraction: float | None) -> int:
 
 
 def dataset_info(data: dict) -> DatasetInfo:
-    """Info for a validated `data:` section; `labels` keeps some classes (their share of the images is
-    estimated as if classes were balanced), `holdout` moves a share of the images to a test part."""
-    info = _source_info(data)
+    """Info for a validated `data:` section, in the order the loader applies them (cnnbench.data):
+    `labels` keeps some classes (their share of the images is estimated as if classes were balanced),
+    `subset` draws at most that many of those, `holdout` moves a share of them to a test part."""
+    info = source_info(data)
+    n, classes = info.n_dev, info.num_classes
     if data.get("labels"):
-        keep = len(data["labels"])
-        n = None if info.n_dev is None else info.n_dev * keep // info.num_classes
-        info = DatasetInfo(info.name, info.shape, keep, n, info.has_test, info.embedded, info.doc)
-    if not data.get("holdout") or info.n_dev is None:
-        return info
-    n_dev = info.n_dev - holdout_size(info.n_dev, data["holdout"])
-    return DatasetInfo(info.name, info.shape, info.num_classes, n_dev, True, info.embedded, info.doc)
+        bad = [label for label in data["labels"] if not 0 <= label < info.num_classes]
+        if bad and info.name != "imagefolder":  # (its class folders may not be there yet: checked on loading)
+            raise ConfigError(f"data.labels: {bad} are not labels of {info.name}, whose labels are "
+                              f"0..{info.num_classes - 1}; keep labels in that range")
+        classes = len(data["labels"])
+        n = None if n is None else n * classes // info.num_classes
+    if data.get("subset") is not None and n is not None:
+        n = min(data["subset"], n)
+    has_test = info.has_test
+    if data.get("holdout"):
+        if info.has_test:
+            raise ConfigError(f"data.holdout: {info.name} has an official test split, which every run is scored on; "
+                              "remove holdout" + ("" if info.name in CATALOG else
+                                                  " (or the test part: " + TEST_PART.get(info.name, "") + ")"))
+        n = None if n is None else n - holdout_size(n, data["holdout"])
+        has_test = True
+    return DatasetInfo(info.name, info.shape, classes, n, has_test, info.embedded, info.doc)
 
 
-def _source_info(data: dict) -> DatasetInfo:
+TEST_PART = {"npz": "x_test and y_test in the file", "synthetic": "test_n: 0",
+             "imagefolder": "the test/ folder, with the train/ images moved up into root"}
+
+
+def source_info(data: dict) -> DatasetInfo:
+    """The whole source, before labels, subset and holdout."""
     name = data["name"]
     if name == "npz":
         from cnnbench.npzdata import inspect
@@ -83,9 +100,7 @@ def _source_info(data: dict) -> DatasetInfo:
                            int(d["test_n"]) > 0, True,
                            "seeded random images and labels, for timing only: accuracies mean nothing")
     if name != "imagefolder":
-        info = CATALOG[name]
-        n = info.n_dev if data.get("subset") is None else min(data["subset"], info.n_dev)
-        return DatasetInfo(info.name, info.shape, info.num_classes, n, info.has_test, info.embedded, info.doc)
+        return CATALOG[name]
     if not data.get("image_size"):
         raise ConfigError("data.image_size: an imagefolder study needs image_size (images are resized to "
                           "image_size x image_size), e.g. image_size: 32")

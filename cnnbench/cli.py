@@ -44,7 +44,8 @@ def _cmd_train(a: argparse.Namespace) -> None:
 def _cmd_pretrain(a: argparse.Namespace) -> None:
     from cnnbench.runner import pretrain
 
-    meta = pretrain(_spec(a.spec), out=a.out, threads=a.threads, device=a.device)
+    meta = pretrain(_spec(a.spec), out=a.out, threads=a.threads, device=a.device, source=a.source,
+                    jobs_per_gpu=a.jobs_per_gpu)
     print(f"pretrained -> {a.out}: {meta['val_acc']:.1%} on its own held-out 10%", file=sys.stderr)
 
 
@@ -233,9 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("pretrain", help="train a pretrain: entry's network once on its source data")
     s.add_argument("--spec", required=True, type=_json_object, help="the source network's spec as JSON (from the workflow)")
+    s.add_argument("--source", type=_json_object,
+                   help="the entry's data section as JSON, root/path included (default: the spec's data identity)")
     s.add_argument("--out", required=True)
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--jobs-per-gpu", type=_positive, default=1, help="jobs that share one GPU (a slot each)")
     s.set_defaults(func=_cmd_pretrain)
 
     s = sub.add_parser("time", help="measure a variant's speed alone (training img/s, s/epoch, latency)")

@@ -82,15 +82,20 @@ class VariantSpec:
         if self.external:  # the library's version or the module's source hash, not a plan
             from cnnbench.models import external
 
-            built = {"source": external.identity(self.arch, self.model.get("_search", ()))}
+            built = {"source": external.identity(self.arch, self.model.get("_search", ())),
+                     **external.weights_identity(self.model)}
         else:
             built = {"plan": hashlib.sha256(repr(self.plan()).encode()).hexdigest()[:16]}
-        model = {k: v for k, v in self.model.items() if not k.startswith("_")}  # where to import from: not identity
+        # not identity: where to import from (_search), where the weights file lies (its hash is), which
+        # layer Grad-CAM looks at (the report only)
+        model = {k: v for k, v in self.model.items()
+                 if not k.startswith("_") and not (self.external and k in ("weights", "cam_layer"))}
         return {"version": SPEC_VERSION, "arch": self.arch, "model": model, "train": self.train,
                 "data": self.data, "split": self.split, "input_shape": list(self.input_shape),
                 "num_classes": self.num_classes, "seed_offset": self.seed_offset, **built,
-                # only settings that differ from the defaults, so that studies run before these settings
-                # existed keep their hashes (and their finished runs)
+                # only numerics that differ from the defaults (a default-precision study's hash does not
+                # name them); new train knobs such as decay_biases, activity and labels_per_class are in
+                # `train` with their defaults, so results from before they existed do not match, and retrain
                 **({"numerics": changed} if (changed := non_default_numerics(self.numerics)) else {}),
                 **({"pretrain": self.pretrain["spec_hash"]} if self.pretrain else {})}
 
@@ -165,6 +170,7 @@ class Study:
     baseline: str
     variants: dict[str, VariantSpec]
     pretrain: dict[str, VariantSpec] = field(default_factory=dict)  # name -> the network trained on the source task
+    pretrain_sources: dict[str, dict] = field(default_factory=dict)  # name -> its data section, root/path included
 
     @property
     def fold_ids(self) -> list[int]:
@@ -258,26 +264,29 @@ def _resolve(raw: dict, search: tuple[str, ...] = ()) -> Study:
                           f"of every class, and the smallest class of {data['name']} has about {smallest} here; "
                           f"use at most {smallest} folds or a larger "
                           + ("data.n (or fewer data.classes)" if synthetic else "data.subset"))
-    data_identity = {k: data.get(k) for k in ("name", "labels", "subset", "holdout", "image_size", "channels",
-                                              *SYNTHETIC_KEYS)
-                     if data.get(k) is not None}
-    if data["name"] == "npz":  # the file's contents, not where it is
-        from cnnbench.data import file_hash
-
-        data_identity["sha256"] = file_hash(Path(data["path"]).expanduser())
     specs = {}
     for name in variants_raw:
-        specs[name] = _resolve_variant(raw["study"], name, variants_raw, train_defaults, data_identity,
+        specs[name] = _resolve_variant(raw["study"], name, variants_raw, train_defaults, data_identity(data),
                                        {k: split[k] for k in ("folds", "repeats", "split_seed")}, info, search)
         specs[name] = replace(specs[name], compare_to=_reference(name, variants_raw, baseline),
                               numerics={k: execution[k] for k in NUMERICS})
+        if execution["deterministic"] and execution["device"] != "cpu" and specs[name].external:
+            from cnnbench.models.external import nondeterministic_on_cuda
+
+            if culprits := nondeterministic_on_cuda(specs[name].network()):
+                raise ConfigError(f"execution.deterministic: variant {name!r} has the layer(s) {', '.join(culprits)}, "
+                                  "whose CUDA backward pass torch cannot make deterministic (it would stop the "
+                                  "first step); set deterministic: false (verify then compares within a "
+                                  "tolerance) or device: cpu")
     pretrain = {name: pretrain_spec(name, entry, specs, variants_raw) for name, entry in raw.get("pretrain", {}).items()}
+    pretrain_sources = {name: complete_data(dict(entry["data"])) for name, entry in raw.get("pretrain", {}).items()}
     for name, spec in specs.items():
         if spec.train.get("pretrained"):
             specs[name] = with_pretrained(spec, pretrain)
     if raw.get("aa_control"):
         specs[AA_CONTROL] = aa_control(specs[baseline], variants_raw)
-    return Study(raw["study"], raw.get("description", ""), data, split, execution, baseline, specs, pretrain)
+    return Study(raw["study"], raw.get("description", ""), data, split, execution, baseline, specs, pretrain,
+                 pretrain_sources)
 
 
 TRANSFER_KNOBS = ("pretrained", "freeze", "finetune_lr_factor", "labels_per_class")
@@ -291,6 +300,7 @@ def pretrain_spec(name: str, entry: dict, specs: dict[str, VariantSpec], variant
                           f"{', '.join(variants)}")
     source = dict(entry["data"])
     check_data(source)
+    source = complete_data(source)
     info = dataset_info(source)
     base = specs[entry["variant"]]
     if info.shape != base.input_shape:
@@ -298,12 +308,22 @@ def pretrain_spec(name: str, entry: dict, specs: dict[str, VariantSpec], variant
                           f"{'x'.join(map(str, base.input_shape))}; pretrain on images of the same shape")
     train = {**base.train, "epochs": entry.get("epochs", base.train["epochs"]), "pretrained": None, "freeze": False,
              "finetune_lr_factor": 1.0, "labels_per_class": None}
-    data_identity = {k: v for k, v in source.items() if k in ("name", "labels", "subset", "holdout", "image_size",
-                                                              "channels", *SYNTHETIC_KEYS) and v is not None}
-    return replace(base, name=f"pretrain-{name}", data=data_identity, train=train, num_classes=info.num_classes,
+    return replace(base, name=f"pretrain-{name}", data=data_identity(source), train=train, num_classes=info.num_classes,
                    split={"folds": 1, "repeats": 1, "split_seed": base.split["split_seed"]}, pretrain={},
                    description=f"pretrained network {name!r}: {base.name}'s network on {source['name']}",
                    compare_to=None, chain=(), diff={})
+
+
+def data_identity(data: dict) -> dict:
+    """What a run's numbers depend on in a data section: which images, not where they are stored (root,
+    path and download are left out); an npz file by the sha256 of its contents."""
+    identity = {k: data.get(k) for k in ("name", "labels", "subset", "holdout", "image_size", "channels",
+                                         *SYNTHETIC_KEYS) if data.get(k) is not None}
+    if data["name"] == "npz":
+        from cnnbench.data import file_hash
+
+        identity["sha256"] = file_hash(Path(data["path"]).expanduser())
+    return identity
 
 
 def with_pretrained(spec: VariantSpec, pretrain: dict[str, VariantSpec]) -> VariantSpec:
@@ -315,6 +335,10 @@ def with_pretrained(spec: VariantSpec, pretrain: dict[str, VariantSpec]) -> Vari
                           f"pretrain section ({', '.join(pretrain) or 'none'}); add pretrain: {{{name}: "
                           "{variant: ..., data: ...}}")
     source = pretrain[name]
+    if spec.external:
+        raise ConfigError(f"variant {spec.name!r}, field 'pretrained': {spec.arch} is an external network, whose "
+                          "head cnnbench cannot tell apart from its body; pretrain a design-space base (cnn, "
+                          "lenet, ...) or load the external network's own weights with its weights knob")
     differ = sorted(k for k in spec.model if spec.model[k] != source.model.get(k)) + \
         ([] if spec.arch == source.arch else ["base model"])
     if differ:
@@ -409,6 +433,13 @@ def _resolve_variant(study: str, name: str, variants: dict[str, dict], train_def
         if train["batch_size"] > n_train:
             raise ConfigError(f"variant {name!r}, field 'batch_size': {train['batch_size']} is larger than the "
                               f"{n_train} training images of a fold; use a batch size of at most {n_train}")
+    if train.get("activity"):
+        from cnnbench.models.build import ACTIVATIONS
+
+        if not any(isinstance(m, tuple(ACTIVATIONS.values())) for m in spec.network().modules()):
+            raise ConfigError(f"variant {name!r}, field 'activity': its network has no activation modules "
+                              f"({', '.join(ACTIVATIONS)}) whose outputs the penalty could act on (a functional "
+                              "F.relu has no hook); remove activity or use activation modules")
     return spec
 
 
@@ -455,9 +486,6 @@ def check_data(data: dict) -> None:
 
         inspect(data["path"])  # every check of the file, now rather than in the first job
         return
-    if data.get("holdout") and name in CATALOG and CATALOG[name].has_test:
-        raise ConfigError(f"data.holdout: {name} has an official test split, which every run is scored on; "
-                          "remove holdout")
     if name == "synthetic":  # generated from its section alone (the schema checks types and upper bounds)
         fixes = {"root": "it is generated, not read; remove root", "download": "nothing is downloaded; remove it",
                  "subset": "set data.n, the number of images, instead",

@@ -125,8 +125,9 @@ def step_determinism(out_dir: Path, device: str = "cuda") -> Callable[[float], d
 
         cfg = lambda det: load_study(_tiny_config(out_dir / f"det{int(det)}.yaml", device, deterministic=det))  # noqa: E731
         dev = torch.device(device, 0) if device == "cuda" else torch.device(device)
-        spec_fast, spec_det = cfg(False).variants["batchnorm"], cfg(True).variants["batchnorm"]
-        images = load_source(spec_det.data)
+        fast, det = cfg(False), cfg(True)
+        spec_fast, spec_det = fast.variants["batchnorm"], det.variants["batchnorm"]
+        images = load_source(det.data)
         idx = np.arange(len(images.y))
         train_idx, val_idx = idx[: len(idx) * 2 // 3], idx[len(idx) * 2 // 3:]
         set_determinism(dev, 1)

@@ -37,7 +37,7 @@ def worker(config: str, variant: str | None, device: str, seconds: float, thread
     spec = study.variants[variant or study.baseline]
     dev = resolve_device(device)
     num = Numerics.for_run(spec.numerics, dev)
-    images = load_source(spec.data)
+    images = load_source(study.data)  # root and path too
     x = torch.from_numpy(np.ascontiguousarray(images.x)).to(dev)
     y = torch.from_numpy(images.y).to(dev)
     data = Images(x, *Images.stats(x))
@@ -144,7 +144,7 @@ def stacked_folds(config: str | Path, variant: str | None = None, k: int = 5, st
     if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in models[0].modules()):
         raise ValueError(f"variant {spec.name!r} has BatchNorm, which vmap cannot train with running statistics")
     num = Numerics.for_run(spec.numerics, dev)
-    images = load_source(spec.data)
+    images = load_source(study.data)  # root and path too
     x = torch.from_numpy(np.ascontiguousarray(images.x)).to(dev)
     y = torch.from_numpy(images.y).to(dev)
     data = Images(x, *Images.stats(x))

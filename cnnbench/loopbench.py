@@ -34,11 +34,6 @@ WARMUP = 5  # untimed steps before each measurement
 LOOPS = ("dataloader", "tuned", "project")
 
 
-def _spec(config: str | Path, variant: str) -> VariantSpec:
-    study = load_study(config)
-    return study.variants[variant or study.baseline]
-
-
 def _model(spec: VariantSpec, seed: int, device: torch.device, channels_last: bool = True) -> torch.nn.Module:
     torch.manual_seed(seed)
     model = build_model(spec.plan(), spec.input_shape).to(device) if not spec.external else spec.network().to(device)
@@ -140,8 +135,9 @@ def loop_bench(config: str | Path = "config/config.yaml", variant: str | None = 
     dev = resolve_device(device)
     compile = dev.type == "cuda" if compile is None else compile
     num = Numerics.for_run({"precision": precision, "compile": compile}, dev)
-    spec = _spec(config, variant)
-    images = load_source({"name": spec.data["name"], **{k: v for k, v in spec.data.items() if k != "name"}})
+    study = load_study(config)
+    spec = study.variants[variant or study.baseline]
+    images = load_source(study.data)  # the whole data section: root and path too
     n_train = len(images.y) * (spec.split["folds"] - 1) // spec.split["folds"]  # one fold's training part
     x = torch.from_numpy(np.ascontiguousarray(images.x[:n_train])).to(dev)
     y = torch.from_numpy(images.y[:n_train]).to(dev)

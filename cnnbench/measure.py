@@ -281,14 +281,19 @@ class LayerNorms:
         return max(1, steps // self.samples_per_epoch)
 
     def sample_gradients(self) -> None:
-        norms = torch.stack([torch.linalg.vector_norm(w.grad) if w.grad is not None  # None: a frozen layer
-                             else torch.zeros((), device=w.device) for w in self.weights])  # stays on the device
+        """Add this step's norms; a step whose gradients overflowed (fp16: the scaler skips that step) is
+        not a sample. Stays on the device: no host sync per sample."""
+        norms = torch.stack([torch.linalg.vector_norm(w.grad.float()) if w.grad is not None  # None: frozen
+                             else torch.zeros((), device=w.device) for w in self.weights])
+        finite = torch.isfinite(norms).all()
+        norms = torch.where(finite, norms, torch.zeros_like(norms))
         self._sum = norms if self._sum is None else self._sum + norms
-        self._count += 1
+        self._count = self._count + finite.long()
 
     @torch.no_grad()
     def end_epoch(self) -> dict[str, dict[str, float]]:
-        grads = (self._sum / self._count).tolist() if self._count else [float("nan")] * len(self.names)
+        count = int(self._count)
+        grads = (self._sum / count).tolist() if count else [float("nan")] * len(self.names)
         weights = torch.stack([torch.linalg.vector_norm(w) for w in self.weights]).tolist()
         self._sum, self._count = None, 0
         return {"grad_norm": dict(zip(self.names, grads)), "weight_norm": dict(zip(self.names, weights))}

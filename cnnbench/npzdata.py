@@ -28,6 +28,7 @@ class NpzInfo:
     smallest_class: int
     has_test: bool
     classes: tuple[str, ...]
+    n_test: int = 0
 
 
 def _header(z: zipfile.ZipFile, key: str, path: Path) -> tuple[tuple[int, ...], np.dtype]:
@@ -76,19 +77,22 @@ def _inspect(path: str, mtime: float) -> NpzInfo:
             raise ConfigError(f"data.path: {p}: x is {x_dtype}, not uint8; store 0..255 pixels, e.g. "
                               "np.clip(x * 255, 0, 255).astype(np.uint8) for images in [0, 1]")
         n = x_shape[0]
+        if n == 0:
+            raise ConfigError(f"data.path: {p}: x holds no images; save at least one image per class")
         y = _labels(np.load(p, allow_pickle=False)["y"], n, p, "y")
         counts = np.bincount(y)
         if (counts == 0).any():
             raise ConfigError(f"data.path: {p}: labels {np.flatnonzero(counts == 0)[:5].tolist()} have no images; "
                               f"labels must be 0..K-1 with every class present (K = {len(counts)})")
-        has_test = "x_test" in keys
+        has_test, n_test = "x_test" in keys, 0
         if has_test:
             t_shape, t_dtype = _header(z, "x_test", p)
             t_layout, t_image = _layout(t_shape, p, "x_test")
             if (t_layout, t_image) != (layout, shape) or t_dtype != np.uint8:
                 raise ConfigError(f"data.path: {p}: x_test is {t_dtype} {list(t_shape)}, x is {x_dtype} "
                                   f"{list(x_shape)}; test images must be stored like x")
-            y_test = _labels(np.load(p, allow_pickle=False)["y_test"], t_shape[0], p, "y_test")
+            n_test = t_shape[0]
+            y_test = _labels(np.load(p, allow_pickle=False)["y_test"], n_test, p, "y_test")
             if y_test.max(initial=0) >= len(counts):
                 raise ConfigError(f"data.path: {p}: y_test has label {int(y_test.max())}, y only 0..{len(counts) - 1}")
         classes = tuple(str(i) for i in range(len(counts)))
@@ -97,7 +101,7 @@ def _inspect(path: str, mtime: float) -> NpzInfo:
             if names.ndim != 1 or len(names) != len(counts):
                 raise ConfigError(f"data.path: {p}: classes has {names.size} names for {len(counts)} classes")
             classes = tuple(str(c) for c in names)
-    return NpzInfo(shape, layout, n, len(counts), int(counts.min()), has_test, classes)
+    return NpzInfo(shape, layout, n, len(counts), int(counts.min()), has_test, classes, n_test)
 
 
 def _labels(y: np.ndarray, n: int, p: Path, key: str) -> np.ndarray:

@@ -200,8 +200,10 @@ def write_test_probs(records: list[dict], images, path: Path) -> None:
 
     from cnnbench.runner import decode_array, run_name
 
+    # a diverged run's probabilities are NaN: left out here, and its variant out of the ensembles
     probs = {f"{r['variant']}/{run_name(r['fold'], r['seed'])}": decode_array(r["test_prob"])
-             for r in records if "test_prob" in r}
+             for r in records if "test_prob" in r and r.get("status", "ok") != "diverged"}
+    probs = {k: p for k, p in probs.items() if np.isfinite(p).all()}
     if not probs or images.y_test is None:
         path.unlink(missing_ok=True)
         return

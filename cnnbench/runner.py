@@ -187,9 +187,12 @@ def load_pretrained(spec: VariantSpec, path: str | Path | None) -> tuple[dict | 
 
 
 def pretrain(spec: VariantSpec, *, out: str | Path, threads: int = 1, device: str = "auto",
-             log: Callable[[str], None] | None = None) -> dict:
+             source: dict | None = None, jobs_per_gpu: int = 1, log: Callable[[str], None] | None = None) -> dict:
     """Train a `pretrain:` entry's network once on its source data: 90% to train, a stratified 10% to
-    report how well it learned its own task; the weights (all layers) go to `out` with that figure."""
+    report how well it learned its own task; the weights (all layers) go to `out` with that figure.
+    `source` is the entry's whole data section (root, path); spec.data, its identity, lacks where the
+    images are stored."""
+    from cnnbench.config import data_identity
     import torch
     from sklearn.model_selection import train_test_split
 
@@ -198,8 +201,13 @@ def pretrain(spec: VariantSpec, *, out: str | Path, threads: int = 1, device: st
 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     set_determinism(resolve_device(device), threads, spec.numerics.get("deterministic", False))
-    dev, _ = claim_device(device, 1, log=log)
-    images = load_source(spec.data, spec.split["split_seed"])
+    if source is None:
+        source = spec.data  # enough for data sets that need no root or path
+    elif data_identity(source) != spec.data:
+        raise CnnbenchError(f"pretrain {spec.name}: --source {data_identity(source)} is not the data the spec was "
+                          f"made for ({spec.data}); re-run the workflow so that both come from the same config")
+    dev, _ = claim_device(device, jobs_per_gpu, log=log)
+    images = load_source(source, spec.split["split_seed"])
     train_idx, val_idx = train_test_split(np.arange(len(images.y)), test_size=0.1, stratify=images.y,
                                           random_state=spec.split["split_seed"])
     train_idx, val_idx = np.sort(train_idx), np.sort(val_idx)
@@ -242,12 +250,14 @@ def reusable(stored: Path) -> bool:
 
 
 def run_metrics(result) -> dict:
-    """A run's headline numbers: the final epoch's, the best validation epoch, and the official test split."""
+    """A run's headline numbers: the final epoch's, the best validation epoch, and the test images (the
+    official split or the held-out part). Reproducible numbers only: the test pass's time goes to
+    `timings.eval_time_s`, so that a rerun's metrics equal the first run's."""
     last = result.epochs[-1]
     best = max(result.epochs, key=lambda e: e["val_acc"])
     return {"val_acc": last["val_acc"], "val_loss": last["val_loss"], "train_acc": last["train_acc"],
             "train_loss": last["train_loss"], "best_val_acc": best["val_acc"], "best_epoch": best["epoch"],
-            **(result.test or {})}
+            **{k: v for k, v in (result.test or {}).items() if k != "test_time_s"}}
 
 
 def _save_weights(path: Path, model, spec: VariantSpec, fold: int, seed: int) -> None:

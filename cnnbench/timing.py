@@ -35,15 +35,17 @@ def time_variant(spec: VariantSpec, *, data_path: str | Path, splits_path: str |
     then training memory. On CUDA the job takes every slot of one GPU (cnnbench.gpuslots)."""
     from cnnbench.data import load_cache, load_fold
     from cnnbench.env import environment
-    from cnnbench.train import claim_device, resolve_device, set_determinism
+    from cnnbench.train import claim_device, labels_per_class, resolve_device, set_determinism
 
     set_determinism(resolve_device(device), threads, spec.numerics.get("deterministic", False))
     dev, gpu_slot = claim_device(device, jobs_per_gpu, exclusive=True, log=lambda m: print(m, file=sys.stderr))
     images = load_cache(data_path)
     train_idx, val_idx = load_fold(splits_path, 0, images.y)
     window_start = time.time()
-    speed = training_speed(spec, images, train_idx, dev, repeats)  # also warms the process up
-    memory = training_memory(spec, images, train_idx, val_idx, dev)
+    # the images the runs train on (labels_per_class: a few per class), so the epoch time is theirs
+    trained = labels_per_class(train_idx, images.y, spec.train.get("labels_per_class"))
+    speed = training_speed(spec, images, trained, dev, repeats)  # also warms the process up
+    memory = training_memory(spec, images, train_idx, val_idx, dev)  # (fit draws the same subset itself)
     return {"study": spec.study, "variant": spec.name, "spec_hash": spec.spec_hash, **speed,
             "train_mb": memory["train_mb"], "memory_kind": memory["kind"],
             "window": [window_start, time.time()],  # unix seconds: when the machine was held for this

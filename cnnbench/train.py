@@ -251,7 +251,8 @@ def labels_per_class(train_idx: np.ndarray, y: np.ndarray, n: int | None) -> np.
 
 def start_from(model: nn.Module, state: dict[str, torch.Tensor], freeze: bool) -> None:
     """Load pretrained weights into every layer but the head (a new task: the head starts afresh); with
-    `freeze`, those layers do not train and BatchNorm keeps the pretrained statistics (momentum 0)."""
+    `freeze`, those layers do not train and stay in eval mode (a fixed feature extractor: BatchNorm
+    normalises with the pretrained statistics, dropout in the body is off; `train_mode` keeps them so)."""
     body = {k: v for k, v in state.items() if not k.startswith("head.")}
     missing, unexpected = model.load_state_dict(body, strict=False)
     if unexpected or any(not k.startswith("head.") for k in missing):
@@ -263,9 +264,17 @@ def start_from(model: nn.Module, state: dict[str, torch.Tensor], freeze: bool) -
         for name, p in model.named_parameters():
             if not name.startswith("head."):
                 p.requires_grad_(False)
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.momentum = 0.0
+        for name, m in model.named_children():
+            if name != "head":
+                m.cnnbench_frozen = True
+
+
+def train_mode(model: nn.Module) -> None:
+    """`model.train()`, except for the frozen body of a transfer run, which stays in eval mode."""
+    model.train()
+    for m in model.children():
+        if getattr(m, "cnnbench_frozen", False):
+            m.eval()
 
 
 def warm_up(spec: VariantSpec, device: torch.device, num: Numerics | None = None) -> None:
@@ -377,7 +386,7 @@ def fit(spec: VariantSpec, images: ImageData, train_idx: np.ndarray, val_idx: np
     t_measure = time.perf_counter()
     with num.autocast():
         dead = dead_filters(model, x_val)
-    shift_probe = translation_probe(model, x_val, y_val, num)
+    shift_probe = translation_probe(model, x_val, y_val, num, external=spec.external)
     return FitResult(model, epochs, val_pred, throughput, train_time, images_seen, time.perf_counter() - fit_start,
                      time.perf_counter() - t_measure, memory.as_dict(), dead, init_digest,
                      {**num.as_dict(), "compile_time_s": compile_s}, test=test, test_prob=test_prob,
@@ -387,13 +396,16 @@ def fit(spec: VariantSpec, images: ImageData, train_idx: np.ndarray, val_idx: np
 PROBE_MAX_IMAGES = 1000  # validation images the translation probe's accuracy curve uses (its cost: ~11 passes)
 
 
-def translation_probe(model: nn.Module, x_val: Images, y_val: torch.Tensor, num: Numerics) -> dict | None:
+def translation_probe(model: nn.Module, x_val: Images, y_val: torch.Tensor, num: Numerics,
+                      external: bool = False) -> dict | None:
     """Accuracy on shifted validation images and per-stage equivariance errors (cnnbench.probe), on at
-    most PROBE_MAX_IMAGES images, shifted images filled with the black pixel of the run's normalisation."""
+    most PROBE_MAX_IMAGES images, shifted images filled with the black pixel of the run's normalisation.
+    None for an external network: its stages are not known (torchvision's VGG has a `features`
+    Sequential too, but not the design space's stage layout)."""
     from cnnbench.probe import black_fill, probe
 
-    if not isinstance(getattr(model, "features", None), nn.Sequential):
-        return None  # an external network: its stages are not known (cnnbench.models.external)
+    if external or not isinstance(getattr(model, "features", None), nn.Sequential):
+        return None
     n = min(len(y_val), PROBE_MAX_IMAGES)
     return probe(model, x_val[0:n], y_val[:n], num=num, fill=black_fill(x_val))
 
@@ -409,7 +421,7 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, sched, x_train: Im
     `norms` samples per-layer gradient norms on a few evenly spaced steps. `num` sets the forward pass's
     precision (default fp32); the loss is always computed in fp32; `scaler` is fp16's loss scale."""
     every = norms.every(steps) if norms else 0
-    model.train()
+    train_mode(model)
     device = y_train.device
     num = num or Numerics.for_run({"precision": "fp32"}, device)
     scaler = scaler or num.scaler()

@@ -12,8 +12,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 TINY_STUDY = {
     "study": "tiny",
-    "description": "three variants and an A/A control on 300 digits (60 held out), 2 folds, 1 epoch",
-    "data": {"name": "digits", "subset": 300, "holdout": 0.2},  # 240 for the folds, 60 held out (ensembles)
+    "description": "three variants and an A/A control on 300 digits, 2 folds, 1 epoch",
+    "data": {"name": "digits", "subset": 300},
     "protocol": {"folds": 2, "seeds": [0], "epochs": 1, "batch_size": 32, "lr": 0.05},
     "execution": {"device": "cpu", "threads": 1},
     "baseline": "baseline",

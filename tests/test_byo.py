@@ -4,6 +4,7 @@ refused before any job, the custom module's source in the run identity, and pres
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -32,6 +33,7 @@ def build(input_shape, num_classes, width=4):
 def _study(tmp_path, **variants):
     (tmp_path / "mynets.py").write_text(MODULE)
     study = tiny_study(protocol={"folds": 2, "epochs": 3, "batch_size": 32},
+                       data={"name": "digits", "subset": 375, "holdout": 0.2},  # 300 for folds, 75 for testing
                        variants={"baseline": {"base": "cnn"}, **variants})
     return write_yaml(tmp_path / "study.yaml", study)
 
@@ -79,6 +81,78 @@ def test_editing_the_custom_module_changes_exactly_its_variants(tmp_path):
     sys.modules.pop("mynets", None)
     after = {v: s.spec_hash for v, s in load_study(cfg).variants.items()}
     assert [v for v in before if before[v] != after[v]] == ["mine"]
+
+
+def test_a_weights_file_counts_by_its_contents_and_must_fit(tmp_path):
+    """The weights file is part of the identity by its sha256 (moving it changes nothing, editing it
+    retrains); a file none of whose tensors fit, and a cam_layer that is no module, are refused up front."""
+    (tmp_path / "mynets.py").write_text(MODULE)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import importlib
+
+        net = importlib.import_module("mynets").build((1, 8, 8), 10, width=8)
+    finally:
+        sys.path.remove(str(tmp_path))
+    torch.save(net.state_dict(), tmp_path / "a.pt")
+    shutil.copy(tmp_path / "a.pt", tmp_path / "b.pt")  # (torch.save names the archive after the file)
+    hashes = {}
+    for name in ("a.pt", "b.pt"):
+        cfg = _study(tmp_path, mine={"base": "mynets:build", "kwargs": {"width": 8}, "weights": str(tmp_path / name)})
+        hashes[name] = load_study(cfg).variants["mine"].spec_hash
+    assert hashes["a.pt"] == hashes["b.pt"]  # same contents, another place
+    with torch.no_grad():
+        net[0].weight.add_(1)
+    torch.save(net.state_dict(), tmp_path / "b.pt")
+    assert load_study(cfg).variants["mine"].spec_hash != hashes["a.pt"]
+    torch.save({"other.weight": torch.zeros(3)}, tmp_path / "c.pt")
+    with pytest.raises(ConfigError, match="weights: none of the 1 tensors"):
+        load_study(_study(tmp_path, mine={"base": "mynets:build", "weights": str(tmp_path / "c.pt")}))
+    with pytest.raises(ConfigError, match="cam_layer: 'nope' is not a module of mynets:build; its convolutions: 0"):
+        load_study(_study(tmp_path, mine={"base": "mynets:build", "cam_layer": "nope"}))
+    same = load_study(_study(tmp_path, mine={"base": "mynets:build", "cam_layer": "0"})).variants["mine"]
+    assert same.spec_hash == load_study(_study(tmp_path, mine={"base": "mynets:build"})).variants["mine"].spec_hash
+
+
+def test_an_activity_penalty_needs_activation_modules(tmp_path):
+    (tmp_path / "functional.py").write_text(textwrap.dedent("""
+        import torch.nn.functional as F
+        from torch import nn
+
+        class Net(nn.Module):
+            def __init__(self, c, k):
+                super().__init__()
+                self.conv, self.fc = nn.Conv2d(c, 4, 3), nn.Linear(4, k)
+
+            def forward(self, x):
+                return self.fc(F.relu(self.conv(x)).mean((2, 3)))
+
+        def build(input_shape, num_classes):
+            return Net(input_shape[0], num_classes)
+    """))
+    cfg = _study(tmp_path, f={"base": "functional:build", "activity": 0.01}, m={"base": "mynets:build", "activity": 0.01})
+    with pytest.raises(ConfigError, match="variant 'f', field 'activity': its network has no activation modules"):
+        load_study(cfg)
+    cfg = _study(tmp_path, m={"base": "mynets:build", "activity": 0.01})
+    assert load_study(cfg).variants["m"].train["activity"] == 0.01
+
+
+def test_deterministic_cuda_runs_refuse_layers_without_a_deterministic_backward(tmp_path):
+    """AdaptiveAvgPool2d(2) has no deterministic CUDA backward: refused up front on a GPU-capable device
+    (not deep in the first step); resnet18's 1x1 global pool is a mean, and on the CPU nothing is refused."""
+    (tmp_path / "mynets.py").write_text(MODULE)
+    study = tiny_study(protocol={"folds": 2, "epochs": 3, "batch_size": 32},
+                       variants={"baseline": {"base": "cnn"}, "mine": {"base": "mynets:build"},
+                                 "tv": {"base": "torchvision:resnet18"}},
+                       execution={"device": "auto", "deterministic": True})
+    cfg = write_yaml(tmp_path / "det.yaml", study)
+    with pytest.raises(ConfigError, match=r"execution.deterministic: variant 'mine' has the layer\(s\) 2 \(AdaptiveAvgPool2d\)"):
+        load_study(cfg)
+    del study["variants"]["mine"]
+    assert load_study(write_yaml(tmp_path / "det.yaml", study)).variants["tv"].numerics["deterministic"]
+    study["variants"]["mine"] = {"base": "mynets:build"}
+    study["execution"]["device"] = "cpu"
+    assert load_study(write_yaml(tmp_path / "det.yaml", study)).variants["mine"].numerics["deterministic"]
 
 
 def test_an_entry_point_plugin_registers_presets_that_list_models_shows(tmp_path):

@@ -89,7 +89,7 @@ def test_missing_baseline_variant():
 
 def test_batch_larger_than_training_part():
     msg = error_of(tiny_study(protocol={"folds": 2, "batch_size": 1000}))
-    assert "field 'batch_size'" in msg and "120" in msg
+    assert "field 'batch_size'" in msg and "150" in msg
 
 
 def test_same_padding_needs_odd_kernel():

@@ -194,3 +194,56 @@ def test_holdout_is_refused_where_an_official_test_split_exists():
 
     with pytest.raises(ConfigError, match="data.holdout: cifar10 has an official test split"):
         load_study(tiny_study(data={"name": "cifar10", "root": ".", "holdout": 0.1}))
+    with pytest.raises(ConfigError, match="data.holdout: synthetic has an official test split.*test_n: 0"):
+        load_study(tiny_study(data={"name": "synthetic", "shape": [1, 8, 8], "n": 200, "holdout": 0.1}))
+    assert load_study(tiny_study(data={"name": "synthetic", "shape": [1, 8, 8], "n": 200, "test_n": 0,
+                                       "holdout": 0.1})).data["holdout"] == 0.1
+
+
+def test_holdout_is_refused_for_files_and_folders_with_a_test_part(tmp_path):
+    from PIL import Image
+
+    from cnnbench.config import load_study
+    from cnnbench.errors import ConfigError
+    from tests.helpers import tiny_study
+
+    x, y = np.zeros((20, 8, 8), np.uint8), np.arange(20) % 2
+    np.savez(tmp_path / "d.npz", x=x, y=y, x_test=x[:4], y_test=y[:4])
+    with pytest.raises(ConfigError, match="data.holdout: npz has an official test split.*x_test and y_test"):
+        load_study(tiny_study(data={"name": "npz", "path": str(tmp_path / "d.npz"), "holdout": 0.2}))
+    for part in ("train", "test"):
+        for label in ("a", "b"):
+            (tmp_path / "f" / part / label).mkdir(parents=True)
+            for i in range(4):
+                Image.new("L", (8, 8), i).save(tmp_path / "f" / part / label / f"{i}.png")
+    with pytest.raises(ConfigError, match="data.holdout: imagefolder has an official test split.*test/ folder"):
+        load_study(tiny_study(data={"name": "imagefolder", "root": str(tmp_path / "f"), "image_size": 8,
+                                    "channels": 1, "holdout": 0.2}))
+
+
+def test_sizes_are_known_in_the_order_the_loader_applies_labels_subset_and_holdout(tmp_path):
+    """labels first, then subset, then holdout (cnnbench.data.load_source): the estimates agree with a load."""
+    from cnnbench.budget import data_sizes
+    from cnnbench.catalog import dataset_info
+
+    data = {"name": "digits", "labels": [0, 1], "subset": 300, "holdout": 0.1}
+    loaded = load_source(data, 0)
+    assert dataset_info(data).n_dev == 270 == len(loaded.y)  # 300 of the ~359 zeros and ones, 10% held out
+    assert data_sizes(data) == (270, 30) and len(loaded.y_test) == 30
+    x, y = np.zeros((30, 8, 8), np.uint8), np.arange(30) % 3
+    np.savez(tmp_path / "d.npz", x=x, y=y, x_test=x[:6], y_test=y[:6])
+    npz = {"name": "npz", "path": str(tmp_path / "d.npz")}
+    assert data_sizes(npz) == (30, 6)
+    assert data_sizes({**npz, "labels": [0, 2], "subset": 12}) == (12, 6)  # not the image files in the cwd
+
+
+def test_impossible_labels_and_empty_files_are_refused_before_any_job(tmp_path):
+    from cnnbench.config import load_study
+    from cnnbench.errors import ConfigError
+    from tests.helpers import tiny_study
+
+    with pytest.raises(ConfigError, match=r"data.labels: \[10\] are not labels of digits, whose labels are 0..9"):
+        load_study(tiny_study(data={"name": "digits", "labels": [3, 10]}))
+    np.savez(tmp_path / "empty.npz", x=np.zeros((0, 8, 8), np.uint8), y=np.zeros(0, np.int64))
+    with pytest.raises(ConfigError, match="data.path: .*empty.npz: x holds no images"):
+        load_study(tiny_study(data={"name": "npz", "path": str(tmp_path / "empty.npz")}))

@@ -4,6 +4,7 @@ dead filters, gradient norms, and `verify`."""
 from __future__ import annotations
 
 import json
+import math
 import time
 
 import pytest
@@ -171,6 +172,21 @@ def test_layer_norms_sample_gradients_per_layer():
     layers = ["features.stage0.block0.conv1", "features.stage1.block0.conv1", "head.fc"]
     assert list(out["grad_norm"]) == layers and all(v > 0 for v in out["grad_norm"].values())
     assert all(v > 0 for v in out["weight_norm"].values())
+
+
+def test_layer_norms_leave_out_a_step_whose_gradients_overflowed():
+    """fp16's scaler skips a step with inf gradients; its norms are not averaged in either."""
+    model = get_model("cnn")
+    norms = LayerNorms(model)
+    model(torch.randn(8, 1, 28, 28)).square().mean().backward()
+    norms.sample_gradients()
+    first = [torch.linalg.vector_norm(w.grad).item() for w in norms.weights]
+    model.head.fc.weight.grad[0, 0] = float("inf")
+    norms.sample_gradients()
+    assert list(norms.end_epoch()["grad_norm"].values()) == pytest.approx(first)
+    model.head.fc.weight.grad[0, 0] = float("nan")
+    norms.sample_gradients()
+    assert all(math.isnan(v) for v in norms.end_epoch()["grad_norm"].values())  # no finite sample at all
 
 
 def test_record_carries_cost_speed_memory_diagnostics_and_provenance(recorded):

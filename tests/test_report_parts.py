@@ -63,3 +63,61 @@ def test_synthetic_data_is_announced_first_in_the_findings(tmp_path):
     assert findings(synthetic).html.startswith(f'<div class="alarm"><p><b>{SYNTHETIC_NOTICE}')
     real = context({"name": "digits", "subset": 300})
     assert real.data_name == "digits" and synthetic_note(real) == "" and SYNTHETIC_NOTICE not in findings(real).html
+
+
+def test_silent_kernels_leave_out_a_variant_without_relu(tmp_path):
+    """A tanh net has no kernel that can be silent (its first_layer_* columns are NaN): the section shows
+    the ReLU variants and leaves the tanh one out instead of failing; with only tanh nets there is none."""
+    from types import SimpleNamespace
+
+    from cnnbench.report.silent import silent_kernels
+
+    nan = float("nan")
+    runs = pd.DataFrame({"variant": ["relu"] * 2 + ["tanh"] * 2, "fold": [0, 1] * 2, "seed": 0, "status": "ok",
+                         "n_train": 100, "n_val": 100,
+                         "first_layer_total": [16, 16, nan, nan], "first_layer_dead": [0, 1, nan, nan],
+                         "first_layer_zero_maps_probe": [3, 4, nan, nan], "first_layer_silent_half": [1, 2, nan, nan]})
+    ctx = SimpleNamespace(runs=runs, featured=["relu", "tanh"], references={"tanh": "relu"},
+                          results_dir=tmp_path)
+    section = silent_kernels(ctx)
+    assert section is not None and "<td>relu</td>" in section.html.replace(' class="num"', "")
+    assert "tanh" not in section.html
+    only_tanh = SimpleNamespace(runs=runs[runs.variant == "tanh"], featured=["tanh"], references={},
+                                results_dir=tmp_path)
+    assert silent_kernels(only_tanh) is None
+
+
+def test_a_variant_with_a_diverged_run_is_named_not_ensembled(tmp_path):
+    """A diverged run's probabilities are NaN: they are not stored, and its variant's ensembles (which
+    would silently be of fewer models) are not shown; the section names the variant instead."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from cnnbench.config import load_study
+    from cnnbench.report.ensembles import ensembles
+    from cnnbench.results import write_test_probs
+    from cnnbench.runner import encode_array
+    from tests.helpers import tiny_study
+
+    study = load_study(tiny_study(data={"name": "digits", "subset": 375, "holdout": 0.2}, aa_control=False,
+                                  variants={"baseline": {"base": "cnn"}, "huge_lr": {"base": "baseline", "lr": 90.0}}))
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 10, 75)
+    records = []
+    for variant, status in (("baseline", "ok"), ("huge_lr", "diverged")):
+        for fold in (0, 1):
+            p = rng.dirichlet(np.ones(10), 75)
+            if status == "diverged" and fold == 1:
+                p[:] = np.nan
+            records.append({"variant": variant, "fold": fold, "seed": 0, "status": status,
+                            "test_prob": encode_array(p)})
+    write_test_probs(records, SimpleNamespace(y_test=y), tmp_path / "test_probs.npz")
+    stored = np.load(tmp_path / "test_probs.npz")
+    assert sorted(stored.files) == ["baseline/fold0-seed0", "baseline/fold1-seed0", "y_test"]
+    runs = pd.DataFrame([{k: r[k] for k in ("variant", "fold", "seed", "status")} for r in records])
+    ctx = SimpleNamespace(results_dir=tmp_path, specs=study.variants, featured=["baseline", "huge_lr"],
+                          references=study.references, baseline="baseline", runs=runs)
+    html = ensembles(ctx).html
+    assert "<td>baseline</td>" in html.replace(' class="num"', "")
+    assert "Left out, as some of their runs diverged: huge_lr." in html

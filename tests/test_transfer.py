@@ -15,7 +15,7 @@ from cnnbench.data import keep_labels, load_source, make_splits, save_cache, sav
 from cnnbench.errors import ConfigError
 from cnnbench.runner import pretrain, train_variant
 from cnnbench.train import labels_per_class, make_optimizer, start_from
-from tests.helpers import tiny_study, write_yaml
+from tests.helpers import write_yaml
 
 CPU = torch.device("cpu")
 TRANSFER = {
@@ -64,6 +64,26 @@ def test_pretraining_is_part_of_the_identity_and_checked():
                                              "x": {"base": "scratch", "pretrained": "low", "bn": True}}})
 
 
+def test_pretraining_reads_its_source_from_where_the_config_says(tmp_path):
+    """The source's file path is not part of the spec (only the file's sha256 is), so the pretrain job is
+    handed the entry's whole data section: an npz source is read from its path, and a changed file retrains."""
+    digits = load_source({"name": "digits", "labels": [0, 1, 2, 3, 4]})
+    path = tmp_path / "low.npz"
+    np.savez(path, x=digits.x[:, 0], y=digits.y)
+    cfg = {**TRANSFER, "pretrain": {"low": {"variant": "scratch", "data": {"name": "npz", "path": str(path)},
+                                            "epochs": 1}}}
+    study = load_study(cfg)
+    source = study.pretrain["low"]
+    assert "path" not in source.data and source.data["sha256"]
+    assert study.pretrain_sources["low"]["path"] == str(path)
+    meta = pretrain(source, out=tmp_path / "low.pt", source=study.pretrain_sources["low"])
+    assert meta["n_train"] == len(digits.y) - -(-len(digits.y) // 10)  # all of the file but a 10% check
+    with pytest.raises(Exception, match="is not the data the spec was made for"):
+        pretrain(source, out=tmp_path / "other.pt", source={"name": "digits", "labels": [0, 1, 2, 3, 4]})
+    np.savez(path, x=digits.x[::-1, 0], y=digits.y[::-1])
+    assert load_study(cfg).variants["freeze"].spec_hash != study.variants["freeze"].spec_hash
+
+
 def test_the_finetune_lr_factor_reaches_the_optimiser_and_frozen_layers_are_left_out():
     study = load_study(TRANSFER)
     from cnnbench.train import init_model
@@ -80,6 +100,30 @@ def test_the_finetune_lr_factor_reaches_the_optimiser_and_frozen_layers_are_left
     start_from(frozen, model.state_dict(), freeze=True)
     trained = {id(p) for g in make_optimizer(frozen, study.variants["freeze"].train).param_groups for p in g["params"]}
     assert trained == {id(p) for n, p in frozen.named_parameters() if n.startswith("head.")}
+
+
+def test_a_frozen_body_trains_in_eval_mode_keeping_its_batchnorm_statistics():
+    """A frozen body is a fixed feature extractor: BatchNorm normalises with the pretrained statistics (not
+    the batch's) and keeps them, dropout in the body is off; the head alone trains, in train mode."""
+    from cnnbench.train import Images, init_model, train_epoch
+
+    cfg = {**TRANSFER, "variants": {"scratch": {"base": "cnn", "bn": True, "dropout": 0.5},
+                                    "freeze": {"base": "scratch", "pretrained": "low", "freeze": True}}}
+    spec = load_study(cfg).variants["freeze"]
+    source = init_model(spec, 0, CPU)
+    for m in source.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_()  # pretrained statistics that a batch's would not reproduce
+    model = init_model(spec, 1, CPU)
+    start_from(model, source.state_dict(), freeze=True)
+    before = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("head.")}
+    x = torch.randint(0, 256, (64, *spec.input_shape), dtype=torch.uint8)
+    y = torch.randint(0, spec.num_classes, (64,))
+    opt = make_optimizer(model, spec.train)
+    train_epoch(model, opt, None, Images(x, *Images.stats(x)), y, torch.randperm(64), 16, 4)
+    assert not model.features.training and model.head.training
+    after = model.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())  # running stats included
 
 
 @pytest.fixture(scope="module")

@@ -32,10 +32,16 @@ def planned_train_jobs(workdir: Path) -> list[str]:
     return sorted(re.findall(r"rule train(?:_\d+)?:\n(?:\s+\S.*\n)*?\s+wildcards: variant=(\S+)", out.stdout + out.stderr))
 
 
+def held_out_study(**changes) -> dict:
+    """The tiny study on 300 digits for the folds, as everywhere else, plus 75 held out of every fold for
+    the ensembles: the `finished` study, and what the tests that change it start from."""
+    return tiny_study(data={"name": "digits", "subset": 375, "holdout": 0.2}, **changes)
+
+
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("study")
-    write_yaml(workdir / "study.yaml", TINY_STUDY)
+    write_yaml(workdir / "study.yaml", held_out_study())
     out = snakemake(workdir)
     assert out.returncode == 0, out.stdout + out.stderr
     return workdir
@@ -95,7 +101,7 @@ def test_report_renders_in_a_real_browser(finished, chromium, tmp_path):
 def test_ensembles_are_scored_on_the_images_held_out_of_every_fold(finished):
     stored = np.load(finished / "results" / "tiny" / "test_probs.npz")
     y = stored["y_test"]
-    assert len(y) == 60  # data.holdout: 0.2 of 300
+    assert len(y) == 75  # data.holdout: 0.2 of 375
     keys = [k for k in stored.files if k.startswith("baseline/")]
     assert len(keys) == 2  # the 2 fold models
     mean = np.mean([stored[k].astype(np.float64) for k in keys], axis=0)
@@ -174,7 +180,7 @@ def test_snakemake_report_collects_the_marked_outputs(finished):
 
 def test_runs_per_job_changes_nothing_but_the_jobs(finished, tmp_path):
     """One run per job (what profiles/slurm uses) gives byte-identical per-run numbers on the CPU."""
-    write_yaml(tmp_path / "study.yaml", tiny_study(execution={"device": "cpu", "threads": 1, "runs_per_job": 1}))
+    write_yaml(tmp_path / "study.yaml", held_out_study(execution={"device": "cpu", "threads": 1, "runs_per_job": 1}))
     out = snakemake(tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
     logs = sorted(p.name for p in (tmp_path / "results" / "tiny" / "logs" / "train").iterdir())
@@ -190,7 +196,7 @@ def test_adding_a_seed_trains_only_the_new_runs(tmp_path, finished):
 
     workdir = tmp_path / "study"
     shutil.copytree(finished, workdir, symlinks=True)
-    write_yaml(workdir / "study.yaml", tiny_study(protocol={**TINY_STUDY["protocol"], "seeds": [0, 1]}))
+    write_yaml(workdir / "study.yaml", held_out_study(protocol={**TINY_STUDY["protocol"], "seeds": [0, 1]}))
     runs = workdir / "results" / "tiny" / "runs"
     before = {p: p.read_bytes() for p in runs.rglob("*-seed0.json")}
     out = snakemake(workdir)
@@ -203,7 +209,7 @@ def test_adding_a_seed_trains_only_the_new_runs(tmp_path, finished):
 
 def test_adding_a_variant_trains_only_that_variant(finished):
     before = {p: p.stat().st_mtime_ns for p in (finished / "results" / "tiny" / "runs").rglob("*.json")}
-    study = tiny_study(variants={**TINY_STUDY["variants"], "wide": {"base": "baseline", "width": 12}})
+    study = held_out_study(variants={**TINY_STUDY["variants"], "wide": {"base": "baseline", "width": 12}})
     write_yaml(finished / "study.yaml", study)
     assert planned_train_jobs(finished) == ["wide"]
     out = snakemake(finished)
@@ -215,7 +221,7 @@ def test_adding_a_variant_trains_only_that_variant(finished):
 
 
 def test_changing_a_variant_reruns_exactly_that_variant(finished):
-    study = tiny_study(variants={**TINY_STUDY["variants"], "wide": {"base": "baseline", "width": 12}})
+    study = held_out_study(variants={**TINY_STUDY["variants"], "wide": {"base": "baseline", "width": 12}})
     study["variants"]["batchnorm"] = {"base": "baseline", "bn": True, "width": 10}
     write_yaml(finished / "study.yaml", study)
     assert planned_train_jobs(finished) == ["batchnorm"]

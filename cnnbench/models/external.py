@@ -117,8 +117,48 @@ def build(arch: str, model: dict[str, Any], input_shape: tuple[int, int, int], n
         state = state.get("state_dict", state)
         own = net.state_dict()
         fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        if not fitting:
+            raise ConfigError(f"weights: none of the {len(state)} tensors in {str(path)!r} fits {arch} (names or "
+                              f"shapes differ, e.g. {next(iter(state), '-')!r} vs {next(iter(own), '-')!r}); "
+                              "give a state_dict saved from this network")
         net.load_state_dict(fitting, strict=False)
+    if model.get("cam_layer"):
+        try:
+            net.get_submodule(model["cam_layer"])
+        except AttributeError:
+            convs = [n for n, m in net.named_modules() if isinstance(m, nn.Conv2d)]
+            raise ConfigError(f"cam_layer: {model['cam_layer']!r} is not a module of {arch}; its convolutions: "
+                              f"{', '.join(convs[-3:]) or 'none'} (the last is the default)") from None
     return net
+
+
+def nondeterministic_on_cuda(net) -> list[str]:
+    """Modules (by name, with their type) whose CUDA backward torch has no deterministic implementation
+    of (torch.use_deterministic_algorithms raises on them). An adaptive average pool to 1x1 is exempt:
+    ATen computes it as a mean, which is deterministic (ResNets' global pool)."""
+    from torch import nn
+
+    kinds = (nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool2d, nn.AvgPool3d, nn.MaxPool3d,
+             nn.FractionalMaxPool2d, nn.MaxUnpool2d, nn.ReflectionPad2d, nn.ReplicationPad2d, nn.Upsample)
+    found = []
+    for name, m in net.named_modules():
+        if isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size in (1, (1, 1)):
+            continue
+        if isinstance(m, kinds):
+            found.append(f"{name} ({type(m).__name__})")
+    return found
+
+
+def weights_identity(model: dict[str, Any]) -> dict[str, str]:
+    """The weights file by its contents (sha256), not where it lies; {} without one."""
+    if not model.get("weights"):
+        return {}
+    from cnnbench.data import file_hash
+
+    path = Path(model["weights"]).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"weights: {str(path)!r} is not a file")
+    return {"weights_sha256": file_hash(path)}
 
 
 def _adapt_input_channels(net, channels: int) -> None:

@@ -39,7 +39,10 @@ def ensembles(ctx) -> Section | None:
         m = RUN.fullmatch(key)
         if m:
             runs.setdefault(m["variant"], {})[(int(m["fold"]), int(m["seed"]))] = stored[key]
-    shown = [v for v in ctx.featured if len(runs.get(v, {})) > 1]
+    # an ensemble missing a diverged fold model would be another ensemble: such a variant is named, not shown
+    planned = ctx.runs["variant"].value_counts()
+    incomplete = [v for v in ctx.featured if 0 < planned.get(v, 0) and len(runs.get(v, {})) < planned[v]]
+    shown = [v for v in ctx.featured if v not in incomplete and len(runs.get(v, {})) > 1]
     if not shown:
         return None
     tables = {v: ensemble_table(runs[v], y, lambda run: (run[0] // folds, run[1])) for v in shown}
@@ -59,5 +62,8 @@ def ensembles(ctx) -> Section | None:
                        numeric={2, 3})
     where = "the official test split" if not ctx.specs[ctx.baseline].data.get("holdout") else \
         f"the {ctx.specs[ctx.baseline].data['holdout']:.0%} of the images held out of every fold"
+    left_out = ("<p>Left out, as some of their runs diverged: " + ", ".join(html.escape(v) for v in incomplete)
+                + ".</p>") if incomplete else ""
     return Section("ensembles", "Ensembles of the fold models",
-                   f"<p>Scored on {len(y):,} test images: {where}.</p>" + table + f'<p class="note">{NOTE}</p>')
+                   f"<p>Scored on {len(y):,} test images: {where}.</p>" + table + left_out
+                   + f'<p class="note">{NOTE}</p>')

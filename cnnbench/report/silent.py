@@ -25,14 +25,18 @@ def silent_kernels(ctx) -> Section | None:
     runs = usable(ctx.runs)
     if any(c not in runs for c in COLUMNS):
         return None
-    shown = [v for v in ctx.featured if v in set(runs["variant"])]
+    # a variant without a ReLU (tanh, sigmoid, GELU nets) has no kernel that can be silent: left out
+    measured = set(runs.loc[runs["first_layer_total"].notna(), "variant"])
+    shown = [v for v in ctx.featured if v in measured]
+    if not shown:
+        return None
     rows = []
     for v in shown:
         r = runs[runs.variant == v]
         total = int(r["first_layer_total"].iloc[0])
         ref = ctx.references.get(v)
         diff = ""
-        if ref in set(runs["variant"]):
+        if ref in measured:
             c = compare_pair(runs, ref, v, "first_layer_zero_maps_probe")
             if c is not None and np.isfinite(c.test.ci_low):
                 diff = (f"{c.test.mean:+.1f} [{c.test.ci_low:+.1f}, {c.test.ci_high:+.1f}] vs "

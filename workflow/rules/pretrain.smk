@@ -7,7 +7,9 @@ rule pretrain:
         f"{RESULTS}/pretrained/{{name}}.pt",
     params:
         spec=lambda w: json.dumps(STUDY.pretrain[w.name].run_dict(), sort_keys=True),
+        source=lambda w: json.dumps(STUDY.pretrain_sources[w.name], sort_keys=True),
         device=STUDY.execution["device"],
+        jobs_per_gpu=STUDY.execution["jobs_per_gpu"],
     threads: STUDY.execution["threads"]
     resources:
         gpu=GPUS_PER_JOB,
@@ -19,5 +21,5 @@ rule pretrain:
     conda:
         ENV
     shell:
-        "cnnbench pretrain --spec {params.spec:q} --out {output} --threads {threads} --device {params.device} "
-        "2> {log}"
+        "cnnbench pretrain --spec {params.spec:q} --source {params.source:q} --out {output} --threads {threads} "
+        "--device {params.device} --jobs-per-gpu {params.jobs_per_gpu} 2> {log}"
