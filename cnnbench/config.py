@@ -283,6 +283,12 @@ def _resolve(raw: dict, search: tuple[str, ...] = ()) -> Study:
     for name, spec in specs.items():
         if spec.train.get("pretrained"):
             specs[name] = with_pretrained(spec, pretrain)
+        else:
+            for knob, default in (("freeze", False), ("finetune_lr_factor", 1.0)):
+                if spec.train.get(knob, default) != default:
+                    raise ConfigError(f"variant {name!r}, field {knob!r}: acts on pretrained weights, and the "
+                                      "variant has none; add pretrained: <a pretrain entry> or remove "
+                                      f"{knob}")
     if raw.get("aa_control"):
         specs[AA_CONTROL] = aa_control(specs[baseline], variants_raw)
     return Study(raw["study"], raw.get("description", ""), data, split, execution, baseline, specs, pretrain,
@@ -298,10 +304,12 @@ def pretrain_spec(name: str, entry: dict, specs: dict[str, VariantSpec], variant
     if entry["variant"] not in specs:
         raise ConfigError(f"pretrain.{name}.variant: {entry['variant']!r} is not a variant; variants: "
                           f"{', '.join(variants)}")
-    source = dict(entry["data"])
-    check_data(source)
-    source = complete_data(source)
-    info = dataset_info(source)
+    source = complete_data(dict(entry["data"]))
+    try:
+        check_data(source)
+        info = dataset_info(source)
+    except ConfigError as e:  # "data.path: ..." -> "pretrain.NAME.data.path: ..."
+        raise ConfigError(f"pretrain.{name}.{e}") from None
     base = specs[entry["variant"]]
     if info.shape != base.input_shape:
         raise ConfigError(f"pretrain.{name}.data: its images are {'x'.join(map(str, info.shape))}, the study's "

@@ -59,6 +59,10 @@ def test_pretraining_is_part_of_the_identity_and_checked():
     assert longer.variants["scratch"].spec_hash == study.variants["scratch"].spec_hash
     with pytest.raises(ConfigError, match="'nope' is not an entry of the study's pretrain section"):
         load_study({**TRANSFER, "variants": {**TRANSFER["variants"], "x": {"base": "scratch", "pretrained": "nope"}}})
+    with pytest.raises(ConfigError, match="variant 'x', field 'freeze': acts on pretrained weights, and the variant has none"):
+        load_study({**TRANSFER, "variants": {**TRANSFER["variants"], "x": {"base": "scratch", "freeze": True}}})
+    with pytest.raises(ConfigError, match="variant 'x', field 'finetune_lr_factor': acts on pretrained weights"):
+        load_study({**TRANSFER, "variants": {**TRANSFER["variants"], "x": {"base": "scratch", "finetune_lr_factor": 0.1}}})
     with pytest.raises(ConfigError, match="its network differs from the pretrained one .* in bn"):
         load_study({**TRANSFER, "variants": {**TRANSFER["variants"],
                                              "x": {"base": "scratch", "pretrained": "low", "bn": True}}})
@@ -78,6 +82,8 @@ def test_pretraining_reads_its_source_from_where_the_config_says(tmp_path):
     assert study.pretrain_sources["low"]["path"] == str(path)
     meta = pretrain(source, out=tmp_path / "low.pt", source=study.pretrain_sources["low"])
     assert meta["n_train"] == len(digits.y) - -(-len(digits.y) // 10)  # all of the file but a 10% check
+    with pytest.raises(ConfigError, match="pretrain.low.data.path: '/nope.npz' is not a file"):
+        load_study({**cfg, "pretrain": {"low": {**cfg["pretrain"]["low"], "data": {"name": "npz", "path": "/nope.npz"}}}})
     with pytest.raises(Exception, match="is not the data the spec was made for"):
         pretrain(source, out=tmp_path / "other.pt", source={"name": "digits", "labels": [0, 1, 2, 3, 4]})
     np.savez(path, x=digits.x[::-1, 0], y=digits.y[::-1])
