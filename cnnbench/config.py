@@ -264,9 +264,9 @@ def _resolve(raw: dict, search: tuple[str, ...] = ()) -> Study:
                           f"of every class, and the smallest class of {data['name']} has about {smallest} here; "
                           f"use at most {smallest} folds or a larger "
                           + ("data.n (or fewer data.classes)" if synthetic else "data.subset"))
-    specs = {}
+    specs, identity = {}, data_identity(data)  # (an npz file is hashed once, not per variant)
     for name in variants_raw:
-        specs[name] = _resolve_variant(raw["study"], name, variants_raw, train_defaults, data_identity(data),
+        specs[name] = _resolve_variant(raw["study"], name, variants_raw, train_defaults, identity,
                                        {k: split[k] for k in ("folds", "repeats", "split_seed")}, info, search)
         specs[name] = replace(specs[name], compare_to=_reference(name, variants_raw, baseline),
                               numerics={k: execution[k] for k in NUMERICS})

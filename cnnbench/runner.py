@@ -192,10 +192,10 @@ def pretrain(spec: VariantSpec, *, out: str | Path, threads: int = 1, device: st
     report how well it learned its own task; the weights (all layers) go to `out` with that figure.
     `source` is the entry's whole data section (root, path); spec.data, its identity, lacks where the
     images are stored."""
-    from cnnbench.config import data_identity
     import torch
     from sklearn.model_selection import train_test_split
 
+    from cnnbench.config import data_identity
     from cnnbench.data import load_source
     from cnnbench.train import claim_device, fit, resolve_device, set_determinism
 
@@ -205,7 +205,7 @@ def pretrain(spec: VariantSpec, *, out: str | Path, threads: int = 1, device: st
         source = spec.data  # enough for data sets that need no root or path
     elif data_identity(source) != spec.data:
         raise CnnbenchError(f"pretrain {spec.name}: --source {data_identity(source)} is not the data the spec was "
-                          f"made for ({spec.data}); re-run the workflow so that both come from the same config")
+                            f"made for ({spec.data}); re-run the workflow so that both come from the same config")
     dev, _ = claim_device(device, jobs_per_gpu, log=log)
     images = load_source(source, spec.split["split_seed"])
     train_idx, val_idx = train_test_split(np.arange(len(images.y)), test_size=0.1, stratify=images.y,

@@ -270,9 +270,10 @@ def start_from(model: nn.Module, state: dict[str, torch.Tensor], freeze: bool) -
 
 
 def train_mode(model: nn.Module) -> None:
-    """`model.train()`, except for the frozen body of a transfer run, which stays in eval mode."""
+    """`model.train()`, except for the frozen body of a transfer run, which stays in eval mode (searched
+    in all modules: a torch.compile wrapper holds the network one level down)."""
     model.train()
-    for m in model.children():
+    for m in model.modules():
         if getattr(m, "cnnbench_frozen", False):
             m.eval()
 

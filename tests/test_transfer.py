@@ -210,3 +210,20 @@ def test_verify_reruns_a_transfer_run_from_its_pretrained_weights(transferred):
     record = root / "finetune" / "fold0-seed0.json"
     verdict = verify(record, data=root / "data.npz", splits=root / "splits.json")
     assert verdict.match, str(verdict)
+
+
+def test_a_compiled_wrapper_keeps_the_frozen_body_in_eval_mode():
+    """The training loop is handed torch.compile's wrapper, which holds the network one level down."""
+    from cnnbench.train import init_model, train_mode
+
+    spec = load_study(TRANSFER).variants["freeze"]
+    model = init_model(spec, 0, CPU)
+    start_from(model, model.state_dict(), freeze=True)
+
+    class Wrapper(torch.nn.Module):  # what torch.compile returns: the module as `_orig_mod`
+        def __init__(self, m):
+            super().__init__()
+            self._orig_mod = m
+
+    train_mode(Wrapper(model))
+    assert not model.features.training and model.head.training
