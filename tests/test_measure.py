@@ -124,7 +124,9 @@ def test_training_memory_is_the_runs_own_and_repeatable():
     out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, json.dumps(study)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     first, wide, third = json.loads(out.stdout)
-    assert abs(third - first) <= 0.10 * first, (first, third)
+    # repeatable within 15%: alone it repeats within a few %, but under CI's load (the Slurm daemons and
+    # other test processes) one run measured 61.6 vs 54.0 MB (12%); the width-64 net is still far apart
+    assert abs(third - first) <= 0.15 * first, (first, third)
     assert wide > 1.5 * max(first, third) and first > 10
 
 
