@@ -20,9 +20,9 @@ include: "workflow/rules/report.smk"
 
 
 rule all:
+    default_target: True
     input:
         REPORT,
         [f for v in STUDY.variants for f in run_files(v)],  # a run record deleted by hand is retrained
         rules.prepare_data.output[0],  # a deleted cache or split is made again; being ancient() inputs
         rules.split.output[0],  # everywhere, that retrains nothing
-    default_target: True

@@ -30,7 +30,6 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-
 from cnnbench.catalog import CATALOG, SYNTHETIC_KEYS, complete_data, dataset_info
 from cnnbench.config_schema import check_schema, normalise, path_words, schema  # noqa: F401 (re-exported)
 from cnnbench.config_yaml import StrictLoader, read_config  # noqa: F401 (re-exported)
@@ -38,8 +37,8 @@ from cnnbench.errors import ConfigError
 from cnnbench.knobs import TRAIN_KNOBS, AugmentKnobs, TrainKnobs  # noqa: F401 (re-exported)
 from cnnbench.models import plan as P
 from cnnbench.models.convnet import UNUSED_BY_BLOCK
-from cnnbench.models.geometry import GeometryError, LayerRow, layer_table
 from cnnbench.models.external import EXTERNAL_KNOBS, is_external
+from cnnbench.models.geometry import GeometryError, LayerRow, layer_table
 from cnnbench.models.registry import get_entry, list_models
 
 SPEC_VERSION = 2  # bump when the meaning of a knob changes, so old results stop matching new specs
@@ -149,7 +148,7 @@ class VariantSpec:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "VariantSpec":
+    def from_dict(cls, d: dict[str, Any]) -> VariantSpec:
         return cls(**{**d, "chain": tuple(d.get("chain", ())), "input_shape": tuple(d["input_shape"])})
 
 

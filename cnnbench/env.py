@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-
 import platform
 import socket
 import subprocess
@@ -68,7 +67,7 @@ def git_state(cwd: str | Path = ".") -> dict:
     return {"git_commit": commit, "git_dirty": None if commit is None else bool(dirty)}
 
 
-def environment(device: "torch.device") -> dict:
+def environment(device: torch.device) -> dict:
     import torch
 
     env = {

@@ -25,8 +25,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 BUDGET_S = 480
 NO_GPU = ("gpu-check: no CUDA GPU is visible to torch here ({why}); nothing to check on this machine. Run "

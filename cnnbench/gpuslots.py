@@ -17,9 +17,9 @@ import fcntl
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 POLL_S = 0.5
 

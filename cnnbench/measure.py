@@ -25,7 +25,6 @@ import numpy as np
 import torch
 from torch import nn
 
-
 FLOP_COUNTER = "torch.utils.flop_counter.FlopCounterMode (2 FLOPs per multiply-accumulate)"
 
 
@@ -89,7 +88,7 @@ class Stopwatch:
         self.cuda = device.type == "cuda"
         self.seconds = float("nan")
 
-    def __enter__(self) -> "Stopwatch":
+    def __enter__(self) -> Stopwatch:
         if self.cuda:
             self._start, self._end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             self._start.record()
@@ -146,7 +145,7 @@ class PeakMemory:
         self.kind = "cuda_allocator" if device.type == "cuda" else "process_rss"
         self.peak_mb = self.start_mb = float("nan")
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(self.device)

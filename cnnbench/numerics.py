@@ -58,7 +58,7 @@ class Numerics:
     device: torch.device
 
     @classmethod
-    def for_run(cls, numerics: dict, device: torch.device) -> "Numerics":
+    def for_run(cls, numerics: dict, device: torch.device) -> Numerics:
         n = {**DEFAULTS, **(numerics or {})}
         out = cls(resolve_precision(n["precision"], device), n["precision"], n["compile"], n["deterministic"],
                   device)

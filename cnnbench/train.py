@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -127,7 +127,7 @@ class DivergenceWatch:
         return self.diverged is not None
 
 
-def penalties(model: nn.Module, t: dict) -> tuple[list[torch.Tensor], "ActivityPenalty | None"]:
+def penalties(model: nn.Module, t: dict) -> tuple[list[torch.Tensor], ActivityPenalty | None]:
     """What the loss adds beyond cross-entropy: the parameters under the L1 penalty (kernels, and biases
     and BatchNorm parameters unless `decay_biases` is false) and the activity penalty, if any."""
     penalised = [p for n, p in model.named_parameters() if t.get("decay_biases", True) or is_kernel(n, p)] \
@@ -416,7 +416,7 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, sched, x_train: Im
                 l1: float = 0.0, penalised: list[torch.Tensor] = (), warmup_steps: int | None = None,
                 norms: LayerNorms | None = None, *, num: Numerics | None = None,
                 scaler: torch.amp.GradScaler | None = None,
-                activity: "ActivityPenalty | None" = None) -> tuple[float, int, float | None]:
+                activity: ActivityPenalty | None = None) -> tuple[float, int, float | None]:
     """`steps` optimiser steps over batches `perm[i*bs:(i+1)*bs]`. Returns summed loss, correct count and,
     if `warmup_steps` is given, the perf_counter time when that many steps had finished (synchronised).
     `norms` samples per-layer gradient norms on a few evenly spaced steps. `num` sets the forward pass's

@@ -41,9 +41,8 @@ class Verdict:
 def verify(record_path: str | Path, data: str | Path | None = None, splits: str | Path | None = None,
            device: str | None = None) -> Verdict:
 
-    from cnnbench.train import fit, resolve_device, set_determinism
-
     from cnnbench.results import check_record
+    from cnnbench.train import fit, resolve_device, set_determinism
 
     record_path = Path(record_path)
     record = check_record(record_path)

@@ -410,7 +410,7 @@ def test_bad_config_stops_the_workflow_before_any_job(case_id: str, tmp_path: Pa
     text = out.stdout + out.stderr
     assert out.returncode != 0, text
     assert "Traceback" not in text and not (tmp_path / "results").exists(), text
-    line = next((l for l in text.splitlines() if l.startswith(f"{path}: ")), None)
+    line = next((ln for ln in text.splitlines() if ln.startswith(f"{path}: ")), None)
     assert line is not None, text
     assert_good_message(line, path, case.expect)
 

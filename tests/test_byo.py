@@ -165,13 +165,13 @@ def test_an_entry_point_plugin_registers_presets_that_list_models_shows(tmp_path
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: labnets\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text("[cnnbench.models]\nlabnets = labnets:register\n")
-    code = ("import sys; sys.path.insert(0, %r); from cnnbench.cli import main; main(['list-models'])" % str(tmp_path))
+    code = f"import sys; sys.path.insert(0, {str(tmp_path)!r}); from cnnbench.cli import main; main(['list-models'])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     line = next(line for line in out.stdout.splitlines() if line.startswith("labnet"))
     assert "the lab's three-stage net" in line and "[plugin labnets (labnets:register)]" in line
-    use = ("import sys; sys.path.insert(0, %r); from cnnbench.config import load_study; import json;"
-           "s = load_study(json.loads(%r)); print(s.variants['lab'].model['widths'])"
-           % (str(tmp_path), json.dumps(tiny_study(variants={"baseline": {"base": "cnn"}, "lab": {"base": "labnet"}}))))
+    study = json.dumps(tiny_study(variants={"baseline": {"base": "cnn"}, "lab": {"base": "labnet"}}))
+    use = (f"import sys; sys.path.insert(0, {str(tmp_path)!r}); from cnnbench.config import load_study; import json;"
+           f"s = load_study(json.loads({study!r})); print(s.variants['lab'].model['widths'])")
     out = subprocess.run([sys.executable, "-c", use], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "[8, 16, 32]", out.stderr

@@ -8,7 +8,7 @@ import struct
 import numpy as np
 import pytest
 
-from cnnbench.data import (ImageData, load_cache, load_fold, load_source, make_splits, save_cache, save_splits)
+from cnnbench.data import ImageData, load_cache, load_fold, load_source, make_splits, save_cache, save_splits
 from cnnbench.errors import DataError
 
 RNG = np.random.default_rng(0)

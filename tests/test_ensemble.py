@@ -18,8 +18,13 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from cnnbench.ensemble import (ensemble_table, gain_difference_interval, gain_interval, labels_fingerprint,
-                               per_image_gain)
+from cnnbench.ensemble import (
+    ensemble_table,
+    gain_difference_interval,
+    gain_interval,
+    labels_fingerprint,
+    per_image_gain,
+)
 from cnnbench.io import strict
 
 C, GROUPS, K = 10, 2, 5  # 10 classes, 2 ensembles (e.g. 2 seeds) of 5 fold models per variant

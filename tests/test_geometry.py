@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnbench.models import plan as P
-from cnnbench.models.geometry import (GeometryError, conv_macs, conv_output_size, conv_params, layer_table)
+from cnnbench.models.geometry import GeometryError, conv_macs, conv_output_size, conv_params, layer_table
 
 
 def net(*layers, head=()) -> P.Network:

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from cnnbench.config import load_study
-from cnnbench.measure import LayerNorms, PeakMemory, count_flops, cost, dead_filters, latency
+from cnnbench.measure import LayerNorms, PeakMemory, cost, count_flops, dead_filters, latency
 from cnnbench.models.geometry import layer_table
 from cnnbench.models.registry import get_model, get_plan, list_models
 from cnnbench.seeds import run_seed

@@ -16,8 +16,18 @@ from torch import nn
 
 from cnnbench.models.build import ConvNet, Flatten, GlobalAvgPool
 from cnnbench.models.registry import get_model
-from cnnbench.probe import (TABLE_COLUMNS, black_fill, default_max_shift, equivariance_errors, head_invariance,
-                            probe, probe_table, shift_accuracy, shift_images, stage_geometry)
+from cnnbench.probe import (
+    TABLE_COLUMNS,
+    black_fill,
+    default_max_shift,
+    equivariance_errors,
+    head_invariance,
+    probe,
+    probe_table,
+    shift_accuracy,
+    shift_images,
+    stage_geometry,
+)
 from cnnbench.train import Images
 
 CPU = torch.device("cpu")

@@ -12,8 +12,16 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from cnnbench.stats import (compare, corrected_ttest, holm, mcnemar, mean_ranks, minimum_detectable,
-                            pairwise_differences, plain_ttest)
+from cnnbench.stats import (
+    compare,
+    corrected_ttest,
+    holm,
+    mcnemar,
+    mean_ranks,
+    minimum_detectable,
+    pairwise_differences,
+    plain_ttest,
+)
 
 SIMS = 4000
 J, N_TRAIN, N_TEST = 10, 4000, 1000  # 2 x 5-fold on 5,000 images

@@ -9,7 +9,6 @@ One description, two readers: the layer table and the built model cannot drift a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
 
 
 @dataclass(frozen=True)
@@ -71,7 +70,7 @@ class Linear:
 @dataclass(frozen=True)
 class Sequence:
     name: str
-    layers: tuple["Node", ...]
+    layers: tuple[Node, ...]
 
 
 @dataclass(frozen=True)
@@ -92,7 +91,7 @@ class Concat:
     branches: tuple[Sequence, ...]
 
 
-Node = Union[Conv, BatchNorm, Activation, Pool, GlobalAvgPool, Flatten, Dropout, Linear, Sequence, Residual, Concat]
+Node = Conv | BatchNorm | Activation | Pool | GlobalAvgPool | Flatten | Dropout | Linear | Sequence | Residual | Concat
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from cnnbench.errors import ConfigError
 from cnnbench.models import plan as P

@@ -34,7 +34,7 @@ class ReportContext:
 
     @classmethod
     def load(cls, *, results_dir, data_path, splits_path, models_dir, baseline, title, out_dir, description="",
-             variant_descriptions=None, references=None) -> "ReportContext":
+             variant_descriptions=None, references=None) -> ReportContext:
         ctx = cls(title, description, baseline, Path(results_dir), Path(data_path), Path(splits_path),
                   Path(models_dir), Path(out_dir), variant_descriptions or {}, references or {})
         for name in ("runs.parquet", "specs.json"):

@@ -9,8 +9,8 @@ import io
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import seaborn as sns  # noqa: E402
+import matplotlib.pyplot as plt
+import seaborn as sns
 
 sns.set_theme(style="whitegrid", context="notebook", font_scale=0.9)
 BASELINE_COLOR = "0.35"

@@ -5,8 +5,8 @@ Sections of their own topic live in their own modules (calibration, ranking, per
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -15,6 +15,7 @@ from cnnbench.report.figures import BASELINE_COLOR, VARIANT_COLOR, VERDICT_COLOR
 from cnnbench.report.format import device_note, pts, pvalue, si, verdict_html
 from cnnbench.report.tables import html_table
 from cnnbench.results import job_overhead
+
 
 @dataclass(frozen=True)
 class Section:
@@ -316,6 +317,13 @@ def error_edfs(ctx) -> Section:
         "left and rising steeply is a variant that is good and reliably so." + ctx.featured_note("Shown")))
 
 
+def _timed(tv, col: str, fmt: str) -> tuple:
+    """A timing cell: the median with its spread where measured, sortable by the median; n/a where untimed."""
+    if tv is None:
+        return ("n/a", -1)
+    return (f"{tv[col]:{fmt}} ({tv[col + '_iqr']:{fmt}})" if col + "_iqr" in tv else f"{tv[col]:{fmt}}", tv[col])
+
+
 def measurements(ctx) -> Section:
     """Cost, speed measured alone (with its spread), and what training added to memory."""
     g = ctx.runs.groupby("variant")
@@ -324,23 +332,16 @@ def measurements(ctx) -> Section:
     for v in ctx.variants:
         r = g.get_group(v)
         tv = t.loc[v] if v in t.index else None
-
-        def timed(col, fmt):
-            if tv is None:
-                return ("n/a", -1)
-            return (f"{tv[col]:{fmt}} ({tv[col + '_iqr']:{fmt}})" if col + "_iqr" in tv else f"{tv[col]:{fmt}}",
-                    tv[col])
-
         rows.append([
             html.escape(v), (si(r["flops_forward"].iloc[0]), r["flops_forward"].iloc[0]),
             (si(r["flops_train_step"].iloc[0]), r["flops_train_step"].iloc[0]),
-            timed("train_img_per_s", ",.0f"), timed("epoch_time_s", ".2f"),
+            _timed(tv, "train_img_per_s", ",.0f"), _timed(tv, "epoch_time_s", ".2f"),
             (f"{tv['latency_b1_ms']:.3f} ({tv['latency_b1_iqr_ms']:.3f})", tv["latency_b1_ms"]) if tv is not None
             else ("n/a", -1),
             (f"{tv['latency_bN_ms']:.2f} ({tv['latency_bN_iqr_ms']:.2f})", tv["latency_bN_ms"]) if tv is not None
             else ("n/a", -1),
             (f"{r['train_img_per_s'].median():,.0f}", r["train_img_per_s"].median()),
-            timed("train_mb", ",.1f"),
+            _timed(tv, "train_mb", ",.1f"),
             (f"{100 * r['dead_fraction'].mean():.1f}" if r["dead_fraction"].notna().any() else "n/a",
              r["dead_fraction"].mean() if r["dead_fraction"].notna().any() else -1),
         ])

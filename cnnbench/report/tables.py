@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import html
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 Cell = str | tuple[str, float]  # display text (HTML), or (display text, sort key)
 

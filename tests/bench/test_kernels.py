@@ -14,8 +14,8 @@ Run:  pytest tests/bench --benchmark-only [--bench-size full] [--benchmark-json 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import pytest
 import torch

@@ -18,14 +18,14 @@ rule collect:
         timing_csv=f"{RESULTS}/timing.csv",
         specs=f"{RESULTS}/specs.json",
         study=f"{RESULTS}/study.json",
-    params:
-        data=DATA,  # a param, not an input: see data.smk
-        out_dir=lambda w, output: os.path.dirname(output.runs),
-        study=json.dumps({"study": STUDY.name, "baseline": STUDY.baseline, "references": STUDY.references}),
     log:
         f"{RESULTS}/logs/collect.log",
     conda:
         ENV
+    params:
+        data=DATA,  # a param, not an input: see data.smk
+        out_dir=lambda w, output: os.path.dirname(output.runs),
+        study=json.dumps({"study": STUDY.name, "baseline": STUDY.baseline, "references": STUDY.references}),
     shell:
         "cnnbench collect {input.runs} --timings {input.timings} --data {params.data} --splits {input.splits} "
         "--study-json {params.study:q} --out-dir {params.out_dir} 2> {log}"

@@ -23,8 +23,11 @@ def _workflow_cores():
 
 _CONFIGFILE = " + ".join(map(str, workflow.configfiles)) or "config"  # merged in this order by Snakemake
 # Snakemake parsed the config itself; the files are read again, strictly, for keys written twice.
-STUDY = load_study(with_typed_overrides(config, workflow.config_settings.overwrite_config), name_hint=_CONFIGFILE,
-                   files=workflow.configfiles)
+STUDY = load_study(
+    with_typed_overrides(config, workflow.config_settings.overwrite_config),
+    name_hint=_CONFIGFILE,
+    files=workflow.configfiles,
+)
 try:
     _ESTIMATE = check_study(STUDY, detect_machine(STUDY.execution, cores=_workflow_cores()))
 except ConfigError as e:
@@ -47,8 +50,11 @@ if not workflow.local_exec and not workflow.dryrun:
     _set = getattr(_res, "parsed", {}) if _res is not None else {}
     for _key, _what in (("slurm_partition", "partition"), ("slurm_account", "account")):
         if not _set.get(_key):
-            print(f"cnnbench: no {_key} set: jobs go to the cluster's default {_what}; set it in "
-                  f"profiles/slurm/config.yaml or with --default-resources {_key}=NAME", file=sys.stderr)
+            print(
+                f"cnnbench: no {_key} set: jobs go to the cluster's default {_what}; set it in "
+                f"profiles/slurm/config.yaml or with --default-resources {_key}=NAME",
+                file=sys.stderr,
+            )
 
 
 def pretrained_weights(variant):
@@ -75,6 +81,7 @@ def job_minutes(variant, runs):
 def job_mem_mb(variant):
     """Slurm memory request of a training job: the budget's estimate (already 2x on model and activations)."""
     return max(2000, math.ceil(_ESTIMATE.variants[variant].memory_bytes / 2**20))
+
 
 # GPUs. Locally, each GPU has `execution.jobs_per_gpu` slots and the `gpu_slots` resource counts them
 # (GPUs x jobs_per_gpu, unless given with --resources gpu_slots=N): a training job takes one slot, the

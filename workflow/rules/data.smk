@@ -6,16 +6,15 @@
 rule prepare_data:
     output:
         DATA,
-    params:
-        data=json.dumps(STUDY.data, sort_keys=True),
-        split_seed=STUDY.split["split_seed"],
     log:
         f"{RESULTS}/logs/prepare_data.log",
     conda:
         ENV
+    params:
+        data=json.dumps(STUDY.data, sort_keys=True),
+        split_seed=STUDY.split["split_seed"],
     shell:
-        "cnnbench prepare-data --data-json {params.data:q} --split-seed {params.split_seed} "
-        "--out {output} 2> {log}"
+        "cnnbench prepare-data --data-json {params.data:q} --split-seed {params.split_seed} " "--out {output} 2> {log}"
 
 
 rule split:
@@ -23,14 +22,14 @@ rule split:
         ancient(rules.prepare_data.output[0]),
     output:
         f"{RESULTS}/splits.json",
-    params:
-        folds=STUDY.split["folds"],
-        repeats=STUDY.split["repeats"],
-        split_seed=STUDY.split["split_seed"],
     log:
         f"{RESULTS}/logs/split.log",
     conda:
         ENV
+    params:
+        folds=STUDY.split["folds"],
+        repeats=STUDY.split["repeats"],
+        split_seed=STUDY.split["split_seed"],
     shell:
         "cnnbench split --data {input} --folds {params.folds} --repeats {params.repeats} "
         "--split-seed {params.split_seed} --out {output} 2> {log}"

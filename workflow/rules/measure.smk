@@ -7,20 +7,20 @@ rule time:
         splits=ancient(rules.split.output[0]),
     output:
         f"{RESULTS}/timing/{{variant}}.json",
+    log:
+        f"{RESULTS}/logs/time/{{variant}}.log",
+    conda:
+        ENV
+    threads: TIMING_THREADS
+    resources:
+        gpu=GPUS_PER_JOB,
+        gpu_slots=TIME_GPU_SLOTS,
     params:
         data=DATA,  # a param, not an input: see data.smk
         spec=lambda w: json.dumps(STUDY.variants[w.variant].run_dict(), sort_keys=True),
         device=STUDY.execution["device"],
         jobs_per_gpu=JOBS_PER_GPU,
         torch_threads=STUDY.execution["threads"],
-    threads: TIMING_THREADS
-    resources:
-        gpu=GPUS_PER_JOB,
-        gpu_slots=TIME_GPU_SLOTS,
-    log:
-        f"{RESULTS}/logs/time/{{variant}}.log",
-    conda:
-        ENV
     shell:
         "cnnbench time --spec {params.spec:q} --data {params.data} --splits {input.splits} "
         "--threads {params.torch_threads} --device {params.device} --jobs-per-gpu {params.jobs_per_gpu} "

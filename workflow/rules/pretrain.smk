@@ -5,21 +5,21 @@
 rule pretrain:
     output:
         f"{RESULTS}/pretrained/{{name}}.pt",
+    log:
+        f"{RESULTS}/logs/pretrain/{{name}}.log",
+    wildcard_constraints:
+        name="|".join(STUDY.pretrain) or "(?!x)x",
+    conda:
+        ENV
+    threads: STUDY.execution["threads"]
+    resources:
+        gpu=GPUS_PER_JOB,
+        gpu_slots=TRAIN_GPU_SLOTS,
     params:
         spec=lambda w: json.dumps(STUDY.pretrain[w.name].run_dict(), sort_keys=True),
         source=lambda w: json.dumps(STUDY.pretrain_sources[w.name], sort_keys=True),
         device=STUDY.execution["device"],
         jobs_per_gpu=STUDY.execution["jobs_per_gpu"],
-    threads: STUDY.execution["threads"]
-    resources:
-        gpu=GPUS_PER_JOB,
-        gpu_slots=TRAIN_GPU_SLOTS,
-    wildcard_constraints:
-        name="|".join(STUDY.pretrain) or "(?!x)x",
-    log:
-        f"{RESULTS}/logs/pretrain/{{name}}.log",
-    conda:
-        ENV
     shell:
         "cnnbench pretrain --spec {params.spec:q} --source {params.source:q} --out {output} --threads {threads} "
         "--device {params.device} --jobs-per-gpu {params.jobs_per_gpu} 2> {log}"

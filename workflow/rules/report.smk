@@ -13,6 +13,10 @@ rule report:
     output:
         html=report(REPORT, caption="../report/study.rst", category="Study report"),
         per_example=f"reports/{STUDY.name}/per_example.csv",
+    log:
+        f"{RESULTS}/logs/report.log",
+    conda:
+        ENV
     params:
         data=DATA,  # a param, not an input: see data.smk
         results=lambda w, input: os.path.dirname(input.runs),
@@ -22,10 +26,6 @@ rule report:
         description=STUDY.description,
         variants=json.dumps({v: s.description for v, s in STUDY.variants.items()}),
         references=json.dumps(STUDY.references),
-    log:
-        f"{RESULTS}/logs/report.log",
-    conda:
-        ENV
     shell:
         "cnnbench report --results {params.results} --data {params.data} --splits {input.splits} "
         "--models {params.models} --baseline {params.baseline:q} --title {params.title:q} "

@@ -17,6 +17,19 @@ for _index, _group in enumerate(RUN_GROUPS):
         output:
             runs=[f"{RESULTS}/runs/{{variant}}/{run}.json" for run in _group],
             weights=f"{RESULTS}/models/{{variant}}{group_suffix(_index)}.pt",
+        log:
+            f"{RESULTS}/logs/train/{{variant}}{group_suffix(_index)}.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/train/{{variant}}{group_suffix(_index)}.tsv"
+        priority: lambda w: PRIORITY[w.variant]
+        conda:
+            ENV
+        threads: STUDY.execution["threads"]
+        resources:
+            gpu=GPUS_PER_JOB,
+            gpu_slots=TRAIN_GPU_SLOTS,
+            runtime=lambda w, _n=len(_group): job_minutes(w.variant, _n),
+            mem_mb=lambda w: job_mem_mb(w.variant),
         params:
             data=DATA,  # a param, not an input: see data.smk
             spec=lambda w: json.dumps(STUDY.variants[w.variant].run_dict(), sort_keys=True),
@@ -28,19 +41,6 @@ for _index, _group in enumerate(RUN_GROUPS):
             out_dir=lambda w, output: os.path.dirname(output.runs[0]),
             resume=f"{RESULTS}/.resume",
             pretrained=lambda w, input: f"--pretrained {input.pretrained}" if input.pretrained else "",
-        threads: STUDY.execution["threads"]
-        resources:
-            gpu=GPUS_PER_JOB,
-            gpu_slots=TRAIN_GPU_SLOTS,
-            runtime=lambda w, _n=len(_group): job_minutes(w.variant, _n),
-            mem_mb=lambda w: job_mem_mb(w.variant),
-        priority: lambda w: PRIORITY[w.variant]
-        log:
-            f"{RESULTS}/logs/train/{{variant}}{group_suffix(_index)}.log",
-        benchmark:
-            f"{RESULTS}/benchmarks/train/{{variant}}{group_suffix(_index)}.tsv"
-        conda:
-            ENV
         shell:
             "cnnbench train --spec {params.spec:q} --data {params.data} --splits {input.splits} "
             "--runs {params.runs} --out-dir {params.out_dir} --weights {output.weights} "
