@@ -84,7 +84,7 @@ class VariantSpec:
             built = {"source": external.identity(self.arch, self.model.get("_search", ())),
                      **external.weights_identity(self.model)}
         else:
-            built = {"plan": hashlib.sha256(repr(self.plan()).encode()).hexdigest()[:16]}
+            built = {"plan": P.plan_digest(self.plan())}
         # not identity: where to import from (_search), where the weights file lies (its hash is), which
         # layer Grad-CAM looks at (the report only)
         model = {k: v for k, v in self.model.items()

@@ -8,6 +8,7 @@ One description, two readers: the layer table and the built model cannot drift a
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 
@@ -100,3 +101,10 @@ class Network:
 
     features: Sequence
     head: Sequence
+
+
+def plan_digest(net: Network) -> str:
+    """The plan's fingerprint in every run's identity: any change to what a preset builds (or to the plan's
+    own fields) changes it, so cached runs of that network stop matching. tests/expect/models/ holds each
+    preset's digest, so such a change is a reviewed diff, never a silent retrain."""
+    return hashlib.sha256(repr(net).encode()).hexdigest()[:16]
