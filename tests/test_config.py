@@ -215,3 +215,17 @@ def test_cifar10_synthetic_is_cifar10_on_synthetic_data():
         twin = real.variants[name]
         assert (spec.model, spec.train, spec.input_shape, spec.num_classes) == \
             (twin.model, twin.train, twin.input_shape, twin.num_classes), name
+
+
+def test_model_and_training_knob_names_never_overlap():
+    """A variant's knobs go to the model or to training by name: a shared name (a BatchNorm `momentum`
+    beside SGD's) would silently set both."""
+    from dataclasses import fields
+
+    from cnnbench.knobs import TRAIN_KNOBS
+    from cnnbench.models.convnet import ConvNetKnobs
+    from cnnbench.models.external import EXTERNAL_KNOBS
+
+    model = {f.name for f in fields(ConvNetKnobs)}
+    assert model & set(TRAIN_KNOBS) == set()
+    assert set(EXTERNAL_KNOBS) & set(TRAIN_KNOBS) == set()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import pytest
 import torch
 from torch import nn
 
 from cnnbench.models.build import build_model
+from cnnbench.models.convnet import ConvNetKnobs
 from cnnbench.models.geometry import layer_table
 from cnnbench.models.registry import get_entry, get_model, get_plan, list_models
 
@@ -19,7 +22,10 @@ KNOB_CASES = {
     "stride_per_stage": ({"stride": [1, 2]}, [(16, 14, 14), (32, 3, 3)]),
     "no_pool": ({"pool": "none"}, [(16, 28, 28), (32, 28, 28)]),
     "avg_pool": ({"pool": "avg"}, [(16, 14, 14), (32, 7, 7)]),
+    "pool_size3": ({"pool_size": 3}, [(16, 9, 9), (32, 3, 3)]),  # window and stride 3: 28 -> 9 -> 3
+    "pool_ceil": ({"pool_ceil": True, "padding": "valid"}, [(16, 13, 13), (32, 6, 6)]),  # 11 -> 6, not 5
     "bottleneck": ({"block": "bottleneck"}, [(16, 14, 14), (32, 7, 7)]),
+    "bottleneck_ratio8": ({"block": "bottleneck", "bottleneck_ratio": 8}, [(16, 14, 14), (32, 7, 7)]),
     "basic": ({"block": "basic"}, [(16, 14, 14), (32, 7, 7)]),
     "dwsep": ({"block": "dwsep"}, [(16, 14, 14), (32, 7, 7)]),
     "inception": ({"block": "inception"}, [(16, 14, 14), (32, 7, 7)]),
@@ -35,6 +41,12 @@ KNOB_CASES = {
     "stem_conv": ({"stem": "conv"}, [(16, 14, 14), (32, 7, 7)]),
     "hidden": ({"hidden": [64, 32]}, [(16, 14, 14), (32, 7, 7)]),
 }
+
+
+def test_every_model_knob_is_turned_by_a_case():
+    """A new ConvNetKnobs field fails here until a case above builds it and checks its shapes."""
+    turned = {knob for knobs, _ in KNOB_CASES.values() for knob in knobs}
+    assert [f.name for f in fields(ConvNetKnobs) if f.name not in turned] == []
 
 
 def params_of(model: nn.Module) -> int:
@@ -87,6 +99,10 @@ def test_knob_effects_follow_the_formulas():
     assert p["groups2"] == p["baseline"] - 9 * 16 * 32 // 2
     # shortcut: 1x1 projections 1->16 and 16->32 (with bias)
     assert p["shortcut"] == p["baseline"] + (1 + 1) * 16 + (16 + 1) * 32
+    # ratio 8: stage 1 reduces 16 -> 4 (1x1), convolves 4 -> 4 (3x3), expands 4 -> 32 (1x1)
+    assert p["bottleneck_ratio8"] == p["baseline"] - (9 * 16 + 1) * 32 + (16 + 1) * 4 + (9 * 4 + 1) * 4 + (4 + 1) * 32
+    assert p["pool_size3"] == p["baseline"] - 32 * 49 * 10 + 32 * 9 * 10
+    assert p["pool_ceil"] == p["padding_valid"] - 32 * 25 * 10 + 32 * 36 * 10
 
 
 def test_bottleneck_keeps_the_image_conv_plain_and_reduces_the_rest():

@@ -39,6 +39,20 @@ def test_weight_decay_spares_biases_and_batchnorm_only_when_asked():
     assert all(g["weight_decay"] == 0.01 for g in everything)
 
 
+@pytest.mark.parametrize(("protocol", "kind", "expect"), [
+    ({}, torch.optim.SGD, {"momentum": 0.9, "nesterov": True}),
+    ({"nesterov": False}, torch.optim.SGD, {"momentum": 0.9, "nesterov": False}),
+    ({"momentum": 0.0}, torch.optim.SGD, {"momentum": 0.0, "nesterov": False}),  # torch refuses Nesterov without it
+    ({"optimizer": "adam", "momentum": 0.8}, torch.optim.Adam, {"betas": (0.8, 0.999)}),
+    ({"optimizer": "adamw", "weight_decay": 0.05}, torch.optim.AdamW, {"weight_decay": 0.05}),
+])
+def test_optimizer_knobs_reach_the_torch_optimizer(protocol, kind, expect):
+    spec = _spec(**protocol)
+    opt = make_optimizer(_model(spec), spec.train)
+    assert type(opt) is kind
+    assert {k: opt.defaults[k] for k in expect} == expect
+
+
 def test_l1_covers_kernels_and_biases_as_decay_biases_says():
     spec = _spec(l1=1e-4, decay_biases=False)
     model = _model(spec)

@@ -40,14 +40,31 @@ def _settings() -> dict[str, set]:
     return seen
 
 
+# Knobs no shipped study turns, each with the reason (a new knob fails the test below until it is shown
+# in a study or listed here); tests/test_models.py and tests/test_train.py still exercise them.
+NOT_SHOWN = {
+    "bottleneck_ratio": "the bottleneck's 1x1 reduction: kept at ResNet's 4 in the bottleneck variants",
+    "pool_size": "the pooling window: the studies compare pooling kinds and strides at the usual 2x2",
+    "pool_ceil": "ceil mode only matters where a map is odd-sized (VGG on 28x28); no study is about it",
+    "nesterov": "SGD's Nesterov form: on in every study (the default); no shipped study asks about it",
+}
+
+
+def _knob_names() -> list[str]:
+    """Every knob a variant can set, from the commented dataclasses themselves."""
+    from dataclasses import fields
+
+    from cnnbench.knobs import AugmentKnobs, TrainKnobs
+    from cnnbench.models.convnet import ConvNetKnobs
+
+    return ([f.name for f in fields(ConvNetKnobs)] + [f.name for f in fields(TrainKnobs) if f.name != "augment"]
+            + [f"augment.{f.name}" for f in fields(AugmentKnobs)])
+
+
 def test_every_knob_appears_in_a_shipped_variant():
     seen = _settings()
-    knobs = ["width", "padding", "stride", "pool", "block", "shortcut", "bn", "dropout", "kernel_size", "dilation",
-             "groups", "activation", "head", "blocks", "hidden", "weight_decay", "l1", "decay_biases", "activity",
-             "optimizer", "lr", "schedule",
-             "label_smoothing", "augment.flip", "augment.shift", "augment.rotate", "augment.shear",
-             "augment.brightness", "augment.contrast", "augment.saturation"]
-    assert [k for k in knobs if k not in seen] == []
+    assert [k for k in _knob_names() if k not in seen and k not in NOT_SHOWN] == []
+    assert [k for k in NOT_SHOWN if k in seen or k not in _knob_names()] == [], "NOT_SHOWN is out of date"
     assert {"'relu'", "'sigmoid'", "'tanh'", "'gelu'"} <= seen["activation"]
     assert {"'gap'"} <= seen["head"] and {"'sgd'", "'adam'"} <= seen["optimizer"]
     assert len(seen["schedule"]) >= 3 and {"'none'", "'max'"} <= seen["pool"]
