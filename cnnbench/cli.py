@@ -201,16 +201,19 @@ def _positive(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cnnbench", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="cnnbench", description=__doc__.splitlines()[0],
+        epilog="Commands marked [step] are the workflow's own steps, called by the Snakefile's rules: run a "
+               "study with `snakemake --cores all [--configfile config/X.yaml]` rather than calling them one by one.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("prepare-data", help="load a data set once and cache it as .npz")
+    s = sub.add_parser("prepare-data", help="[step] load a data set once and cache it as .npz")
     s.add_argument("--data-json", required=True, type=_json_object, help="the study's data section, as JSON")
     s.add_argument("--split-seed", type=int, default=0, help="seed of the stratified subset, if any")
     s.add_argument("--out", required=True)
     s.set_defaults(func=_cmd_prepare_data)
 
-    s = sub.add_parser("split", help="write the stratified k-fold split every run reads")
+    s = sub.add_parser("split", help="[step] write the stratified k-fold split every run reads")
     s.add_argument("--data", required=True)
     s.add_argument("--folds", type=int, required=True)
     s.add_argument("--repeats", type=int, default=1)
@@ -218,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.set_defaults(func=_cmd_split)
 
-    s = sub.add_parser("train", help="train the runs of one variant (one result file per run)")
+    s = sub.add_parser("train", help="[step] train the runs of one variant (one result file per run)")
     s.add_argument("--spec", required=True, type=_json_object, help="resolved variant spec as JSON (from the workflow)")
     s.add_argument("--data", required=True)
     s.add_argument("--splits", required=True)
@@ -232,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pretrained", help="weights a pretrained: variant starts from (the pretrain job's output)")
     s.set_defaults(func=_cmd_train)
 
-    s = sub.add_parser("pretrain", help="train a pretrain: entry's network once on its source data")
+    s = sub.add_parser("pretrain", help="[step] train a pretrain: entry's network once on its source data")
     s.add_argument("--spec", required=True, type=_json_object, help="the source network's spec as JSON (from the workflow)")
     s.add_argument("--source", type=_json_object,
                    help="the entry's data section as JSON, root/path included (default: the spec's data identity)")
@@ -242,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--jobs-per-gpu", type=_positive, default=1, help="jobs that share one GPU (a slot each)")
     s.set_defaults(func=_cmd_pretrain)
 
-    s = sub.add_parser("time", help="measure a variant's speed alone (training img/s, s/epoch, latency)")
+    s = sub.add_parser("time", help="[step] measure a variant's speed alone (training img/s, s/epoch, latency)")
     s.add_argument("--spec", required=True, type=_json_object, help="resolved variant spec as JSON (from the workflow)")
     s.add_argument("--data", required=True)
     s.add_argument("--splits", required=True)
@@ -252,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.set_defaults(func=_cmd_time)
 
-    s = sub.add_parser("collect", help="gather run files into runs/epochs tables")
+    s = sub.add_parser("collect", help="[step] gather run files into runs/epochs tables")
     s.add_argument("runs", nargs="+")
     s.add_argument("--timings", nargs="*", default=[], help="timing files of `cnnbench time`")
     s.add_argument("--study-json", default="{}", type=_json_object, help="JSON: study name, baseline, references (for `plan`)")
@@ -261,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out-dir", required=True)
     s.set_defaults(func=_cmd_collect)
 
-    s = sub.add_parser("report", help="render the study's self-contained HTML report")
+    s = sub.add_parser("report", help="[step] render the study's self-contained HTML report")
     s.add_argument("--results", required=True, help="results/<study> folder with runs.parquet")
     s.add_argument("--data", required=True)
     s.add_argument("--splits", required=True)
