@@ -101,6 +101,12 @@ def set_deterministic(device: torch.device) -> None:
     cuBLAS workspace setting. The environment variable must be set before cuBLAS starts, so the training
     and timing jobs call this before any CUDA work."""
     if device.type == "cuda":
+        if "CUBLAS_WORKSPACE_CONFIG" not in os.environ and torch.cuda.is_initialized():
+            # torch reads the variable once, at the process's first cuBLAS call, and keeps the answer: set
+            # now, it may come too late, and the first matmul would fail deep inside torch
+            raise RuntimeError(
+                f"execution.deterministic on CUDA needs CUBLAS_WORKSPACE_CONFIG={CUBLAS_WORKSPACE} before the "
+                "process's first CUDA work; set it in the environment (or call set_deterministic first)")
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False

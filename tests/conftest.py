@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
 
+from cnnbench.numerics import CUBLAS_WORKSPACE
 from tests.helpers import tiny_study
+
+# torch reads this once, at the process's first cuBLAS call: the CUDA tests' deterministic runs come after
+# ordinary ones in the same process, so it is set before any test runs (no effect on the CPU)
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,8 @@ the CPU's bf16/fp16 autocast path runs here.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -106,6 +108,26 @@ def test_deterministic_mode_switches_torch_to_deterministic_algorithms():
         assert torch.are_deterministic_algorithms_enabled()
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+def test_deterministic_cuda_refuses_when_cublas_has_already_started(monkeypatch):
+    """torch reads CUBLAS_WORKSPACE_CONFIG once, at the first cuBLAS call: set after CUDA work it may come
+    too late, so set_deterministic says so plainly instead of letting the first matmul fail in torch."""
+    from cnnbench.numerics import set_deterministic
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    with pytest.raises(RuntimeError, match="CUBLAS_WORKSPACE_CONFIG=:4096:8 before the process's first CUDA work"):
+        set_deterministic(torch.device("cuda"))
+    assert not torch.are_deterministic_algorithms_enabled()
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)  # a fresh process: it sets the variable
+    cudnn = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    try:
+        set_deterministic(torch.device("cuda"))
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8" and torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn
 
 
 def _record(variant, precision):

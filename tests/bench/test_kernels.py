@@ -6,7 +6,9 @@ times (forward+backward: forward, input gradient and weight gradient of every la
 and test_theory_counts_what_is_timed checks them against torch's FlopCounterMode on that very call;
 `cnnbench bench-report` puts them next to the measured time ratio. Checks are directional and only
 where theory predicts at least 4x fewer MACs: there the cheaper case must be measurably (>= 1.25x)
-faster, a margin no run-to-run noise flips.
+faster, a margin no run-to-run noise flips. On the CPU only: a GPU runs these calls in microseconds,
+where kernel launches and memory traffic, not MACs, set the time (a max pool, 0 MACs, need not beat a
+tensor-core convolution), so there the ratio is reported, and that it differs from theory is the finding.
 
 Run:  pytest tests/bench --benchmark-only [--bench-size full] [--benchmark-json out.json]
 """
@@ -186,7 +188,7 @@ def test_kernel(benchmark, bench_size, question: Question, device: str, mode: st
         return
     key = (question.group, device, mode)
     MEASURED.setdefault(key, {})[role] = {"median": benchmark.stats.stats.median, "macs": macs, "label": case.label}
-    if len(MEASURED[key]) == 2:
+    if len(MEASURED[key]) == 2 and device == "cpu":  # see the module docstring: reported, not gated, on a GPU
         check_direction(question, MEASURED[key])
 
 
