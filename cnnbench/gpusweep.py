@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,12 +31,12 @@ def worker(config: str, variant: str | None, device: str, seconds: float, thread
     from cnnbench.config import load_study
     from cnnbench.data import load_source
     from cnnbench.numerics import Numerics
-    from cnnbench.train import Images, init_model, make_optimizer, resolve_device, train_epoch
+    from cnnbench.train import Images, init_model, make_optimizer, resolve_device, set_determinism, train_epoch
 
-    torch.set_num_threads(threads)
     study = load_study(config)
     spec = study.variants[variant or study.baseline]
     dev = resolve_device(device)
+    set_determinism(dev, threads)  # as a training job: cuDNN autotuning on CUDA
     num = Numerics.for_run(spec.numerics, dev)
     images = load_source(study.data)  # root and path too
     x = torch.from_numpy(np.ascontiguousarray(images.x)).to(dev)
@@ -67,28 +68,37 @@ def run_concurrent(n: int, config: str, variant: str | None, device: str, second
     """N worker processes started together; aggregate and per-job img/s."""
     cmd = [sys.executable, "-m", "cnnbench.gpusweep", "--config", str(config), "--device", device,
            "--seconds", str(seconds), "--threads", str(threads)] + (["--variant", variant] if variant else [])
+    # stderr to files, not pipes: a job's warnings (compile's, say) could fill a pipe nobody reads yet
+    errs = [tempfile.TemporaryFile(mode="w+") for _ in range(n)]
     procs = [subprocess.Popen([*cmd, "--seed", str(i)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                              stderr=errs[i], text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
              for i in range(n)]
+
+    def tail(i: int) -> str:
+        errs[i].seek(0)
+        return errs[i].read().strip()[-500:]
+
     try:
-        for p in procs:
+        for i, p in enumerate(procs):
             line = p.stdout.readline().strip()
             if line != "ready":
                 p.wait()
-                raise RuntimeError(f"a sweep job failed before it started: {p.stderr.read().strip()[-500:]}")
+                raise RuntimeError(f"a sweep job failed before it started: {tail(i)}")
         for p in procs:  # go, all at once
             p.stdin.write("go\n")
             p.stdin.flush()
         results = []
-        for p in procs:
-            out, err = p.communicate(timeout=seconds * 10 + 120)
+        for i, p in enumerate(procs):
+            out, _ = p.communicate(timeout=seconds * 10 + 120)
             if p.returncode != 0:
-                raise RuntimeError(f"a sweep job failed: {err.strip()[-500:]}")
+                raise RuntimeError(f"a sweep job failed: {tail(i)}")
             results.append(json.loads(out.strip().splitlines()[-1]))
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
+        for f in errs:
+            f.close()
     per_job = [r["img_per_s"] for r in results]
     return {"jobs": n, "aggregate_img_per_s": sum(per_job), "per_job_img_per_s": per_job,
             "precision": results[0]["precision"], "compile": results[0]["compile"]}
@@ -135,11 +145,12 @@ def stacked_folds(config: str | Path, variant: str | None = None, k: int = 5, st
     from cnnbench.config import load_study
     from cnnbench.data import load_source
     from cnnbench.numerics import Numerics
-    from cnnbench.train import Images, init_model, make_optimizer, resolve_device, sync, train_epoch
+    from cnnbench.train import Images, init_model, make_optimizer, resolve_device, set_determinism, sync, train_epoch
 
     study = load_study(config)
     spec = study.variants[variant or study.baseline]
     dev = resolve_device(device)
+    set_determinism(dev, torch.get_num_threads())  # cuDNN autotuning on CUDA, as in training jobs
     models = [init_model(spec, seed, dev) for seed in range(k)]
     if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in models[0].modules()):
         raise ValueError(f"variant {spec.name!r} has BatchNorm, which vmap cannot train with running statistics")

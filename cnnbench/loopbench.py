@@ -16,6 +16,7 @@ steps at the same batch size, in one process, alternating so machine noise hits 
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from pathlib import Path
@@ -28,7 +29,7 @@ from cnnbench.config import VariantSpec, load_study
 from cnnbench.data import load_source
 from cnnbench.models.build import build_model
 from cnnbench.numerics import Numerics
-from cnnbench.train import Images, make_optimizer, resolve_device, sync, train_epoch
+from cnnbench.train import Images, make_optimizer, resolve_device, set_determinism, sync, train_epoch
 
 WARMUP = 5  # untimed steps before each measurement
 LOOPS = ("dataloader", "tuned", "project")
@@ -92,9 +93,28 @@ def tuned_loop(spec: VariantSpec, x: torch.Tensor, y: torch.Tensor, steps: int, 
     return steps * bs / (time.perf_counter() - start)
 
 
+@contextlib.contextmanager
+def pytorch_default_flags():
+    """PyTorch's own backend defaults, as a plain loop gets them (cuDNN without autotuning, TF32 in
+    convolutions but not in matmuls), whatever the run's numerics set; restored afterwards."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = (cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32)
+    cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32 = False, True, False
+    try:
+        yield
+    finally:
+        cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32 = saved
+
+
 def dataloader_loop(spec: VariantSpec, x: torch.Tensor, y: torch.Tensor, steps: int, seed: int,
                     num: Numerics) -> float:
-    """img/s of a plain PyTorch loop: DataLoader(TensorDataset) on the host, NCHW, fp32, the same model."""
+    """img/s of a plain PyTorch loop: DataLoader(TensorDataset) on the host, NCHW, fp32, the same model,
+    at PyTorch's default backend flags."""
+    with pytorch_default_flags():
+        return _dataloader_loop(spec, x, y, steps, seed)
+
+
+def _dataloader_loop(spec: VariantSpec, x: torch.Tensor, y: torch.Tensor, steps: int, seed: int) -> float:
     from torch.utils.data import DataLoader, TensorDataset
 
     device = x.device
@@ -131,8 +151,8 @@ def loop_bench(config: str | Path = "config/config.yaml", variant: str | None = 
                compile: bool | str | None = None) -> dict:
     """Median img/s of each loop over `repeats` alternating measurements. `compile` (default: on for CUDA,
     off on the CPU, where it is slower end to end) and `precision` apply to the tuned and project loops."""
-    torch.set_num_threads(threads)
     dev = resolve_device(device)
+    set_determinism(dev, threads)  # threads, and cuDNN autotuning on CUDA: the flags a training job runs with
     compile = dev.type == "cuda" if compile is None else compile
     num = Numerics.for_run({"precision": precision, "compile": compile}, dev)
     study = load_study(config)

@@ -79,6 +79,24 @@ def loop_run(tmp_path_factory):
     return r, loops, wall
 
 
+def test_the_plain_loop_runs_at_pytorchs_default_flags_and_puts_the_runs_back():
+    """The DataLoader reference is the loop a user would write: cuDNN without autotuning, TF32 in
+    convolutions only, whatever the project's numerics had set (bf16 turns TF32 off) - then restored."""
+    import torch
+
+    from cnnbench.loopbench import pytorch_default_flags
+
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = (cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32)
+    try:
+        cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32 = True, False, True
+        with pytorch_default_flags():
+            assert (cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32) == (False, True, False)
+        assert (cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32) == (True, False, True)
+    finally:
+        cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32 = saved
+
+
 def test_loop_bench_runs_every_loop(loop_run):
     from cnnbench.loopbench import WARMUP, format_result
 
