@@ -120,7 +120,8 @@ def _cmd_gpu_sweep(a: argparse.Namespace) -> None:
 def _cmd_gpu_check(a: argparse.Namespace) -> int:
     from cnnbench.gpucheck import format_summary, gpu_check
 
-    code, summary = gpu_check(a.out, a.budget)
+    code, summary = gpu_check(a.out, a.budget, work=a.work, time_studies=tuple(a.time_study),
+                              study_limit_s=a.study_limit)
     print(format_summary(summary))
     return code
 
@@ -309,8 +310,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_gpu_sweep)
 
     s = sub.add_parser("gpu-check", help="check the GPU path on this machine's GPU (<= 8 min, offline)")
-    s.add_argument("--out", default="gpu-check/summary.json", help="summary JSON (other outputs beside it)")
+    s.add_argument("--out", default="gpu-check/summary.json",
+                   help="summary JSON; beside it only small files: JUnit XML, benchmark JSON, reports, logs.tar.gz")
     s.add_argument("--budget", type=float, default=480, help="seconds for all steps together (default 480)")
+    s.add_argument("--work", help="folder for the steps' work (study folders, logs); default: a temporary one")
+    s.add_argument("--time-study", action="append", default=[], metavar="CONFIG",
+                   help="after the checks, run this study end to end from an empty folder at the sweep's best "
+                        "jobs_per_gpu and record its wall time (repeatable; e.g. config/config.yaml)")
+    s.add_argument("--study-limit", type=float, default=300, help="seconds allowed each --time-study (default 300)")
     s.set_defaults(func=_cmd_gpu_check)
 
     s = sub.add_parser("ablate", help="write leave-one-out variants of a full model into a study config")

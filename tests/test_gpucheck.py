@@ -41,12 +41,14 @@ def test_the_determinism_step_compares_two_runs_and_measures_the_slowdown(tmp_pa
 
 
 @pytest.mark.slow
-def test_the_study_step_runs_a_study_end_to_end_and_reads_its_results(tmp_path):
+def test_the_study_step_runs_a_study_end_to_end_and_reads_its_results(tmp_path, monkeypatch):
+    for key, value in gpucheck.child_env(REPO, tmp_path).items():  # as gpu_check runs it: shim, PYTHONPATH
+        monkeypatch.setenv(key, value)
     result = gpucheck.step_study(REPO, tmp_path, device="cpu")(600)
     assert result.get("status", "passed") == "passed", result
-    assert result["runs"] == 4 * 3 and result["devices"] == ["cpu"] and result["precision"] == ["fp32"]
-    assert set(result["val_acc"]) == {"baseline", "batchnorm", "dropout", "aa_control"}
-    assert (tmp_path / "study" / "reports" / "gpucheck" / "index.html").is_file()
+    assert result["runs"] == 3 * 3 and result["devices"] == ["cpu"] and result["precision"] == ["fp32"]
+    assert set(result["val_acc"]) == {"baseline", "batchnorm", "aa_control"} and result["seconds_end_to_end"] > 0
+    assert result["artifacts"]["study-report.html"].endswith("reports/gpucheck/index.html")
     json.dumps(result)  # what the summary file holds
 
 
@@ -59,8 +61,96 @@ def test_the_sweep_step_measures_concurrent_jobs_and_stacked_folds(tmp_path, mon
 
 @pytest.mark.slow
 def test_the_loop_step_compares_compiled_and_eager_loops_with_the_tuned_one(tmp_path):
-    result = gpucheck.step_loop_bench(REPO, device="cpu", steps=3)(600)
-    assert result["status"] in ("passed", "failed")  # the 80% goal is for GPUs; on this CPU it is only run
-    for mode, compile_label in (("compiled", "default"), ("eager", "off")):
-        assert result[mode]["compile"] == compile_label and result[mode]["ratio_to_tuned"] > 0
-    assert result["compile_speedup_project"] > 0
+    (tmp_path / "steps").mkdir()
+    eager = gpucheck.step_loop_bench(REPO, tmp_path, device="cpu", steps=3, compile=False)(600)
+    assert eager["compile"] == "off" and eager["ratio_to_tuned"] > 0 and "status" not in eager
+    (tmp_path / "steps" / "loop-benchmark-eager.json").write_text(json.dumps(eager))
+    compiled = gpucheck.step_loop_bench(REPO, tmp_path, device="cpu", steps=3, compile=True)(600)
+    assert compiled["status"] in ("passed", "failed")  # the 80% goal is for GPUs; on this CPU it is only run
+    assert compiled["compile"] == "default" and compiled["ratio_to_tuned"] > 0
+    assert compiled["compile_speedup_project"] == pytest.approx(compiled["project_img_per_s"] / eager["project_img_per_s"])
+
+
+def test_a_step_past_its_limit_is_stopped_with_every_process_it_started(tmp_path):
+    """A timed-out step (Snakemake and its running job, say) must not go on using the GPU while the next
+    step times: its whole process group is stopped."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    pid_file = tmp_path / "grandchild.pid"
+    code = (f"import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)']);"
+            f"open({str(pid_file)!r}, 'w').write(str(p.pid)); time.sleep(300)")
+    start = time.monotonic()
+    with pytest.raises(subprocess.TimeoutExpired):
+        gpucheck.run_killable([sys.executable, "-c", code], 3, env=dict(os.environ), cwd=tmp_path,
+                              log_path=tmp_path / "step.log")
+    assert time.monotonic() - start < 20
+    grandchild = int(pid_file.read_text())
+    for _ in range(50):  # reaped by init shortly after the kill
+        try:
+            os.kill(grandchild, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the step's own child process outlived the stop")
+
+
+def test_the_shim_gives_the_studys_jobs_a_cnnbench_command_of_this_interpreter(tmp_path):
+    import subprocess
+
+    env = gpucheck.child_env(REPO, tmp_path)
+    env["PATH"] = f"{tmp_path / 'bin'}:/usr/bin:/bin"  # nothing else on PATH: as after a pip --target install
+    out = subprocess.run(["cnnbench", "list-models"], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0 and "resnet20" in out.stdout, out.stderr
+    assert env["PYTHONPATH"].split(":")[0] == str(REPO.resolve()) and env["CUBLAS_WORKSPACE_CONFIG"]
+
+
+def test_gpu_check_runs_each_step_in_its_own_process_and_writes_the_summary_after_each(tmp_path):
+    """The whole machinery on the CPU (device='cpu', two cheap steps): each step's process leaves its log
+    and result in the work folder; beside the summary only small files; a summary is there after step one."""
+    seen = []
+    out = tmp_path / "out" / "summary.json"
+    real_save_points = []
+
+    def log(message):
+        seen.append(message)
+        if message.startswith("[determinism] running"):
+            real_save_points.append(json.loads(out.read_text()))  # written after the first step already
+    code, summary = gpucheck.gpu_check(out, budget_s=300, log=log, work=tmp_path / "work", device="cpu",
+                                       only=("environment", "determinism"))
+    assert code == 0, summary
+    assert [s["step"] for s in summary["steps"]] == ["environment", "determinism"]
+    assert real_save_points and [s["step"] for s in real_save_points[0]["steps"]] == ["environment"]
+    assert summary["steps"][1]["identical"] is True
+    assert (tmp_path / "work" / "steps" / "determinism.log").is_file()
+    assert (tmp_path / "work" / "steps" / "determinism.json").is_file()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["logs.tar.gz", "summary.json"]
+    assert json.loads(out.read_text())["status"] == "passed" and "summary.json" in summary["files"]
+    assert "passed  determinism" in gpucheck.format_summary(summary)
+
+
+def test_a_crashing_step_process_is_a_failed_step_with_its_log(tmp_path):
+    broken = tmp_path / "broken" / "cnnbench"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ImportError('a broken install')\n")
+    env = {**gpucheck.child_env(REPO, tmp_path), "PYTHONPATH": str(broken.parent)}  # the child dies at import
+    result = gpucheck.in_child("environment", tmp_path, tmp_path, "cpu", env)(30)
+    assert result["status"] == "failed" and "exited with 1" in result["why"]
+    assert "a broken install" in result["log_tail"]
+
+
+@pytest.mark.slow
+def test_a_timed_study_runs_from_an_empty_folder_at_the_sweeps_setting_and_brings_its_report(tmp_path):
+    config = gpucheck._tiny_config(tmp_path / "tiny.yaml", device="cpu", variants=())
+    out = tmp_path / "out" / "summary.json"
+    code, summary = gpucheck.gpu_check(out, budget_s=120, log=lambda m: None, work=tmp_path / "work", device="cpu",
+                                       only=("environment",), time_studies=(config,), study_limit_s=300)
+    assert code == 0, summary
+    [timed] = summary["studies"]
+    assert timed["status"] == "passed" and timed["seconds_end_to_end"] > 0 and timed["jobs_per_gpu"] == 1
+    assert timed["files"] == ["tiny-report.html"] and (out.parent / "tiny-report.html").stat().st_size > 10_000
+    derived = (tmp_path / "work" / "timed" / "tiny" / "tiny.yaml").read_text()
+    assert "jobs_per_gpu: 1" in derived and "device: cpu" in derived
