@@ -219,19 +219,42 @@ def test_install_sh_text(wh):
         wh.render_install_sh("p", "1", [], "3.12", [Req("x", (), "=='1'", "")])
 
 
-def _house(wh, tmp_path, checks, python_version=HERE_PY):
-    """A wheelhouse of a stand-in project 'standin' that depends on nothing, with a real install.sh."""
+def _house(wh, tmp_path, checks, python_version=HERE_PY, requires=()):
+    """A wheelhouse of a stand-in project 'standin' (depending on `requires`, which the node has), with a
+    real install.sh."""
     house = tmp_path / "house"
     house.mkdir()
-    wh.make_stub_wheel(house, "standin", "1.0")
+    wh.make_stub_wheel(house, "standin", "1.0", requires=requires)
     (house / "install.sh").write_text(wh.render_install_sh("standin", "1.0", [], python_version,
                                                            [wh.parse_requirement(c) for c in checks]))
     return house
 
 
-def _install(house, tmp_path):
-    return subprocess.run(["sh", str(house / "install.sh"), "--target", str(tmp_path / "site"), "--no-compile"],
-                          capture_output=True, text=True, env=_offline_env(PYTHON=sys.executable), check=False)
+def _install(house, tmp_path, *args):
+    return subprocess.run(["sh", str(house / "install.sh"), "--no-compile", *args], capture_output=True, text=True,
+                          env=_offline_env(PYTHON=sys.executable, TARGET=str(tmp_path / "site")), check=False)
+
+
+def test_a_folder_install_keeps_the_nodes_packages_and_says_how_to_use_it(wh, tmp_path):
+    """pip's --target ignores what is installed, so resolving would look for the node's torch in the
+    wheelhouse; TARGET= installs every wheel without resolving (the set was resolved when it was built)."""
+    house = _house(wh, tmp_path, ["pytest>=1"], requires=["pytest>=1", "PyYAML"])
+    res = _install(house, tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "site" / "standin-1.0.dist-info").is_dir()
+    assert not list((tmp_path / "site").glob("pytest*"))  # the node's own, not reinstalled
+    assert f"export PYTHONPATH={tmp_path / 'site'}" in res.stdout and f"PATH={tmp_path / 'site'}/bin:" in res.stdout
+    resolving = subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--find-links", house,
+                                "--target", tmp_path / "t2", "standin"], capture_output=True, text=True,
+                               env=_offline_env(), check=False)
+    assert resolving.returncode != 0 and "pytest" in resolving.stderr  # what TARGET= avoids
+
+
+def test_pips_own_target_option_is_refused_with_the_way_that_works(wh, tmp_path):
+    house = _house(wh, tmp_path, [])
+    res = _install(house, tmp_path, "--target", str(tmp_path / "elsewhere"))
+    assert res.returncode == 2 and "TARGET=DIR sh install.sh" in res.stderr
+    assert not (tmp_path / "elsewhere").exists() and not (tmp_path / "site").exists()
 
 
 def test_install_sh_installs_with_no_index_when_the_node_fits(wh, tmp_path):

@@ -287,11 +287,13 @@ def wheel_name(name: str, version: str, tag: str = "py3-none-any") -> str:
     return f"{re.sub(r'[-_.]+', '_', name)}-{version}-{tag}.whl"
 
 
-def make_stub_wheel(directory: Path, name: str, version: str) -> Path:
-    """A valid, empty wheel `name==version` with no dependencies: stands for a package the node has."""
+def make_stub_wheel(directory: Path, name: str, version: str, requires=()) -> Path:
+    """A valid, empty wheel `name==version`: stands for a package the node has (no dependencies), or, with
+    `requires`, for a project that depends on others (the tests' stand-in for cnnbench)."""
     dist = f"{re.sub(r'[-_.]+', '_', name)}-{version}.dist-info"
     files = {f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
-                                 "Summary: stand-in for a package the GPU node already has\n",
+                                 + "".join(f"Requires-Dist: {r}\n" for r in requires)
+                                 + "Summary: stand-in for a package the GPU node already has\n",
              f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: build_wheelhouse\nRoot-Is-Purelib: true\n"
                               "Tag: py3-none-any\n"}
     record = []
@@ -446,10 +448,22 @@ if bad:
               f"{len(wheels)} wheels."),
              f"# Left to the node: {', '.join(node_used) or 'nothing'}.",
              "# Usage: sh install.sh [pip options, e.g. --user]   PYTHON=/path/to/python picks the interpreter.",
+             "#        TARGET=/abs/dir sh install.sh   installs into a folder instead (no write access to the",
+             "#        Python); then: export PYTHONPATH=/abs/dir PATH=/abs/dir/bin:$PATH",
              "set -eu",
              'HERE=$(CDPATH= cd -- "$(dirname -- "$0")" && pwd)',
              'PY=${PYTHON:-python3}',
+             'case " $* " in *" --target"*|*" -t "*)',
+             '  echo "install.sh: give the folder as TARGET=DIR sh install.sh, not pip\'s --target: with it pip ignores '
+             'what the node has installed and would look for torch in this wheelhouse" >&2; exit 2;; esac',
              f"\"$PY\" -c '{check}' || exit 1",
+             'if [ -n "${TARGET:-}" ]; then',
+             '  # every wheel here, no resolution: the set was resolved against the node when it was built',
+             '  "$PY" -m pip install --no-index --no-deps --target "$TARGET" "$@" "$HERE"/*.whl',
+             r'  echo "installed into $TARGET; before using it: export PYTHONPATH=$TARGET\${PYTHONPATH:+:\$PYTHONPATH} '
+             r'PATH=$TARGET/bin:\$PATH"',
+             '  exit 0',
+             'fi',
              f'exec "$PY" -m pip install --no-index --find-links "$HERE" "$@" \'{target}\'',
              ""]
     return "\n".join(lines)
