@@ -154,3 +154,9 @@ def test_a_timed_study_runs_from_an_empty_folder_at_the_sweeps_setting_and_bring
     assert timed["files"] == ["tiny-report.html"] and (out.parent / "tiny-report.html").stat().st_size > 10_000
     derived = (tmp_path / "work" / "timed" / "tiny" / "tiny.yaml").read_text()
     assert "jobs_per_gpu: 1" in derived and "device: cpu" in derived
+
+
+def test_an_unknown_step_to_skip_is_refused_naming_the_steps(capsys):
+    assert main(["gpu-check", "--skip", "kernels"]) == 2
+    err = capsys.readouterr().err
+    assert "gpu-check --skip: no step 'kernels'" in err and "kernel suite" in err and "Traceback" not in err
