@@ -118,14 +118,14 @@ def _cmd_gpu_sweep(a: argparse.Namespace) -> None:
 
 
 def _cmd_gpu_check(a: argparse.Namespace) -> int:
-    from cnnbench.gpucheck import STEPS, format_summary, gpu_check
+    from cnnbench.gpucheck import STEP_NAMES, format_summary, gpu_check
 
-    names = [name for name, _ in STEPS]
-    unknown = [s for s in a.skip if s not in names]
+    unknown = [s for s in a.skip if s not in STEP_NAMES]
     if unknown:
-        raise CnnbenchError(f"gpu-check --skip: no step {unknown[0]!r}; the steps: {', '.join(names)}")
+        raise CnnbenchError(f"gpu-check --skip: no step {unknown[0]!r}; the steps: {', '.join(STEP_NAMES)}")
     code, summary = gpu_check(a.out, a.budget, work=a.work, time_studies=tuple(a.time_study),
-                              study_limit_s=a.study_limit, only=tuple(n for n in names if n not in a.skip))
+                              study_limit_s=a.study_limit, total_s=a.total, jobs_per_gpu=a.jobs_per_gpu,
+                              skip=tuple(a.skip))
     print(format_summary(summary))
     return code
 
@@ -322,6 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after the checks, run this study end to end from an empty folder at the sweep's best "
                         "jobs_per_gpu and record its wall time (repeatable; e.g. config/config.yaml)")
     s.add_argument("--study-limit", type=float, default=300, help="seconds allowed each --time-study (default 300)")
+    s.add_argument("--total", type=float, help="seconds for everything, timed studies included: a study gets "
+                                               "what is left (e.g. 560 inside a 10-minute session)")
+    s.add_argument("--jobs-per-gpu", type=_positive, help="jobs_per_gpu for --time-study (default: the sweep's best)")
     s.add_argument("--skip", action="append", default=[], metavar="STEP",
                    help="leave out a step (repeatable; quote names with spaces, e.g. --skip 'kernel suite')")
     s.set_defaults(func=_cmd_gpu_check)

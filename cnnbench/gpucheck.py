@@ -56,6 +56,11 @@ def no_gpu_reason() -> str | None:
     return None
 
 
+class Interrupted(BaseException):
+    """SIGTERM reached gpu-check (a session's time limit, `timeout`): stop the running step's processes,
+    then write what was measured."""
+
+
 class Steps:
     """Runs the steps in order, each with a limit, within the overall budget; keeps every outcome and
     hands each one to `on_result` as it comes (the summary is rewritten after every step, so a session cut
@@ -63,18 +68,22 @@ class Steps:
 
     def __init__(self, budget_s: float, log: Callable[[str], None],
                  on_result: Callable[[list[dict]], None] = lambda results: None):
-        self.deadline, self.log, self.on_result, self.results = time.monotonic() + budget_s, log, on_result, []
+        self.budget_s, self.log, self.on_result, self.results = budget_s, log, on_result, []
+        self.deadline = time.monotonic() + budget_s
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
 
-    def run(self, name: str, limit_s: float, fn: Callable[[float], dict]) -> None:
+    def skip(self, name: str, why: str) -> None:
+        self.results.append({"step": name, "status": "skipped", "why": why})
+        self.log(f"[{name}] skipped: {why}")
+        self.on_result(self.results)
+
+    def run(self, name: str, limit_s: float, fn: Callable[[float], dict], minimum_s: float = 15) -> None:
         limit = min(limit_s, self.left())
-        if limit < 15:
-            self.results.append({"step": name, "status": "skipped", "why": "the 8-minute budget is spent"})
-            self.log(f"[{name}] skipped: budget spent")
-            self.on_result(self.results)
-            return
+        if limit < minimum_s:  # a step cut below what it needs would only fail, and look like a bug
+            return self.skip(name, f"{max(0, self.left()):.0f} s of the {self.budget_s:.0f}-s budget left, "
+                                   f"below the {minimum_s:.0f} s this step needs")
         self.log(f"[{name}] running (at most {limit:.0f} s)")
         start = time.monotonic()
         try:
@@ -109,31 +118,44 @@ def child_env(root: Path, work: Path) -> dict:
             "CNNBENCH_GPU_LOCK_DIR": str(work / "gpu-locks")}
 
 
-def run_killable(cmd: list[str], limit: float, *, env: dict, cwd: Path, log_path: Path) -> int:
-    """Run `cmd` in a process group of its own, output to `log_path`; past `limit`, stop the whole group
-    (Snakemake's running jobs too, which would otherwise go on using the GPU while the next step times)."""
-    with open(log_path, "a") as log:
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+def _kill_group(pgid: int, proc: subprocess.Popen) -> None:
+    """SIGTERM to the whole group (Snakemake cancels its jobs on it), then SIGKILL to whatever is left."""
+    for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
         try:
-            return proc.wait(timeout=limit)
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
-            for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
-                try:
-                    os.killpg(proc.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    proc.wait(timeout=grace)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
+            pass
+
+
+def run_killable(cmd: list[str], limit: float, *, env: dict, cwd: Path, log_path: Path) -> int:
+    """Run `cmd` in a process group of its own (not a session: a session's end still reaches it), output
+    to `log_path`. Past `limit`, or when gpu-check itself is stopped, the whole group is stopped; after a
+    normal exit too, so nothing it started (Snakemake's jobs, sweep workers) uses the GPU while the next
+    step times."""
+    with open(log_path, "a") as log:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                preexec_fn=os.setpgrp)  # (no threads here; process_group= needs Python 3.11)
+        try:
+            code = proc.wait(timeout=limit)
+        except BaseException:  # the limit, or Interrupted
+            _kill_group(proc.pid, proc)
             raise
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # leftovers of a finished step
+        except ProcessLookupError:
+            pass
+        return code
 
 
 def in_child(name: str, root: Path, work: Path, device: str, env: dict) -> Callable[[float], dict]:
     """A step run in a fresh process (`python -m cnnbench.gpucheck --step NAME`): its time limit holds
     even for in-process work, no backend flag it sets (deterministic cuDNN, TF32, threads) leaks into the
-    next step's measurements, and a crash in CUDA stays in that process."""
+    next step's measurements, and a crash in CUDA stays in that process. A result the step wrote counts
+    even if its process then hangs or fails on the way out."""
     def run(limit: float) -> dict:
         steps_dir = work / "steps"
         steps_dir.mkdir(parents=True, exist_ok=True)
@@ -144,11 +166,12 @@ def in_child(name: str, root: Path, work: Path, device: str, env: dict) -> Calla
                "--device", device, "--limit", f"{limit:.0f}", "--result", str(result)]
         try:
             code = run_killable(cmd, limit, env=env, cwd=root, log_path=log_path)
+            why = f"its process exited with {code}"
         except subprocess.TimeoutExpired:
-            return {"status": "failed", "why": f"did not finish in {limit:.0f} s (stopped)", "log_tail": _tail(log_path)}
-        if code != 0 or not result.is_file():
-            return {"status": "failed", "why": f"its process exited with {code}", "log_tail": _tail(log_path)}
-        return json.loads(result.read_text())
+            why = f"did not finish in {limit:.0f} s (stopped)"
+        if result.is_file():
+            return json.loads(result.read_text())
+        return {"status": "failed", "why": why, "log_tail": _tail(log_path)}
     return run
 
 
@@ -313,7 +336,7 @@ def step_kernels(root: Path, out_dir: Path) -> Callable[[float], dict]:
         result = _pytest(["tests/bench/test_kernels.py", "--benchmark-only", "-k", "cuda", "--bench-size", "full",
                           "--benchmark-max-time=0.5", f"--benchmark-json={bench}"], root, limit - 5,
                          out_dir / "kernels.xml")
-        return {**result, "artifacts": {bench.name: str(bench)}}
+        return {**result, "artifacts": {**result["artifacts"], bench.name: str(bench)}}
     return run
 
 
@@ -340,10 +363,12 @@ def _has_mlxtend() -> bool:
     return importlib.util.find_spec("mlxtend") is not None
 
 
-# name, limit (s): the most telling first, so a slow step late in the budget costs the least
-STEPS = (("environment", 45), ("cuda tests", 150), ("determinism", 75), ("loop benchmark eager", 60),
-         ("loop benchmark compiled", 100), ("concurrency sweep", 110), ("study end to end", 150),
-         ("kernel suite", 75))
+# name, limit (s), minimum (s): the most telling first, so a slow step late in the budget costs the least;
+# a step left less than its minimum is skipped rather than run to a certain time-out
+STEPS = (("environment", 45, 15), ("cuda tests", 150, 60), ("determinism", 75, 30),
+         ("loop benchmark eager", 60, 30), ("loop benchmark compiled", 100, 60), ("concurrency sweep", 110, 80),
+         ("study end to end", 150, 90), ("kernel suite", 75, 45))
+STEP_NAMES = tuple(name for name, _, _ in STEPS)
 
 
 def step_functions(root: Path, work: Path, device: str) -> dict[str, Callable[[float], dict]]:
@@ -355,136 +380,215 @@ def step_functions(root: Path, work: Path, device: str) -> dict[str, Callable[[f
             "kernel suite": step_kernels(root, work)}
 
 
-def time_study(root: Path, config: Path, work: Path, device: str, jobs_per_gpu: int, limit: float) -> dict:
-    """A whole study end to end from an empty folder on this GPU at `jobs_per_gpu` (the sweep's best):
-    the figure the README's GPU table reports."""
+def chosen_jobs_per_gpu(results: list[dict], override: int | None = None) -> tuple[int, str]:
+    """jobs_per_gpu for the timed studies, and where it came from: given, the sweep's best, or the default 1
+    (the sweep failed, was skipped or did not run), so a figure never hides which setting made it."""
+    if override is not None:
+        return override, "given (--jobs-per-gpu)"
+    sweep = next((r for r in results if r["step"] == "concurrency sweep"), None)
+    if sweep is not None and sweep["status"] == "passed":
+        return int(sweep["best_jobs_per_gpu"]), "the concurrency sweep's best"
+    why = "did not run" if sweep is None else sweep["status"]
+    return 1, f"the default (the concurrency sweep {why})"
+
+
+def _absolute_data_paths(raw: dict, base: Path) -> dict:
+    """A config's relative data paths, made absolute against the folder it was run from: the timed copy
+    runs in another folder."""
+    data = raw.get("data")
+    if isinstance(data, dict):
+        for key in ("root", "path"):
+            if isinstance(data.get(key), str) and not Path(data[key]).expanduser().is_absolute():
+                data[key] = str((base / data[key]).resolve())
+    return raw
+
+
+def time_study(root: Path, config: Path, folder: Path, device: str, jobs_per_gpu: int, limit: float) -> dict:
+    """A whole study end to end from the empty `folder` on this GPU at `jobs_per_gpu`: the figure the
+    README's GPU table reports."""
     import yaml
 
     from cnnbench.config import read_config
 
-    raw = read_config(config)
+    raw = _absolute_data_paths(read_config(config), Path.cwd())
     raw["execution"] = {**raw.get("execution", {}), "device": device, "jobs_per_gpu": jobs_per_gpu}
-    folder = work / "timed" / config.stem
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     derived = folder / config.name
     derived.write_text(yaml.safe_dump(raw, sort_keys=False))
+    base = {"study": str(config), "jobs_per_gpu": jobs_per_gpu}
     try:
         code, seconds = run_study(root, derived, folder, limit)
     except subprocess.TimeoutExpired:
-        return {"study": str(config), "status": "failed", "why": f"did not finish in {limit:.0f} s (stopped)",
-                "jobs_per_gpu": jobs_per_gpu, "log_tail": _tail(folder / "snakemake.log")}
+        return {**base, "status": "failed", "why": f"did not finish in {limit:.0f} s (stopped)",
+                "log_tail": _tail(folder / "snakemake.log")}
     reports = sorted(folder.glob("reports/*/index.html"))
     if code != 0 or not reports:
-        return {"study": str(config), "status": "failed", "why": f"snakemake exited with {code}",
-                "jobs_per_gpu": jobs_per_gpu, "log_tail": _tail(folder / "snakemake.log")}
-    return {"study": str(config), "status": "passed", "seconds_end_to_end": round(seconds, 1),
-            "jobs_per_gpu": jobs_per_gpu, "artifacts": {f"{config.stem}-report.html": str(reports[0])}}
+        return {**base, "status": "failed", "why": f"snakemake exited with {code}",
+                "log_tail": _tail(folder / "snakemake.log")}
+    return {**base, "status": "passed", "seconds_end_to_end": round(seconds, 1),
+            "artifacts": {f"{folder.name}-report.html": str(reports[0])}}
 
 
 def gpu_check(out: str | Path = "gpu-check/summary.json", budget_s: float = BUDGET_S,
               log: Callable[[str], None] | None = None, *, work: str | Path | None = None,
-              time_studies: tuple[str | Path, ...] = (), study_limit_s: float = 300, device: str = "cuda",
-              only: tuple[str, ...] | None = None) -> tuple[int, dict]:
+              time_studies: tuple[str | Path, ...] = (), study_limit_s: float = 300, total_s: float | None = None,
+              jobs_per_gpu: int | None = None, skip: tuple[str, ...] = (), device: str = "cuda") -> tuple[int, dict]:
     """Run every step, each in a process of its own; returns (exit code, summary). Exit 0: all passed; 1:
-    a step failed; 2: no GPU. `out`'s folder receives only small files (summary, JUnit XML, benchmark
-    JSON, HTML reports, logs.tar.gz); the work (study folders, step logs) goes to `work`, a temporary
-    folder unless given. `time_studies` then run end to end, each within `study_limit_s`, outside the
-    budget. `device` and `only` exist for the CPU tests of this machinery."""
+    a step failed or the check was stopped; 2: no GPU. `out`'s folder receives only small files
+    (summary, JUnit XML, benchmark JSON, HTML reports, logs.tar.gz), rewritten after every step; the work
+    (study folders, step logs) goes to `work`, a temporary folder unless given. `time_studies` then run
+    end to end, each within `study_limit_s` and all within `total_s` of the start (when given). SIGTERM
+    stops the running step's processes and still writes the summary. `device` exists for the CPU tests
+    of this machinery."""
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     why = no_gpu_reason() if device == "cuda" else None
     if why:
         return 2, {"status": "no_gpu", "why": why, "message": NO_GPU.format(why=why)}
-    out = Path(out)
+    started = time.monotonic()
+    out = Path(out).resolve()
     out_dir = out.parent
     out_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(work) if work else Path(tempfile.mkdtemp(prefix="cnnbench-gpu-check-"))
+    work = Path(work).resolve() if work else Path(tempfile.mkdtemp(prefix="cnnbench-gpu-check-"))
     work.mkdir(parents=True, exist_ok=True)
     root = repo_root()
-    summary: dict = {"status": "running", "budget_s": budget_s, "work": str(work), "steps": [], "studies": []}
+    import cnnbench
+
+    summary: dict = {"status": "running", "budget_s": budget_s, "work": str(work), "checkout": str(root),
+                     "cnnbench_imported_from": str(Path(cnnbench.__file__).parent), "steps": [], "studies": [],
+                     "files": []}
+    if root is not None and Path(cnnbench.__file__).resolve().parents[1] != root.resolve():
+        log(f"note: this process runs cnnbench from {Path(cnnbench.__file__).parent}; the steps run the checkout's "
+            f"({root}). To run one code base, start it as `python -m cnnbench.cli gpu-check` in the checkout")
 
     def save(results=None) -> None:
-        for r in summary["steps"] + summary["studies"]:  # small artefacts go beside the summary
+        for r in summary["steps"] + summary["studies"]:  # small artefacts go beside the summary, once each
             for name, path in list(r.pop("artifacts", {}).items()):
-                if Path(path).is_file():
-                    shutil.copyfile(path, out_dir / name)
-                    r.setdefault("files", []).append(name)
+                dest = out_dir / name
+                try:
+                    if Path(path).resolve() != dest:
+                        shutil.copyfile(path, dest)
+                except OSError as e:
+                    r.setdefault("copy_failed", []).append(f"{name}: {e}")
+                    continue
+                r.setdefault("files", []).append(name)
+                summary["files"] = sorted({*summary["files"], name})
+        _bundle_logs(work, out_dir / "logs.tar.gz")
+        summary["files"] = sorted({*summary["files"], "logs.tar.gz", out.name})
         from cnnbench.io import write_json
 
         write_json(out, summary)
 
+    def on_term(signum, frame):
+        raise Interrupted()
+
+    previous = signal.signal(signal.SIGTERM, on_term) if threading_is_main() else None
     steps = Steps(budget_s, log, on_result=save)
     summary["steps"] = steps.results
-    if root is None:
-        log("not inside a cnnbench checkout: only the environment is checked")
-        steps.run("environment", 45, step_environment(device))
-    else:
-        env = child_env(root, work)
-        for name, limit in STEPS:
-            if only is None or name in only:
-                steps.run(name, limit, in_child(name, root, work, device, env))
-        sweep = next((r for r in steps.results if r["step"] == "concurrency sweep" and r["status"] == "passed"), {})
-        jobs = int(sweep.get("best_jobs_per_gpu", 1))
-        os.environ.update({k: env[k] for k in ("PYTHONPATH", "PATH", "CUBLAS_WORKSPACE_CONFIG", "CNNBENCH_GPU_LOCK_DIR")})
-        for config in time_studies:
-            log(f"[time {config}] end to end at jobs_per_gpu {jobs} (at most {study_limit_s:.0f} s)")
-            summary["studies"].append(time_study(root, Path(config).resolve(), work, device, jobs, study_limit_s))
-            log(f"[time {config}] {summary['studies'][-1]['status']} "
-                f"{summary['studies'][-1].get('seconds_end_to_end', '')}")
-            save()
-    failed = [s["step"] for s in steps.results if s["status"] == "failed"] + [
-        s["study"] for s in summary["studies"] if s["status"] == "failed"]
-    summary.update(status="failed" if failed else "passed", failed=failed,
-                   finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    _bundle_logs(work, out_dir / "logs.tar.gz")
+    try:
+        if root is None:
+            if time_studies:
+                log("--time-study needs a cnnbench checkout (its Snakefile): not run")
+            log("not inside a cnnbench checkout: only the environment is checked")
+            steps.run("environment", 45, step_environment(device))
+        else:
+            env = child_env(root, work)
+            for name, limit, minimum in STEPS:
+                if name in skip:
+                    steps.skip(name, "--skip")
+                else:
+                    steps.run(name, limit, in_child(name, root, work, device, env), minimum)
+            jobs, source = chosen_jobs_per_gpu(steps.results, jobs_per_gpu)
+            os.environ.update({k: env[k] for k in ("PYTHONPATH", "PATH", "CUBLAS_WORKSPACE_CONFIG",
+                                                   "CNNBENCH_GPU_LOCK_DIR")})
+            for i, config in enumerate(time_studies):
+                config = Path(config).resolve()
+                limit = study_limit_s if total_s is None else min(study_limit_s, total_s - (time.monotonic() - started))
+                name = config.stem if [Path(c).stem for c in time_studies].count(config.stem) == 1 else f"{config.stem}-{i}"
+                if limit < 30:
+                    summary["studies"].append({"study": str(config), "status": "skipped", "jobs_per_gpu": jobs,
+                                               "why": f"{max(0, limit):.0f} s left of --total {total_s:.0f} s"})
+                else:
+                    log(f"[time {config.name}] end to end at jobs_per_gpu {jobs}, {source} (at most {limit:.0f} s)")
+                    summary["studies"].append({**time_study(root, config, work / "timed" / name, device, jobs, limit),
+                                               "jobs_per_gpu_from": source})
+                    log(f"[time {config.name}] {summary['studies'][-1]['status']} "
+                        f"{summary['studies'][-1].get('seconds_end_to_end', '')}")
+                save()
+        failed = [s["step"] for s in steps.results if s["status"] == "failed"] + [
+            s["study"] for s in summary["studies"] if s["status"] == "failed"]
+        summary.update(status="failed" if failed else "passed", failed=failed)
+    except Interrupted:
+        log("gpu-check was stopped (SIGTERM): the running step's processes are stopped; writing what was measured")
+        summary.update(status="interrupted", failed=[s["step"] for s in steps.results if s["status"] == "failed"])
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    summary["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     save()
-    summary["files"] = sorted(p.name for p in out_dir.iterdir() if p.is_file())
-    save()
-    return (1 if failed else 0), summary
+    return (0 if summary["status"] == "passed" else 1), summary
+
+
+def threading_is_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 def _bundle_logs(work: Path, dest: Path) -> None:
     """Every step's log and the studies' Snakemake and job logs, in one file (a GPU session often brings
-    back only a few files)."""
+    back only a few files); rewritten with the summary, so a stopped check still leaves it."""
     import tarfile
 
     logs = [p for p in work.rglob("*.log") if p.is_file()]
-    with tarfile.open(dest, "w:gz") as tar:
+    tmp = dest.with_name(dest.name + ".tmp")
+    with tarfile.open(tmp, "w:gz") as tar:
         for p in sorted(logs):
             tar.add(p, arcname=str(p.relative_to(work)))
+    tmp.replace(dest)
 
 
 def format_summary(summary: dict) -> str:
     if summary["status"] == "no_gpu":
         return summary["message"]
     lines = [f"gpu-check: {summary['status'].upper()}"]
-    hidden = ("step", "status", "seconds", "env", "log_tail", "files")
+    hidden = ("step", "status", "seconds", "env", "log_tail", "files", "traceback")
     for s in summary["steps"]:
         detail = {k: v for k, v in s.items() if k not in hidden}
         lines.append(f"  {s['status']:>7}  {s['step']:<24} {s.get('seconds', 0):6.0f} s  {json.dumps(detail)[:300]}")
     for s in summary.get("studies", []):
         lines.append(f"  {s['status']:>7}  study {Path(s['study']).name:<18} {s.get('seconds_end_to_end', 0):6.0f} s  "
-                     f"jobs_per_gpu {s['jobs_per_gpu']}" + (f"  {s['why']}" if s.get("why") else ""))
+                     f"jobs_per_gpu {s['jobs_per_gpu']} ({s.get('jobs_per_gpu_from', '')})"
+                     + (f"  {s['why']}" if s.get("why") else ""))
     lines.append(f"files: {', '.join(summary.get('files', []))}; work folder: {summary.get('work')}")
     return "\n".join(lines)
 
 
 def _child_main(argv: list[str] | None = None) -> None:
-    """One step in its own process (started by gpu_check): runs it, writes its result as JSON."""
+    """One step in its own process (started by gpu_check): runs it and writes its result as JSON - a
+    failure too, with its traceback - then leaves at once (a CUDA or compile worker's slow or failing
+    shut-down must not cost the result)."""
     import argparse
+    import traceback
 
     p = argparse.ArgumentParser(description="one step of cnnbench gpu-check (started by it)")
-    p.add_argument("--step", required=True, choices=[name for name, _ in STEPS])
+    p.add_argument("--step", required=True, choices=STEP_NAMES)
     p.add_argument("--root", required=True, type=Path)
     p.add_argument("--work", required=True, type=Path)
     p.add_argument("--device", default="cuda")
     p.add_argument("--limit", type=float, required=True)
     p.add_argument("--result", required=True, type=Path)
     a = p.parse_args(argv)
-    result = step_functions(a.root, a.work, a.device)[a.step](a.limit)
+    try:
+        result = step_functions(a.root, a.work, a.device)[a.step](a.limit)
+    except Exception as e:  # written down, not lost in a log: the summary shows it
+        result = {"status": "failed", "why": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-3000:]}
     from cnnbench.io import write_json
 
     write_json(a.result, result)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ def test_a_failing_step_does_not_hide_the_others_and_the_budget_is_kept():
 
 
 def test_the_determinism_step_compares_two_runs_and_measures_the_slowdown(tmp_path):
+    """The step's plumbing (on the CPU runs are identical anyway; the GPU run is the real test)."""
     result = gpucheck.step_determinism(tmp_path, device="cpu")(60)
     assert result["status"] == "passed" and result["identical"] is True
     assert result["deterministic_slowdown"] > 0
@@ -88,10 +89,12 @@ def test_a_step_past_its_limit_is_stopped_with_every_process_it_started(tmp_path
                               log_path=tmp_path / "step.log")
     assert time.monotonic() - start < 20
     grandchild = int(pid_file.read_text())
-    for _ in range(50):  # reaped by init shortly after the kill
+    for _ in range(50):  # gone, or a zombie waiting for a reaper: either way no longer running
         try:
-            os.kill(grandchild, 0)
-        except ProcessLookupError:
+            state = open(f"/proc/{grandchild}/stat").read().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            break
+        if state in ("Z", "X"):
             break
         time.sleep(0.1)
     else:
@@ -119,17 +122,98 @@ def test_gpu_check_runs_each_step_in_its_own_process_and_writes_the_summary_afte
         seen.append(message)
         if message.startswith("[determinism] running"):
             real_save_points.append(json.loads(out.read_text()))  # written after the first step already
-    code, summary = gpucheck.gpu_check(out, budget_s=300, log=log, work=tmp_path / "work", device="cpu",
-                                       only=("environment", "determinism"))
+    (out.parent).mkdir()
+    (out.parent / "left-from-before.txt").write_text("x")
+    skip = tuple(n for n in gpucheck.STEP_NAMES if n not in ("environment", "determinism"))
+    code, summary = gpucheck.gpu_check(out, budget_s=300, log=log, work=tmp_path / "work", device="cpu", skip=skip)
     assert code == 0, summary
-    assert [s["step"] for s in summary["steps"]] == ["environment", "determinism"]
-    assert real_save_points and [s["step"] for s in real_save_points[0]["steps"]] == ["environment"]
-    assert summary["steps"][1]["identical"] is True
+    assert [s["step"] for s in summary["steps"]] == list(gpucheck.STEP_NAMES)
+    assert {s["step"]: s["status"] for s in summary["steps"]} == {
+        n: "passed" if n in ("environment", "determinism") else "skipped" for n in gpucheck.STEP_NAMES}
+    assert all(s["why"] == "--skip" for s in summary["steps"] if s["status"] == "skipped")
+    assert real_save_points and [s["step"] for s in real_save_points[0]["steps"]] == ["environment", "cuda tests"]
+    assert summary["steps"][2]["identical"] is True  # plumbing only: CPU runs are identical anyway
     assert (tmp_path / "work" / "steps" / "determinism.log").is_file()
     assert (tmp_path / "work" / "steps" / "determinism.json").is_file()
-    assert sorted(p.name for p in out.parent.iterdir()) == ["logs.tar.gz", "summary.json"]
-    assert json.loads(out.read_text())["status"] == "passed" and "summary.json" in summary["files"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["left-from-before.txt", "logs.tar.gz", "summary.json"]
+    assert summary["files"] == ["logs.tar.gz", "summary.json"]  # what this check wrote, nothing else
+    assert json.loads(out.read_text())["status"] == "passed"
     assert "passed  determinism" in gpucheck.format_summary(summary)
+
+
+def test_a_relative_work_folder_and_artifacts_already_in_place_are_handled(tmp_path, monkeypatch):
+    """--work given relative to where gpu-check starts (the steps run elsewhere), and an artefact whose
+    source is already its destination (--work inside --out's folder): no crash, the file listed once."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out" / "summary.json"
+    calls = []
+
+    def fake_child(name, root, work, device, env):
+        assert work.is_absolute()
+        calls.append(name)
+
+        def run(limit):
+            junit = tmp_path / "out" / "cuda-tests.xml"  # already beside the summary
+            junit.write_text("<testsuite/>")
+            return {"artifacts": {"cuda-tests.xml": str(junit)}}
+        return run
+
+    monkeypatch.setattr(gpucheck, "in_child", fake_child)
+    code, summary = gpucheck.gpu_check(out, budget_s=300, log=lambda m: None, work="work-rel", device="cpu",
+                                       skip=tuple(n for n in gpucheck.STEP_NAMES if n != "cuda tests"))
+    assert code == 0 and calls == ["cuda tests"]
+    assert summary["work"] == str(tmp_path / "work-rel")
+    assert summary["files"] == ["cuda-tests.xml", "logs.tar.gz", "summary.json"]
+    assert summary["steps"][1]["files"] == ["cuda-tests.xml"]
+
+
+def test_a_stopped_check_stops_its_step_and_still_writes_the_summary(tmp_path, monkeypatch):
+    """SIGTERM (a session's limit, `timeout`) while a step runs: the step's processes go, the summary and
+    the logs are written with what was measured, status 'interrupted'."""
+    import os
+    import signal
+    import sys
+    import threading
+    import time
+
+    out = tmp_path / "out" / "summary.json"
+    started = tmp_path / "started"
+
+    def slow_child(name, root, work, device, env):
+        def run(limit):
+            if name == "environment":
+                return {"gpu": "none"}
+            code = f"open({str(started)!r}, 'w').write('x'); import time; time.sleep(300)"
+            gpucheck.run_killable([sys.executable, "-c", code], limit, env=dict(os.environ), cwd=tmp_path,
+                                  log_path=tmp_path / "slow.log")
+            return {}
+        return run
+
+    def term_when_started():
+        for _ in range(200):
+            if started.exists():
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            threading.Event().wait(0.05)
+
+    monkeypatch.setattr(gpucheck, "in_child", slow_child)
+    threading.Thread(target=term_when_started, daemon=True).start()
+    t0 = time.monotonic()
+    code, summary = gpucheck.gpu_check(out, budget_s=300, log=lambda m: None, work=tmp_path / "w", device="cpu",
+                                       skip=tuple(n for n in gpucheck.STEP_NAMES if n not in ("environment", "cuda tests")))
+    assert code == 1 and summary["status"] == "interrupted"
+    assert [s["step"] for s in summary["steps"]] == ["environment"]  # cuda tests was running: no result
+    assert not started.exists() or time.monotonic() - t0 < 60  # stopped, not waited out
+    assert json.loads(out.read_text())["status"] == "interrupted" and (out.parent / "logs.tar.gz").is_file()
+    assert signal.getsignal(signal.SIGTERM) is not None  # the previous handler is back
+
+
+def test_timed_studies_use_the_sweeps_best_and_say_where_the_setting_came_from():
+    sweep = {"step": "concurrency sweep", "status": "passed", "best_jobs_per_gpu": 4}
+    assert gpucheck.chosen_jobs_per_gpu([sweep]) == (4, "the concurrency sweep's best")
+    assert gpucheck.chosen_jobs_per_gpu([sweep], override=2) == (2, "given (--jobs-per-gpu)")
+    assert gpucheck.chosen_jobs_per_gpu([{**sweep, "status": "failed"}]) == (1, "the default (the concurrency sweep failed)")
+    assert gpucheck.chosen_jobs_per_gpu([]) == (1, "the default (the concurrency sweep did not run)")
 
 
 def test_a_crashing_step_process_is_a_failed_step_with_its_log(tmp_path):
@@ -147,13 +231,15 @@ def test_a_timed_study_runs_from_an_empty_folder_at_the_sweeps_setting_and_bring
     config = gpucheck._tiny_config(tmp_path / "tiny.yaml", device="cpu", variants=())
     out = tmp_path / "out" / "summary.json"
     code, summary = gpucheck.gpu_check(out, budget_s=120, log=lambda m: None, work=tmp_path / "work", device="cpu",
-                                       only=("environment",), time_studies=(config,), study_limit_s=300)
+                                       skip=gpucheck.STEP_NAMES[1:], time_studies=(config,), study_limit_s=300,
+                                       jobs_per_gpu=3)
     assert code == 0, summary
     [timed] = summary["studies"]
-    assert timed["status"] == "passed" and timed["seconds_end_to_end"] > 0 and timed["jobs_per_gpu"] == 1
+    assert timed["status"] == "passed" and timed["seconds_end_to_end"] > 0 and timed["jobs_per_gpu"] == 3
+    assert timed["jobs_per_gpu_from"] == "given (--jobs-per-gpu)"
     assert timed["files"] == ["tiny-report.html"] and (out.parent / "tiny-report.html").stat().st_size > 10_000
     derived = (tmp_path / "work" / "timed" / "tiny" / "tiny.yaml").read_text()
-    assert "jobs_per_gpu: 1" in derived and "device: cpu" in derived
+    assert "jobs_per_gpu: 3" in derived and "device: cpu" in derived
 
 
 def test_an_unknown_step_to_skip_is_refused_naming_the_steps(capsys):
