@@ -102,9 +102,8 @@ def child_env(root: Path, work: Path) -> dict:
     """The environment of every step's process and of the study's jobs: this checkout's code first on
     PYTHONPATH (absolute: the study runs in another directory), a `cnnbench` command on PATH that runs
     this interpreter (a wheelhouse installed with pip --target leaves none on PATH, and Snakemake's rules
-    call `cnnbench`), and cuBLAS's deterministic workspace set before any CUDA work (torch reads it once)."""
-    from cnnbench.numerics import CUBLAS_WORKSPACE
-
+    call `cnnbench`). cuBLAS's deterministic workspace is not set here: speed is measured at torch's
+    defaults, and the steps that need it set it themselves."""
     bin_dir = work / "bin"
     bin_dir.mkdir(parents=True, exist_ok=True)
     shim = bin_dir / "cnnbench"
@@ -114,7 +113,6 @@ def child_env(root: Path, work: Path) -> dict:
                                      if p]
     return {**os.environ, "PYTHONPATH": os.pathsep.join(dict.fromkeys(paths)), "PYTHONUNBUFFERED": "1",
             "PATH": os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-            "CUBLAS_WORKSPACE_CONFIG": os.environ.get("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE),
             "CNNBENCH_GPU_LOCK_DIR": str(work / "gpu-locks")}
 
 
@@ -235,8 +233,12 @@ def step_determinism(out_dir: Path, device: str = "cuda") -> Callable[[float], d
 
         from cnnbench.config import load_study
         from cnnbench.data import load_source
+        from cnnbench.numerics import CUBLAS_WORKSPACE
         from cnnbench.train import fit, set_determinism
 
+        # before any CUDA work (torch reads it once), and for both runs alike: the slowdown is then the
+        # deterministic kernels' alone
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
         cfg = lambda det: load_study(_tiny_config(out_dir / f"det{int(det)}.yaml", device, deterministic=det))  # noqa: E731
         dev = torch.device(device, 0) if device == "cuda" else torch.device(device)
         fast, det = cfg(False), cfg(True)
@@ -499,8 +501,7 @@ def gpu_check(out: str | Path = "gpu-check/summary.json", budget_s: float = BUDG
                 else:
                     steps.run(name, limit, in_child(name, root, work, device, env), minimum)
             jobs, source = chosen_jobs_per_gpu(steps.results, jobs_per_gpu)
-            os.environ.update({k: env[k] for k in ("PYTHONPATH", "PATH", "CUBLAS_WORKSPACE_CONFIG",
-                                                   "CNNBENCH_GPU_LOCK_DIR")})
+            os.environ.update({k: env[k] for k in ("PYTHONPATH", "PATH", "CNNBENCH_GPU_LOCK_DIR")})
             for i, config in enumerate(time_studies):
                 config = Path(config).resolve()
                 limit = study_limit_s if total_s is None else min(study_limit_s, total_s - (time.monotonic() - started))
