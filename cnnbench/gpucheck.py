@@ -498,6 +498,8 @@ def gpu_check(out: str | Path = "gpu-check/summary.json", budget_s: float = BUDG
             for name, limit, minimum in STEPS:
                 if name in skip:
                     steps.skip(name, "--skip")
+                elif name == "study end to end" and time_studies:
+                    steps.skip(name, "a --time-study runs a whole study end to end on the GPU instead")
                 else:
                     steps.run(name, limit, in_child(name, root, work, device, env), minimum)
             jobs, source = chosen_jobs_per_gpu(steps.results, jobs_per_gpu)

@@ -237,6 +237,7 @@ def test_a_timed_study_runs_from_an_empty_folder_at_the_sweeps_setting_and_bring
     [timed] = summary["studies"]
     assert timed["status"] == "passed" and timed["seconds_end_to_end"] > 0 and timed["jobs_per_gpu"] == 3
     assert timed["jobs_per_gpu_from"] == "given (--jobs-per-gpu)"
+    assert all(s["status"] == "skipped" for s in summary["steps"][1:])
     assert timed["files"] == ["tiny-report.html"] and (out.parent / "tiny-report.html").stat().st_size > 10_000
     derived = (tmp_path / "work" / "timed" / "tiny" / "tiny.yaml").read_text()
     assert "jobs_per_gpu: 3" in derived and "device: cpu" in derived
