@@ -231,13 +231,15 @@ def test_a_timed_study_runs_from_an_empty_folder_at_the_sweeps_setting_and_bring
     config = gpucheck._tiny_config(tmp_path / "tiny.yaml", device="cpu", variants=())
     out = tmp_path / "out" / "summary.json"
     code, summary = gpucheck.gpu_check(out, budget_s=120, log=lambda m: None, work=tmp_path / "work", device="cpu",
-                                       skip=gpucheck.STEP_NAMES[1:], time_studies=(config,), study_limit_s=300,
+                                       skip=tuple(n for n in gpucheck.STEP_NAMES[1:] if n != "study end to end"),
+                                       time_studies=(config,), study_limit_s=300,
                                        jobs_per_gpu=3)
     assert code == 0, summary
     [timed] = summary["studies"]
     assert timed["status"] == "passed" and timed["seconds_end_to_end"] > 0 and timed["jobs_per_gpu"] == 3
     assert timed["jobs_per_gpu_from"] == "given (--jobs-per-gpu)"
-    assert all(s["status"] == "skipped" for s in summary["steps"][1:])
+    study_step = next(s for s in summary["steps"] if s["step"] == "study end to end")
+    assert study_step["status"] == "skipped" and "--time-study runs a whole study" in study_step["why"]
     assert timed["files"] == ["tiny-report.html"] and (out.parent / "tiny-report.html").stat().st_size > 10_000
     derived = (tmp_path / "work" / "timed" / "tiny" / "tiny.yaml").read_text()
     assert "jobs_per_gpu: 3" in derived and "device: cpu" in derived
