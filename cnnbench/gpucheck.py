@@ -448,6 +448,7 @@ def gpu_check(out: str | Path = "gpu-check/summary.json", budget_s: float = BUDG
     if why:
         return 2, {"status": "no_gpu", "why": why, "message": NO_GPU.format(why=why)}
     started = time.monotonic()
+    budget_s = budget_s if total_s is None else min(budget_s, total_s)  # the checks too end within --total
     out = Path(out).resolve()
     out_dir = out.parent
     out_dir.mkdir(parents=True, exist_ok=True)
