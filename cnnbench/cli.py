@@ -74,7 +74,7 @@ def _cmd_report(a: argparse.Namespace) -> None:
 
     build_report(results_dir=a.results, data_path=a.data, splits_path=a.splits, models_dir=a.models,
                  baseline=a.baseline, out=a.out, title=a.title, description=a.description,
-                 variant_descriptions=a.variant_descriptions, references=a.references)
+                 variant_descriptions=a.variant_descriptions, references=a.references, chains=a.chains)
     print(f"report -> {a.out}", file=sys.stderr)
 
 
@@ -279,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--description", default="")
     s.add_argument("--variant-descriptions", default="{}", type=_json_object, help="JSON: variant -> description")
     s.add_argument("--references", default="{}", type=_json_object, help="JSON: variant -> the variant it is compared with")
+    s.add_argument("--chains", default="{}", type=_json_object, help="JSON: variant -> its base chain (itself, its base, ...)")
     s.add_argument("--out", required=True)
     s.set_defaults(func=_cmd_report)
 

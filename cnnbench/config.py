@@ -427,9 +427,11 @@ def _resolve_variant(study: str, name: str, variants: dict[str, dict], train_def
     try:
         spec.layer_table()
     except GeometryError as e:
+        same = spec.model.get("padding") == "same"
+        fix = e.fix or (("" if same else "padding: same, ") + "a smaller stride or kernel, fewer stages/pooling, "
+                        "or larger images")
         raise ConfigError(f"variant {name!r}: impossible geometry for {'x'.join(map(str, info.shape))} "
-                          f"inputs: {e}. Fix: padding: same, a smaller stride or kernel, fewer stages/pooling, "
-                          f"or larger images") from None
+                          f"inputs: {e}. Fix: {fix}") from None
     except ConfigError as e:  # the family's own checks say "knob: what is wrong"
         if spec.external:
             raise ConfigError(f"variant {name!r} ({arch}): {e}") from None
@@ -596,7 +598,10 @@ def describe_changes(baseline: VariantSpec, variant: VariantSpec) -> list[str]:
         a, b = _flatten(getattr(baseline, section)), _flatten(getattr(variant, section))
         for knob in b:
             if a.get(knob) != b[knob]:
-                out.append(f"{knob}: {_fmt(a.get(knob))} -> {_fmt(b[knob])}")
+                was = a.get(knob)
+                if knob == "width" and was is None and a.get("widths"):
+                    was = a["widths"][0]  # unset: the first stage has the preset's width
+                out.append(f"{knob}: {_fmt(was)} -> {_fmt(b[knob])}")
     return out
 
 

@@ -70,6 +70,12 @@ def test_geometry_below_one_pixel_is_caught_before_building():
 def test_groups_must_divide_channels():
     msg = error_of(tiny_study(variants=variants(x={"base": "baseline", "widths": [16, 30], "groups": 4})))
     assert "variant 'x'" in msg and "groups=4" in msg
+    assert "Fix: groups: one of 1, 2 " in msg and "padding" not in msg  # the remedy for this cause, not the map's
+
+
+def test_a_geometry_fix_does_not_suggest_what_the_variant_already_has():
+    msg = error_of(tiny_study(variants=variants(x={"base": "baseline", "stride": 8})))
+    assert "below 1x1" in msg and "Fix: a smaller stride" in msg and "padding: same" not in msg
 
 
 def test_lists_per_stage_must_match_stage_count():
@@ -123,7 +129,7 @@ def test_chain_resolution_and_nested_merge():
     assert spec.chain == ("flip_wide", "flip", "baseline") and spec.arch == "cnn"
     assert spec.train["augment"]["shift"] == 2 and spec.train["augment"]["flip"] is True
     assert spec.train["epochs"] == 3 and spec.model["width"] == 64
-    assert study.changes("flip_wide") == ["width: none -> 64", "epochs: 1 -> 3", "augment.flip: no -> yes"]
+    assert study.changes("flip_wide") == ["width: 16 -> 64", "epochs: 1 -> 3", "augment.flip: no -> yes"]
 
 
 def test_spec_hash_tracks_what_the_numbers_depend_on():

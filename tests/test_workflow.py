@@ -113,6 +113,27 @@ def test_ensembles_are_scored_on_the_images_held_out_of_every_fold(finished):
            f'<td class="num">{100 * ensemble:.2f}</td>' in section
 
 
+def test_the_report_knows_each_variants_base_chain_and_draws_a_ladder_from_it(finished, tmp_path):
+    """Runs record only what their numbers depend on; the base chains reach the report from the study (the
+    provenance table, and the ablation ladder, which a chain of variants each compared with the one below
+    makes)."""
+    from cnnbench.report import build_report
+
+    html = (finished / "reports" / "tiny" / "index.html").read_text()
+    env = html[html.index("Environment and provenance"):]
+    assert "<td>batchnorm &lt;- baseline</td>" in env and "<td>dropout &lt;- baseline</td>" in env
+    assert "Ablation ladder" not in html  # a star, not a chain
+    results = finished / "results" / "tiny"
+    out = build_report(results_dir=results, data_path=results / "data.npz", splits_path=results / "splits.json",
+                       models_dir=results / "models", baseline="baseline", out=tmp_path / "index.html", title="t",
+                       references={"batchnorm": "baseline", "dropout": "batchnorm", "aa_control": "baseline"},
+                       chains={"batchnorm": ["batchnorm", "baseline"], "dropout": ["dropout", "batchnorm", "baseline"]})
+    ladder = out.read_text()
+    assert "<h2>Ablation ladder</h2>" in ladder
+    section = ladder[ladder.index("<h2>Ablation ladder</h2>"):]
+    assert section.index("<td>batchnorm</td>") < section.index("<td>dropout</td>")
+
+
 def test_weight_norms_section_shows_each_variants_final_norms(finished):
     layers = pd.read_parquet(finished / "results" / "tiny" / "layers.parquet")
     html = (finished / "reports" / "tiny" / "index.html").read_text()
@@ -217,7 +238,7 @@ def test_adding_a_variant_trains_only_that_variant(finished):
     assert all(p.stat().st_mtime_ns == t for p, t in before.items())  # finished runs untouched
     runs = pd.read_parquet(finished / "results" / "tiny" / "runs.parquet")
     assert set(runs.variant) == {"baseline", "batchnorm", "dropout", "wide", "aa_control"}
-    assert "width: none -&gt; 12" in (finished / "reports" / "tiny" / "index.html").read_text()
+    assert "width: 16 -&gt; 12" in (finished / "reports" / "tiny" / "index.html").read_text()
 
 
 def test_changing_a_variant_reruns_exactly_that_variant(finished):

@@ -30,13 +30,14 @@ class ReportContext:
     out_dir: Path  # where index.html goes (links to the data files are relative to it)
     variant_descriptions: dict[str, str] = field(default_factory=dict)
     references: dict[str, str] = field(default_factory=dict)  # variant -> what it is compared with
+    chains: dict[str, list[str]] = field(default_factory=dict)  # variant -> its base chain (runs do not record it)
     _tables: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)
 
     @classmethod
     def load(cls, *, results_dir, data_path, splits_path, models_dir, baseline, title, out_dir, description="",
-             variant_descriptions=None, references=None) -> ReportContext:
+             variant_descriptions=None, references=None, chains=None) -> ReportContext:
         ctx = cls(title, description, baseline, Path(results_dir), Path(data_path), Path(splits_path),
-                  Path(models_dir), Path(out_dir), variant_descriptions or {}, references or {})
+                  Path(models_dir), Path(out_dir), variant_descriptions or {}, references or {}, chains or {})
         for name in ("runs.parquet", "specs.json"):
             if not (ctx.results_dir / name).exists():
                 raise CnnbenchError(f"{ctx.results_dir / name}: not found; run `cnnbench collect` (the workflow does) "
@@ -62,8 +63,10 @@ class ReportContext:
 
     @cached_property
     def specs(self) -> dict[str, VariantSpec]:
-        """Resolved specs, in config order."""
-        return {k: VariantSpec.from_dict(v) for k, v in read_json(self.results_dir / "specs.json").items()}
+        """Resolved specs, in config order, with their base chains from the study (a run records only what its
+        numbers depend on; the ladder and the provenance table need the chain)."""
+        return {k: VariantSpec.from_dict({**v, "chain": self.chains.get(k, v.get("chain", ()))})
+                for k, v in read_json(self.results_dir / "specs.json").items()}
 
     @property
     def variants(self) -> list[str]:

@@ -57,7 +57,7 @@ def ensembles(ctx) -> Section | None:
         rows.append([html.escape(v), f"{g['groups']} &times; {g['models'] // max(g['groups'], 1)}",
                      pts(g["single_acc"], False), pts(g["ensemble_acc"], False),
                      f"{pts(g['gain'])} [{pts(g['ci_low'])}, {pts(g['ci_high'])}]", versus])
-    table = html_table(["variant", "ensembles &times; models", "single model %", "ensemble %",
+    table = html_table(["variant", "ensembles × models", "single model %", "ensemble %",
                         "gain, pts [95% CI]", "gain minus its comparison's gain, pts [95% CI]"], rows,
                        numeric={2, 3})
     where = "the official test split" if not ctx.specs[ctx.baseline].data.get("holdout") else \

@@ -107,7 +107,9 @@ def equivariance_table(ctx, t: pd.DataFrame, shown: list[str]) -> str:
             "field lies on image pixels in both inputs, no padding; n/a where a stage has none, its receptive "
             "field covering the whole image) &middot; <b>whole map</b> (circular shift; the border effects of "
             "zero padding included). <i>logits</i>: relative change of the logits under a circular shift by s "
-            "(head invariance). Mean over runs; computed on the first validation images of each run.</p>")
+            "(head invariance). Mean over runs; computed on the first validation images of each run. A blank "
+            "cell: that shift was not probed for this network, which is probed at 1 pixel and at each of its "
+            "own stages' strides (a network without stride or pooling, at 1 only).</p>")
 
 
 def _head_kind(ctx, variant: str) -> str:

@@ -32,7 +32,7 @@ def weight_norms(ctx) -> Section | None:
                        rows, numeric={1})
     note = ('<p class="note">L2 norm of every convolution and linear weight after the last epoch, averaged over '
             "the runs; the total is the norm of all of them together. L2 weight decay and L1 shrink the "
-            "weights they act on (`decay_biases: false` leaves biases and BatchNorm alone); before a "
+            "weights they act on (<code>decay_biases: false</code> leaves biases and BatchNorm alone); before a "
             "BatchNorm layer the scale of a kernel does not change the output, so decay there changes the "
             "effective learning rate rather than the function. Description only, not a test.</p>")
     return Section("weight-norms", "Weight norms", table + note)

@@ -2,7 +2,7 @@
 
 Friedman/Nemenyi over cross-validation folds treats folds as independent data sets; under the null with
 correlated folds it rejected about half the time at a nominal 5% (47%, tests/test_stats.py). No test is
-made here: the only significance claims of the report are its verdicts (one Holm family).
+made here: the only significance claims about design choices are the verdicts (one Holm family).
 """
 
 from __future__ import annotations

@@ -84,7 +84,8 @@ def findings(ctx) -> Section:
             f"named, paired on the same {design_line(ctx)}. Differences in percentage points with 95% "
             "confidence intervals from the Nadeau-Bengio corrected resampled t-test. The intervals are per "
             f"comparison; the verdicts use p-values Holm-adjusted over all {len(cmp)} comparisons (the only "
-            "significance claims this report makes), so an interval that just excludes 0 can still be 'no "
+            "significance claims about the design choices; the A/A control's test checks the method itself, "
+            "and the per-run McNemar tests ask about two trained networks, not a choice), so an interval that just excludes 0 can still be 'no "
             "detectable difference'. Where there is none, the note says the smallest difference this study "
             "could have detected with 80% power at Holm's strictest level (run <code>cnnbench plan</code> for "
             "the runs a smaller one needs).</p>")
@@ -360,7 +361,10 @@ def measurements(ctx) -> Section:
             "memory: measured by the same job, the peak during one epoch of a run (data copies, model, "
             "optimiser, evaluation) minus the level at its start (torch and the data set), in a warmed-up "
             "process whose heap returns freed memory. Dead ReLU: channels that "
-            f"output zero for every validation image, final model. {device_note(ctx)}</p>")
+            f"output zero for every validation image, final model."
+            + (f" The A/A control is {html.escape(ctx.baseline)}'s network: its timing columns repeat the "
+               "baseline's (one timing job for both)." if ctx.has_aa_control else "")
+            + f" {device_note(ctx)}</p>")
     return Section("measurements", "Cost, speed, memory",
                    html_table(header, rows, numeric=set(range(1, 10)), sortable=True) + note)
 
@@ -401,7 +405,7 @@ def environment(ctx) -> Section:
                      f"of {jobs['job_s'].sum():.1f} s over {len(jobs)} jobs"])
     env = html_table(["", "value"], rows)
     spec_rows = [[html.escape(v), f"<code>{s.spec_hash}</code>", html.escape(s.arch),
-                  html.escape(" &lt;- ".join(s.chain) or "")] for v, s in ctx.specs.items()]
+                  " &lt;- ".join(html.escape(link) for link in s.chain)] for v, s in ctx.specs.items()]
     specs = html_table(["variant", "spec hash", "model", "base chain"], spec_rows)
     job_rows = [[html.escape(j.variant), f"{j.job_s:.1f}", f"{j.work_s:.1f}", f"{j.overhead_s:.1f}",
                  f"{j.max_rss_mb:,.0f}"] for j in jobs.itertuples()]

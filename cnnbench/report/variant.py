@@ -21,7 +21,7 @@ def variant_details(ctx, variant: str, open_: bool = False) -> str:
     spec = ctx.specs[variant]
     desc = ctx.variant_descriptions.get(variant, "")
     changes = "baseline" if variant == ctx.baseline else "; ".join(ctx.changes(variant)) or "same knobs"
-    parts = [f'<p>{html.escape(desc)}<br><span class="note">{html.escape(changes)} &middot; model '
+    parts = [f'<p><span class="note">{html.escape(changes)} &middot; model '
              f'<code>{html.escape(spec.arch)}</code> &middot; spec <code>{spec.spec_hash}</code></span></p>',
              layer_table_html(spec)]
     loaded = ctx.model(variant)
@@ -102,8 +102,9 @@ def kernels_and_maps(ctx, model: nn.Module, val, val_idx: np.ndarray) -> str:
             ax.axis("off")
         axes[row, 0].set_title(f"{name.removeprefix('features.')}: {out.shape[0]} maps of "
                                f"{out.shape[1]}x{out.shape[2]} (first {n_maps})", fontsize=8, loc="left")
-    return (figure_html(fig, "first-layer kernels", f"The {n_k} first {w.shape[-1]}x{w.shape[-1]} kernels of "
-                        f"<code>{html.escape(first_name)}</code> (red positive, blue negative).")
+    return (figure_html(fig, "first-layer kernels", f"{w.shape[-1]}x{w.shape[-1]} kernels of <code>{html.escape(first_name)}</code>"
+                        + (f", the first {n_k} of {w.shape[0]}" if n_k < w.shape[0] else f", all {n_k}")
+                        + " (red positive, blue negative).")
             + figure_html(fig2, "feature maps", "Responses of the first and the deepest convolution to the probe "
                           "image (before their activation)."))
 

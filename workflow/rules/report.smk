@@ -26,8 +26,10 @@ rule report:
         description=STUDY.description,
         variants=json.dumps({v: s.description for v, s in STUDY.variants.items()}),
         references=json.dumps(STUDY.references),
+        chains=json.dumps({v: list(s.chain) for v, s in STUDY.variants.items()}),
     shell:
         "cnnbench report --results {params.results} --data {params.data} --splits {input.splits} "
         "--models {params.models} --baseline {params.baseline:q} --title {params.title:q} "
         "--description={params.description:q} --variant-descriptions {params.variants:q} --references {params.references:q} "
+        "--chains {params.chains:q} "
         "--out {output.html} 2> {log}"
