@@ -193,6 +193,12 @@ def _schema_message(error) -> str:
         expected = error.validator_value
         expected = [expected] if isinstance(expected, str) else expected
         want = " or ".join(_TYPE_WORDS.get(t, t) for t in expected)
+        if error.instance is None:  # `key:` with nothing after it
+            return f"{where}: is empty; give {want}"
+        if expected == ["object"] and isinstance(error.instance, list) and error.instance \
+                and all(isinstance(x, str) for x in error.instance):  # `augment: [flip]`
+            example = ", ".join(f"{x}: <value>" for x in error.instance[:3])
+            return f"{where}: {_short(error.instance)} is a list, not a mapping; give a mapping such as {{{example}}}"
         return f"{where}: {_short(error.instance)} is {_kind_of(error.instance)}, not {want}; give {want}"
     if error.validator in ("additionalProperties", "unevaluatedProperties"):
         names = re.findall(r"'([^']+)'", error.message.split("(")[-1])

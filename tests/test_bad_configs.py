@@ -92,6 +92,9 @@ CASES = [
     Case("base_list", with_changes(variant={"base": ["cnn"]}), ("variant 'x', field 'base'", "is a list, not text")),
     Case("seeds_scalar", with_changes(protocol={"seeds": 0}), ("protocol.seeds", "is an integer, not a list")),
     Case("variant_key_int", BASE_TEXT + "  1:\n    base: cnn\n", ("variants", "key 1", "quote it")),
+    Case("variants_empty", with_changes(top={"variants": None}), ("variants: is empty; give a mapping",)),
+    Case("augment_list", with_changes(variant={"augment": ["flip"]}),
+         ("variant 'x', field 'augment'", "is a list, not a mapping; give a mapping such as {flip: <value>}")),
     # --- ranges ---
     Case("folds_1", with_changes(protocol={"folds": 1}), ("protocol.folds", "minimum of 2")),
     Case("lr_0", with_changes(protocol={"lr": 0}), ("protocol.lr", "0 must be more than 0")),
@@ -435,7 +438,8 @@ def test_workflow_reads_numbers_exactly_and_prints_the_estimate(tmp_path: Path):
     out = snakemake_dry_run(tmp_path, "--printshellcmds")
     text = out.stdout + out.stderr
     assert out.returncode == 0, text
-    assert re.search(r"cnnbench: study 'tiny': 4 variants x 2 runs, \S+ MACs, estimated .* on \d+ CPU cores?", text), text
+    assert re.search(r"cnnbench: study 'tiny': 4 variants x 2 runs, \S+ MACs in all \(a rerun trains only what is "
+                     r"missing\), estimated .* of training on \d+ CPU cores?", text), text
     assert "largest training job" in text
     specs = re.findall(r'"lr": ([^,}]+)', text)
     assert specs and set(specs) == {"0.001"}, specs

@@ -18,7 +18,12 @@ from cnnbench.models import plan as P
 
 
 class GeometryError(ConfigError):
-    """A plan whose shapes cannot work (a map below 1x1, channels not divisible by groups, ...)."""
+    """A plan whose shapes cannot work (a map below 1x1, channels not divisible by groups, ...). `fix`: the
+    remedy where it is specific to the cause (None: the map became too small)."""
+
+    def __init__(self, message: str, fix: str | None = None):
+        super().__init__(message)
+        self.fix = fix
 
 
 @dataclass(frozen=True)
@@ -125,9 +130,10 @@ def _leaf(node: P.Node, state: _State, path: str) -> tuple[_State, int, int, str
             return _State((c, ho, wo), rf, state.jump * s), 0, 0, desc
         g = node.groups
         if c % g or node.out % g:
+            common = [d for d in range(1, min(c, node.out) + 1) if c % d == 0 and node.out % d == 0]
             raise GeometryError(
                 f"layer '{path}': groups={g} must divide both input channels ({c}) and output "
-                f"channels ({node.out})")
+                f"channels ({node.out})", fix=f"groups: one of {', '.join(map(str, common))} (or widths it divides)")
         params = conv_params(c, node.out, k, g, node.bias)
         return (_State((node.out, ho, wo), rf, state.jump * s), params,
                 conv_macs(c, node.out, k, ho, wo, g), desc)

@@ -22,16 +22,21 @@ def _workflow_cores():
 
 
 _CONFIGFILE = " + ".join(map(str, workflow.configfiles)) or "config"  # merged in this order by Snakemake
-# Snakemake parsed the config itself; the files are read again, strictly, for keys written twice.
-STUDY = load_study(
-    with_typed_overrides(config, workflow.config_settings.overwrite_config),
-    name_hint=_CONFIGFILE,
-    files=workflow.configfiles,
-)
+# Snakemake parsed the config itself; the files are read again, strictly, for keys written twice. A bad
+# config is one line and exit status 1: raised, Snakemake would wrap it in its own header and frames.
 try:
-    _ESTIMATE = check_study(STUDY, detect_machine(STUDY.execution, cores=_workflow_cores()))
+    STUDY = load_study(
+        with_typed_overrides(config, workflow.config_settings.overwrite_config),
+        name_hint=_CONFIGFILE,
+        files=workflow.configfiles,
+    )
+    try:
+        _ESTIMATE = check_study(STUDY, detect_machine(STUDY.execution, cores=_workflow_cores()))
+    except ConfigError as e:
+        raise ConfigError(f"{_CONFIGFILE}: {e}") from None
 except ConfigError as e:
-    raise ConfigError(f"{_CONFIGFILE}: {e}") from None
+    print(e, file=sys.stderr)
+    sys.exit(1)
 print(_ESTIMATE.summary(), file=sys.stderr)
 RESULTS = f"results/{STUDY.name}"
 DATA = f"{RESULTS}/data.npz"
