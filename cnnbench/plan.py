@@ -104,7 +104,9 @@ def format_plan(df: pd.DataFrame) -> str:
     lines = ["comparison                        Δ now    detectable now   target   cheapest design (runs per variant)"]
     for r in df.itertuples():
         name = f"{r.variant} vs {r.reference}"
-        design = (f"{r.folds} folds x {r.repeats} repeats x {r.seeds} seeds = {r.runs} runs" if r.runs else
+        # a column mixing designs and None is float with NaN in pandas: whole numbers, and NaN is "none"
+        design = (f"{int(r.folds)} folds x {int(r.repeats)} repeats x {int(r.seeds)} seeds = {int(r.runs)} runs"
+                  if pd.notna(r.runs) else
                   f"not within {MAX_REPEATS} repeats x {MAX_SEEDS} seeds: below the correction's floor for these folds")
         lines.append(f"{name:32s} {100 * r.diff:+6.2f}   {100 * r.mde_now:6.2f} pts (J={r.resamples_now:<3d})  "
                      f"{100 * r.target:5.2f}    {design}")

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from cnnbench.cli import main
-from cnnbench.plan import Variance, cheapest_design, design_mde, plan, variance_components
+from cnnbench.plan import Variance, cheapest_design, design_mde, format_plan, plan, variance_components
 
 
 def pilot(folds=200, seeds=4, fold_sd=0.006, seed_sd=0.004, effect=0.01, seed=0) -> pd.DataFrame:
@@ -59,3 +60,15 @@ def test_plan_command_reads_a_finished_study(tmp_path, capsys):
     assert "v vs baseline" in out and "runs" in out
     assert main(["plan", str(tmp_path / "missing")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_the_plan_prints_whole_numbers_and_says_when_no_design_reaches_a_target(tmp_path, capsys):
+    """A target no design reaches leaves None in a column of designs; pandas makes that column float with
+    NaN, which printed as 'nan folds x nan repeats' and '5.0 folds' before."""
+    pilot(folds=10, seeds=2).to_parquet(tmp_path / "runs.parquet")
+    (tmp_path / "study.json").write_text(json.dumps({"study": "p", "baseline": "baseline", "references": {}}))
+    df = plan(tmp_path, [0.00001, 0.05])
+    assert pd.isna(df.iloc[0]["runs"]) and pd.notna(df.iloc[1]["runs"])
+    text = format_plan(df)
+    assert "nan" not in text and ".0 folds" not in text and ".0 runs" not in text
+    assert "not within" in text and re.search(r"\d+ folds x \d+ repeats x \d+ seeds = \d+ runs", text)
