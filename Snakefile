@@ -19,6 +19,17 @@ include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/report.smk"
 
 
+onstart:
+    print(
+        f"cnnbench: each training job's progress (run, epoch, time left): {RESULTS}/logs/train/<variant>.log",
+        file=sys.stderr,
+    )
+
+
+onsuccess:
+    print(f"cnnbench: report: {REPORT}", file=sys.stderr)
+
+
 rule all:
     default_target: True
     input:

@@ -45,7 +45,8 @@ if TYPE_CHECKING:
 # whole study: the default study (3.3e13 MACs with evaluation) comes out at 7.0 min on 2 cores; it took
 # 7 min 2 s there (9 variants). On a slower 2-vCPU Intel Xeon VM the same study with its A/A control
 # (10 variants, both counted here) spent 10.9 min of 2-core time in training jobs (13 min 18 s wall with
-# timing and report), so the estimate can be ~1.5x optimistic on slower machines: max_hours is a guard
+# timing and report), and a later run there took 11 min 20 s (9 min 10 s of training) against an
+# estimate of 6 min, so the estimate can be ~2x optimistic on slower machines: max_hours is a guard
 # against studies that are off by orders of magnitude, not a schedule. Small layers run below the
 # machine's peak, so wider networks are over-estimated (width64, 16x the MACs, trains faster than 16x
 # slower).
@@ -78,7 +79,8 @@ class Machine:
 
     def describe(self) -> str:
         if self.device == "cpu":
-            return f"{self.workers} CPU core{'s' * (self.workers != 1)} at {_sci(CPU_MACS_PER_S_PER_CORE)} MACs/s each (measured)"
+            return (f"{self.workers} CPU core{'s' * (self.workers != 1)} at {_sci(CPU_MACS_PER_S_PER_CORE)} MACs/s "
+                    "each (measured on the reference VM; slower CPUs take up to ~2x)")
         return f"{self.workers} GPU{'s' * (self.workers != 1)} at {_sci(CUDA_MACS_PER_S_PER_GPU)} MACs/s each (assumed)"
 
 
@@ -163,7 +165,8 @@ class StudyEstimate:
         runs = max((v.runs for v in self.variants.values()), default=0)
         peak = self.peak()
         return (f"cnnbench: study {self.study!r}: {len(self.variants)} variants x {runs} runs, "
-                f"{_sci(self.macs)} MACs, estimated {_duration(self.hours)} on {self.machine.describe()}; "
+                f"{_sci(self.macs)} MACs in all (a rerun trains only what is missing), estimated "
+                f"{_duration(self.hours)} of training on {self.machine.describe()}; "
                 f"limit execution.max_hours = {self.max_hours:g}\n"
                 f"cnnbench: largest training job: {peak.name!r}, ~{_gb(peak.memory_bytes)} estimated of the "
                 f"{_gb(self.machine.memory_bytes)} of {self.machine.memory_source}")
