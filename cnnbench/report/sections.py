@@ -85,10 +85,10 @@ def findings(ctx) -> Section:
             "confidence intervals from the Nadeau-Bengio corrected resampled t-test. The intervals are per "
             f"comparison; the verdicts use p-values Holm-adjusted over all {len(cmp)} comparisons (the only "
             "significance claims about the design choices; the A/A control's test checks the method itself, "
-            "and the per-run McNemar tests ask about two trained networks, not a choice), so an interval that just excludes 0 can still be 'no "
-            "detectable difference'. Where there is none, the note says the smallest difference this study "
-            "could have detected with 80% power at Holm's strictest level (run <code>cnnbench plan</code> for "
-            "the runs a smaller one needs).</p>")
+            "and the per-run McNemar tests ask about two trained networks, not a choice), so an interval "
+            "that just excludes 0 can still be 'no detectable difference'. Where there is none, the note says "
+            "the smallest difference this study could have detected with 80% power at Holm's strictest level "
+            "(run <code>cnnbench plan</code> for the runs a smaller one needs).</p>")
     return Section("findings", "Findings", synthetic_note(ctx) + aa_finding(ctx) + diverged_note(ctx) + lead
                    + (f"<ul>{''.join(items)}</ul>" if items else ""))
 
