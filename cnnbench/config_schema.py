@@ -207,6 +207,8 @@ def _schema_message(error) -> str:
                  for n in names]
         kind = "knob or field" if path and path[0] == "variants" else "field"
         return f"{where}: unknown {kind} {', '.join(hints)}; see workflow/schemas/config.schema.yaml for the allowed ones"
+    if error.validator == "uniqueItems":
+        return f"{where}: {_short(error.instance)} lists an entry more than once; give each one once"
     if error.validator == "required":
         return f"{where}: {error.message}"
     if error.validator == "enum":

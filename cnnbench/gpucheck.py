@@ -274,9 +274,7 @@ def run_study(root: Path, config: Path, work: Path, limit: float) -> tuple[int, 
 
 
 def _has_snakemake() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("snakemake") is not None
+    return _installed("snakemake")
 
 
 def step_study(root: Path, out_dir: Path, device: str = "cuda") -> Callable[[float], dict]:
@@ -359,10 +357,14 @@ def step_sweep(root: Path, out_dir: Path, device: str = "cuda", counts=(1, 2, 4,
     return run
 
 
-def _has_mlxtend() -> bool:
+def _installed(module: str) -> bool:
     import importlib.util
 
-    return importlib.util.find_spec("mlxtend") is not None
+    return importlib.util.find_spec(module) is not None
+
+
+def _has_mlxtend() -> bool:
+    return _installed("mlxtend")
 
 
 # name, limit (s), minimum (s): the most telling first, so a slow step late in the budget costs the least;

@@ -92,6 +92,8 @@ CASES = [
     Case("base_list", with_changes(variant={"base": ["cnn"]}), ("variant 'x', field 'base'", "is a list, not text")),
     Case("seeds_scalar", with_changes(protocol={"seeds": 0}), ("protocol.seeds", "is an integer, not a list")),
     Case("variant_key_int", BASE_TEXT + "  1:\n    base: cnn\n", ("variants", "key 1", "quote it")),
+    Case("seeds_repeated", with_changes(protocol={"seeds": [0, 0]}),
+         ("protocol.seeds", "[0, 0] lists an entry more than once; give each one once")),
     Case("variants_empty", with_changes(top={"variants": None}), ("variants: is empty; give a mapping",)),
     Case("augment_list", with_changes(variant={"augment": ["flip"]}),
          ("variant 'x', field 'augment'", "is a list, not a mapping; give a mapping such as {flip: <value>}")),
