@@ -30,8 +30,9 @@ def worker(config: str, variant: str | None, device: str, seconds: float, thread
 
     from cnnbench.config import load_study
     from cnnbench.data import load_source
+    from cnnbench.images import Images
     from cnnbench.numerics import Numerics
-    from cnnbench.train import Images, init_model, make_optimizer, resolve_device, set_determinism, train_epoch
+    from cnnbench.train import init_model, make_optimizer, resolve_device, set_determinism, train_epoch
 
     study = load_study(config)
     spec = study.variants[variant or study.baseline]
@@ -144,8 +145,9 @@ def stacked_folds(config: str | Path, variant: str | None = None, k: int = 5, st
 
     from cnnbench.config import load_study
     from cnnbench.data import load_source
+    from cnnbench.images import Images
     from cnnbench.numerics import Numerics
-    from cnnbench.train import Images, init_model, make_optimizer, resolve_device, set_determinism, sync, train_epoch
+    from cnnbench.train import init_model, make_optimizer, resolve_device, set_determinism, sync, train_epoch
 
     study = load_study(config)
     spec = study.variants[variant or study.baseline]

@@ -27,9 +27,10 @@ import torch.nn.functional as F
 
 from cnnbench.config import VariantSpec, load_study
 from cnnbench.data import load_source
+from cnnbench.images import Images
 from cnnbench.models.build import build_model
 from cnnbench.numerics import Numerics
-from cnnbench.train import Images, make_optimizer, resolve_device, set_determinism, sync, train_epoch
+from cnnbench.train import make_optimizer, resolve_device, set_determinism, sync, train_epoch
 
 WARMUP = 5  # untimed steps before each measurement
 LOOPS = ("dataloader", "tuned", "project")

@@ -63,7 +63,7 @@ TABLE_COLUMNS = ["study", "variant", "fold", "seed", "spec_hash", "kind", "key",
 
 def black_fill(images) -> torch.Tensor:
     """The normalised value of a black (0 intensity) pixel, (1, C, 1, 1): -mean/std of a
-    `cnnbench.train.Images` (anything with `.mean` and `.std` of that shape)."""
+    `cnnbench.images.Images` (anything with `.mean` and `.std` of that shape)."""
     return -images.mean / images.std
 
 
@@ -131,7 +131,7 @@ def shift_accuracy(model: nn.Module, x, y: torch.Tensor, shifts, num=None, fill=
     """{s: accuracy} for every s in `shifts`, image i shifted by s pixels in direction
     directions[i % len(directions)] (`shift_by_direction`) with fill; at s = 0 this is
     cnnbench.train.evaluate's accuracy, bit for bit (same batches). `x`: a normalised (N, C, H, W)
-    tensor or a cnnbench.train.Images (anything with len() and slicing to batches); `fill` defaults to
+    tensor or a cnnbench.images.Images (anything with len() and slicing to batches); `fill` defaults to
     the black pixel of an Images object (`black_fill`), else 0. `num`: a cnnbench.numerics.Numerics,
     whose autocast() is the forward context (default fp32). One forward pass over the set per shift,
     in eval mode and inference mode, in batches of `batch`."""
@@ -388,7 +388,7 @@ def probe(model: nn.Module, x_val, y_val: torch.Tensor, max_shift: int | None = 
     only: exact, ~0, at multiples of the stride; None where a stage has no interior) and in mode
     "circular" (whole maps, so the border effects of zero padding are included). head_invariance:
     `head_invariance` in mode "circular" on the same images. Stage names are those of
-    `model.features` (stem, stage0, stage1, ...). `x_val`: a cnnbench.train.Images (its black pixel is
+    `model.features` (stem, stage0, stage1, ...). `x_val`: a cnnbench.images.Images (its black pixel is
     the fill) or a normalised tensor (then pass `fill`, else 0); `max_shift` defaults to
     `default_max_shift` of the smaller image side; `num`: the run's Numerics (autocast). Strict JSON:
     every number is finite or None.

@@ -132,7 +132,7 @@ def train_variant(spec: VariantSpec, *, data_path: str | Path, splits_path: str 
 def make_record(spec: VariantSpec, fold: int, seed: int, result, train_idx: np.ndarray, val_idx: np.ndarray,
                 cost: dict, data: dict, env: dict, started: datetime) -> dict:
     """One run's record: what was trained (spec, seed, fold, data), what came out, where, and how fast."""
-    dead = result.dead_filters
+    dead, after_s = result.after["dead_filters"], result.after_s
     return {
         "schema": RECORD_SCHEMA,
         "study": spec.study, "variant": spec.name, "fold": fold, "seed": seed,
@@ -147,8 +147,8 @@ def make_record(spec: VariantSpec, fold: int, seed: int, result, train_idx: np.n
         "speed": {"under_load": True, "train_img_per_s": result.train_img_per_s,
                   "epoch_time_s": result.train_time_s / len(result.epochs),
                   "train_time_s": result.train_time_s,
-                  "eval_time_s": sum(e["eval_time_s"] for e in result.epochs) + (result.test or {}).get("test_time_s", 0.0),
-                  "measure_time_s": result.measure_time_s,
+                  "eval_time_s": sum(e["eval_time_s"] for e in result.epochs) + after_s.get("official_test", 0.0),
+                  "measure_time_s": sum(s for name, s in after_s.items() if name != "official_test"),
                   "images_seen": result.images_seen, "fit_wall_s": result.wall_s},
         "memory": result.memory,
         "numerics": result.numerics,
@@ -157,7 +157,7 @@ def make_record(spec: VariantSpec, fold: int, seed: int, result, train_idx: np.n
                                           max(1, sum(d["total"] for d in dead.values()))) if dead else None},
         "epochs": result.epochs,
         "val_pred": result.val_pred.tolist(),  # in the order of the fold's validation indices
-        "probe": result.probe,  # translation probe: accuracy on shifted images, equivariance per stage
+        "probe": result.after.get("translation_probe"),  # translation probe: accuracy on shifted images, equivariance per stage
         # class probabilities on the test images (official split or held-out part): ensembles average them
         **({"test_prob": encode_array(result.test_prob)} if result.test_prob is not None else {}),
         "env": env,
@@ -257,7 +257,7 @@ def run_metrics(result) -> dict:
     best = max(result.epochs, key=lambda e: e["val_acc"])
     return {"val_acc": last["val_acc"], "val_loss": last["val_loss"], "train_acc": last["train_acc"],
             "train_loss": last["train_loss"], "best_val_acc": best["val_acc"], "best_epoch": best["epoch"],
-            **{k: v for k, v in (result.test or {}).items() if k != "test_time_s"}}
+            **(result.test or {})}
 
 
 def _save_weights(path: Path, model, spec: VariantSpec, fold: int, seed: int) -> None:

@@ -56,10 +56,11 @@ def time_variant(spec: VariantSpec, *, data_path: str | Path, splits_path: str |
 def training_speed(spec: VariantSpec, images, train_idx: np.ndarray, dev, repeats: int) -> dict:
     import torch
 
+    from cnnbench.images import Images
     from cnnbench.measure import Stopwatch, latency
     from cnnbench.numerics import Numerics
     from cnnbench.seeds import run_seed
-    from cnnbench.train import Images, init_model, make_optimizer, penalties, start_from, train_epoch
+    from cnnbench.train import init_model, make_optimizer, penalties, start_from, train_epoch
 
     seed = run_seed(0, 0)
     t = spec.train

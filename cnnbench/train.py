@@ -11,18 +11,19 @@ import contextlib
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnbench.augment import augment, is_active
 from cnnbench.config import VariantSpec
 from cnnbench.data import ImageData
-from cnnbench.measure import LayerNorms, PeakMemory, dead_filters, weights_digest
+from cnnbench.images import Images
+from cnnbench.measure import LayerNorms, PeakMemory, weights_digest
 from cnnbench.numerics import Numerics, compile_warm_up, set_deterministic
+from cnnbench.postfit import Trained, measure_trained
 
 WARMUP_STEPS = 5  # steps excluded from the throughput figure (allocator and kernel set-up)
 EVAL_BATCH = 500  # images per forward pass when evaluating
@@ -86,15 +87,24 @@ class FitResult:
     train_time_s: float  # training steps only, all epochs
     images_seen: int
     wall_s: float  # the whole fit: model build, data to device, training, evaluation, measurement
-    measure_time_s: float  # dead-filter pass after training
     memory: dict  # memory that training added (see measure.PeakMemory)
-    dead_filters: dict  # per ReLU layer: dead channels on the validation set, final model
     init_digest: str  # sha256 of the initial weights: same run of two same-architecture variants -> same
     numerics: dict  # resolved precision, compile, deterministic, and the compile time (s) kept out of speed
-    test: dict | None = None  # loss/acc on the official test split (or the held-out part)
-    test_prob: np.ndarray | None = None  # (n_test, classes) float16 class probabilities: ensembles average them
+    # what was measured on the trained network (cnnbench.postfit), by measurement, and the seconds each took
+    after: dict = field(default_factory=dict)
+    after_s: dict = field(default_factory=dict)
     diverged: dict | None = None  # {"epoch", "reason"} when training was stopped as diverged
-    probe: dict | None = None  # translation probe (cnnbench.probe.probe) of the final model
+
+    @property
+    def test(self) -> dict | None:
+        """Loss, accuracy and count of the test images (the official split or the held-out part), or None."""
+        t = self.after.get("official_test")
+        return {k: v for k, v in t.items() if k != "prob"} if t else None
+
+    @property
+    def test_prob(self) -> np.ndarray | None:
+        """(n_test, classes) float16 class probabilities: ensembles average them."""
+        return self.after["official_test"]["prob"] if "official_test" in self.after else None
 
 
 class DivergenceWatch:
@@ -157,41 +167,6 @@ class ActivityPenalty:
         total = self.weight * torch.stack(self._terms).sum()
         self._terms.clear()
         return total
-
-
-class Images:
-    """Images on the device, ready to slice into batches: `images[idx]` -> (B, C, H, W) float, normalised,
-    channels_last. Without augmentation the whole set is normalised once, so a batch is a single gather;
-    with augmentation it stays uint8 and each batch is converted, augmented and normalised on the fly."""
-
-    PRENORMALISE_MAX_BYTES = 2 << 30  # beyond this, keep uint8 (4x smaller) and normalise per batch
-
-    def __init__(self, x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, augment_cfg: dict | None = None,
-                 gen: torch.Generator | None = None):
-        self.mean, self.std, self.gen = mean, std, gen
-        self.augment_cfg = augment_cfg if augment_cfg and is_active(augment_cfg) else None
-        self.raw = self.augment_cfg is not None or x.numel() * 4 > self.PRENORMALISE_MAX_BYTES
-        self.x = x if self.raw else self._normalise(x.float().div_(255))
-
-    @classmethod
-    def stats(cls, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-channel mean and std of uint8 images (shape (1, C, 1, 1)), from the training part only."""
-        xf = x.float().div_(255)
-        return xf.mean(dim=(0, 2, 3), keepdim=True), xf.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-3)
-
-    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
-        return ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, idx: torch.Tensor | slice) -> torch.Tensor:
-        if not self.raw:
-            return self.x[idx]
-        x = self.x[idx].float().div_(255)
-        if self.augment_cfg:
-            x = augment(x, self.augment_cfg, self.gen)
-        return self._normalise(x)
 
 
 def is_kernel(name: str, param: torch.Tensor) -> bool:
@@ -374,41 +349,10 @@ def fit(spec: VariantSpec, images: ImageData, train_idx: np.ndarray, val_idx: np
     images_seen = steps * bs * len(epochs)
     warm_time = warm_time or 0.0
     throughput = (images_seen - warm_images) / max(train_time - warm_time, 1e-9)
-    test, test_prob = None, None
-    if images.has_test:
-        t_test = time.perf_counter()
-        x_test = Images(torch.from_numpy(images.x_test).to(device), mean, std)
-        y_test = torch.from_numpy(images.y_test).to(device)
-        probs: list[torch.Tensor] = []
-        test_loss, test_acc, _ = evaluate(forward, x_test, y_test, num, probs_out=probs)
-        test_prob = torch.cat(probs).numpy()
-        test = {"test_loss": test_loss, "test_acc": test_acc, "n_test": int(len(images.y_test)),
-                "test_time_s": time.perf_counter() - t_test}
-    t_measure = time.perf_counter()
-    with num.autocast():
-        dead = dead_filters(model, x_val)
-    shift_probe = translation_probe(model, x_val, y_val, num, external=spec.external)
+    after, after_s = measure_trained(Trained(spec, model, forward, num, images, x_val, y_val))
     return FitResult(model, epochs, val_pred, throughput, train_time, images_seen, time.perf_counter() - fit_start,
-                     time.perf_counter() - t_measure, memory.as_dict(), dead, init_digest,
-                     {**num.as_dict(), "compile_time_s": compile_s}, test=test, test_prob=test_prob,
-                     diverged=watch.diverged, probe=shift_probe)
-
-
-PROBE_MAX_IMAGES = 1000  # validation images the translation probe's accuracy curve uses (its cost: ~11 passes)
-
-
-def translation_probe(model: nn.Module, x_val: Images, y_val: torch.Tensor, num: Numerics,
-                      external: bool = False) -> dict | None:
-    """Accuracy on shifted validation images and per-stage equivariance errors (cnnbench.probe), on at
-    most PROBE_MAX_IMAGES images, shifted images filled with the black pixel of the run's normalisation.
-    None for an external network: its stages are not known (torchvision's VGG has a `features`
-    Sequential too, but not the design space's stage layout)."""
-    from cnnbench.probe import black_fill, probe
-
-    if external or not isinstance(getattr(model, "features", None), nn.Sequential):
-        return None
-    n = min(len(y_val), PROBE_MAX_IMAGES)
-    return probe(model, x_val[0:n], y_val[:n], num=num, fill=black_fill(x_val))
+                     memory.as_dict(), init_digest, {**num.as_dict(), "compile_time_s": compile_s}, after=after,
+                     after_s=after_s, diverged=watch.diverged)
 
 
 def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, sched, x_train: Images,

@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 
+from cnnbench.images import Images
 from cnnbench.models.build import ConvNet, Flatten, GlobalAvgPool
 from cnnbench.models.registry import get_model
 from cnnbench.probe import (
@@ -28,7 +29,6 @@ from cnnbench.probe import (
     shift_images,
     stage_geometry,
 )
-from cnnbench.train import Images
 
 CPU = torch.device("cpu")
 SIDE = 16

@@ -56,6 +56,31 @@ def test_every_fold_is_also_scored_on_an_official_test_split(prepared):
     assert fit(study.variants["baseline"], images, np.arange(100), np.arange(100, 200), seed=0, device=CPU).test is None
 
 
+def test_every_post_fit_measurement_reaches_the_run_record(prepared):
+    """A measurement added to cnnbench.postfit.MEASUREMENTS fails here until the run record keeps it."""
+    from datetime import datetime, timezone
+
+    from cnnbench.measure import cost
+    from cnnbench.postfit import MEASUREMENTS
+    from cnnbench.runner import decode_array, make_record
+
+    study, images, root = prepared
+    with_test = ImageData(images.name, images.x[:200], images.y[:200], images.classes, images.x[200:], images.y[200:])
+    spec = study.variants["baseline"]
+    result = fit(spec, with_test, np.arange(100), np.arange(100, 200), seed=0, device=CPU)
+    record = make_record(spec, 0, 0, result, np.arange(100), np.arange(100, 200), cost(spec), {}, {},
+                         datetime.now(timezone.utc))
+    kept = {"official_test": lambda r: r["metrics"]["n_test"] == 100 and decode_array(r["test_prob"]).shape == (100, 10),
+            "dead_filters": lambda r: all(d["total"] > 0 for d in r["diagnostics"]["dead_filters"].values()) and r["diagnostics"]["dead_filters"],
+            "translation_probe": lambda r: len(r["probe"]["accuracy"]) == len(r["probe"]["shifts"]) > 1}
+    assert [m.__name__ for m in MEASUREMENTS] == list(kept)
+    for name, read in kept.items():
+        assert name in result.after and result.after_s[name] > 0
+        assert read(json.loads(json.dumps(record, allow_nan=False)))  # strict JSON, as written
+    assert record["speed"]["measure_time_s"] == pytest.approx(result.after_s["dead_filters"]
+                                                              + result.after_s["translation_probe"])
+
+
 def test_same_run_twice_gives_identical_numbers(prepared):
     study, images, root = prepared
     set_determinism(CPU, 1)

@@ -111,7 +111,8 @@ def test_the_finetune_lr_factor_reaches_the_optimiser_and_frozen_layers_are_left
 def test_a_frozen_body_trains_in_eval_mode_keeping_its_batchnorm_statistics():
     """A frozen body is a fixed feature extractor: BatchNorm normalises with the pretrained statistics (not
     the batch's) and keeps them, dropout in the body is off; the head alone trains, in train mode."""
-    from cnnbench.train import Images, init_model, train_epoch
+    from cnnbench.images import Images
+    from cnnbench.train import init_model, train_epoch
 
     cfg = {**TRANSFER, "variants": {"scratch": {"base": "cnn", "bn": True, "dropout": 0.5},
                                     "freeze": {"base": "scratch", "pretrained": "low", "freeze": True}}}

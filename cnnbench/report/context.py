@@ -170,7 +170,7 @@ class ReportContext:
         fold used; None if the weights are missing."""
         import torch
 
-        from cnnbench.train import Images
+        from cnnbench.images import Images
 
         path = self.models_dir / f"{variant}.pt"
         if not path.exists():
