@@ -212,12 +212,16 @@ def verdict(diff: float, p_adjusted: float, alpha: float = 0.05) -> str:
     return "better" if diff > 0 else "worse"
 
 
-def mean_ranks(runs: pd.DataFrame, metric: str = "val_acc", higher_is_better: bool = True) -> pd.Series | None:
-    """Mean rank of each variant over the resamples every variant has (1 = best): description only."""
-    per_resample = usable(runs).groupby(["fold", "variant"])[metric].mean().unstack("variant").dropna()
+def mean_ranks(runs: pd.DataFrame, metric: str = "val_acc") -> pd.Series | None:
+    """Mean rank of each variant over the resamples every variant has (1 = best, in the direction
+    cnnbench.metrics says is better): description only."""
+    from cnnbench.metrics import METRICS
+
+    m = METRICS[metric]
+    per_resample = usable(runs).groupby(["fold", "variant"])[m.column].mean().unstack("variant").dropna()
     if per_resample.shape[1] < 3 or per_resample.empty:
         return None
-    ranks = (-per_resample if higher_is_better else per_resample).rank(axis=1, method="average")
+    ranks = (-per_resample if m.higher_is_better else per_resample).rank(axis=1, method="average")
     return ranks.mean().sort_values()
 
 

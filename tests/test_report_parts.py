@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 
-from cnnbench.report.sections import pareto_front
+from cnnbench.report.cost import pareto_front
 
 
 def test_pareto_front_drops_points_dominated_on_a_cost_tie():
@@ -43,7 +44,7 @@ def test_synthetic_data_is_announced_first_in_the_findings(tmp_path):
     from cnnbench.config import load_study
     from cnnbench.io import write_json
     from cnnbench.report.context import ReportContext
-    from cnnbench.report.sections import SYNTHETIC_NOTICE, findings, synthetic_note
+    from cnnbench.report.overview import SYNTHETIC_NOTICE, findings, synthetic_note
     from tests.helpers import tiny_study
 
     def context(data: dict) -> ReportContext:
@@ -121,3 +122,25 @@ def test_a_variant_with_a_diverged_run_is_named_not_ensembled(tmp_path):
     html = ensembles(ctx).html
     assert "<td>baseline</td>" in html.replace(' class="num"', "")
     assert "Left out, as some of their runs diverged: huge_lr." in html
+
+
+def test_the_metrics_table_reads_each_figure_from_its_own_table():
+    """Accuracy from the runs that trained (a diverged run is left out), cost from any run, speed from the
+    timing job with its spread; n/a where a variant has no value."""
+    import numpy as np
+
+    from cnnbench.metrics import METRICS, per_variant
+    from cnnbench.report.format import metric_cell
+
+    runs = pd.DataFrame({"variant": ["a", "a", "b", "b"], "fold": [0, 1, 0, 1], "val_acc": [0.9, 0.8, 0.7, 0.1],
+                         "status": ["ok", "ok", "ok", "diverged"], "params": [5, 5, 7, 7],
+                         "train_img_per_s": [100.0, 300.0, 50.0, 70.0]})
+    timing = pd.DataFrame({"epoch_time_s": [1.5], "epoch_time_s_iqr": [0.25]}, index=pd.Index(["a"], name="variant"))
+    s = per_variant(runs, timing, ["val_acc", "params", "epoch_time_s", "train_img_per_s_under_load"], ["a", "b", "c"])
+    assert s.loc["a", "val_acc"] == pytest.approx(0.85) and s.loc["b", "val_acc"] == pytest.approx(0.7)
+    assert s.loc["b", "params"] == 7 and s.loc["b", "train_img_per_s_under_load"] == 60
+    assert s.loc["a", "epoch_time_s"] == 1.5 and s.loc["a", "epoch_time_s_spread"] == 0.25
+    assert np.isnan(s.loc["b", "epoch_time_s"]) and s.loc["c"].isna().all()
+    time = METRICS["epoch_time_s"]
+    assert metric_cell(time, 1.5, 0.25) == ("1.50 (0.25)", 1.5) and metric_cell(time, np.nan) == ("n/a", -1)
+    assert metric_cell(METRICS["val_acc"], 0.85) == ("85.00", 0.85) and METRICS["macs"].text(2.5e6) == "2.5M"

@@ -68,6 +68,16 @@ def test_study_produces_results_and_report(finished):
     assert planned_train_jobs(finished) == []  # nothing left to do
 
 
+def test_every_metric_the_report_shows_is_in_the_table_it_names(finished):
+    from cnnbench.metrics import METRICS
+
+    results = finished / "results" / "tiny"
+    tables = {name: pd.read_parquet(results / f"{name}.parquet") for name in ("runs", "timing")}
+    for m in METRICS.values():
+        assert m.column in tables[m.table], m.name
+        assert m.spread is None or m.spread in tables["timing"], m.name
+
+
 def test_report_renders_in_a_real_browser(finished, chromium, tmp_path):
     """The page loads offline with no failed requests, every image decodes, sections are there."""
     from playwright.sync_api import sync_playwright

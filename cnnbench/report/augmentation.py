@@ -9,7 +9,7 @@ import html
 import numpy as np
 
 from cnnbench.report.figures import figure_html, plt
-from cnnbench.report.sections import Section
+from cnnbench.report.section import Section
 
 EXAMPLES = 6  # images per setting
 DRAWS = 3  # augmented draws of each

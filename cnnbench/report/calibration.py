@@ -18,7 +18,7 @@ import numpy as np
 from cnnbench.config import AA_CONTROL
 from cnnbench.report.figures import BASELINE_COLOR, figure_html, plt
 from cnnbench.report.format import pts, pvalue
-from cnnbench.report.sections import Section
+from cnnbench.report.section import Section
 from cnnbench.stats import resample_differences
 
 

@@ -153,6 +153,12 @@ class ReportContext:
             t.loc[AA_CONTROL] = t.loc[self.baseline]
         return t
 
+    def per_variant(self, *metrics: str) -> pd.DataFrame:
+        """One row per variant, one column per metric of cnnbench.metrics.METRICS (and its spread)."""
+        from cnnbench.metrics import per_variant
+
+        return per_variant(self.runs, self.timing, list(metrics), self.variants)
+
     @cached_property
     def devices(self) -> list[str]:
         names = self.timing["device_name"] if "device_name" in self.timing else self.runs["device_name"]

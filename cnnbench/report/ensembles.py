@@ -11,7 +11,7 @@ import re
 import numpy as np
 
 from cnnbench.report.format import pts
-from cnnbench.report.sections import Section
+from cnnbench.report.section import Section
 from cnnbench.report.tables import html_table
 
 RUN = re.compile(r"(?P<variant>.+)/fold(?P<fold>\d+)-seed(?P<seed>\d+)")

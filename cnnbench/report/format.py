@@ -20,6 +20,17 @@ def si(x: float) -> str:
     return f"{x:.3g}"
 
 
+def metric_cell(metric, value: float, spread: float | None = None) -> tuple[str, float]:
+    """A table cell of a cnnbench.metrics.Metric: its value as shown, with the spread in brackets where
+    measured, sortable by the value; n/a (sorting first) where not measured."""
+    if value is None or not np.isfinite(value):
+        return ("n/a", -1)
+    text = metric.text(value)
+    if spread is not None and np.isfinite(spread):
+        text += f" ({metric.text(spread)})"
+    return (text, float(value))
+
+
 def pvalue(p: float) -> str:
     return "n/a" if not np.isfinite(p) else f"{p:.2g}"
 

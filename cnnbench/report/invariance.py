@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from cnnbench.report.figures import figure_html, plt, sns
-from cnnbench.report.sections import Section
+from cnnbench.report.section import Section
 from cnnbench.report.tables import html_table
 
 RUN_KEYS = ["variant", "fold", "seed"]

@@ -12,7 +12,7 @@ import pandas as pd
 from cnnbench.config import AA_CONTROL
 from cnnbench.report.figures import BASELINE_COLOR, VARIANT_COLOR, figure_html, plt
 from cnnbench.report.format import pts, pvalue, verdict_html
-from cnnbench.report.sections import Section
+from cnnbench.report.section import Section
 
 MIN_RUNGS = 2  # a start and at least two steps: one step is an ordinary comparison
 

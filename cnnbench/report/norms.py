@@ -7,7 +7,7 @@ import html
 
 import numpy as np
 
-from cnnbench.report.sections import Section
+from cnnbench.report.section import Section
 from cnnbench.report.tables import html_table
 
 

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 
 from jinja2 import Environment
 
-from cnnbench.report.sections import Section
+from cnnbench.report.section import Section
 
 _TEMPLATE = Environment(autoescape=False).from_string("""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">

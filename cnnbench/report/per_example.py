@@ -15,7 +15,7 @@ import pandas as pd
 
 from cnnbench.io import atomic_path
 from cnnbench.report.format import pvalue
-from cnnbench.report.sections import Section
+from cnnbench.report.section import Section
 from cnnbench.report.tables import html_table
 from cnnbench.stats import mcnemar
 

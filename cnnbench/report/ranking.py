@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 
 from cnnbench.report.figures import figure_html, plt, sns
-from cnnbench.report.sections import Section
+from cnnbench.report.section import Section
 from cnnbench.report.tables import html_table
 from cnnbench.stats import mean_ranks, pairwise_differences
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from cnnbench.report.figures import figure_html, plt, sns
 from cnnbench.report.format import pts
-from cnnbench.report.sections import Section
+from cnnbench.report.section import Section
 from cnnbench.report.tables import html_table
 
 COLUMNS = ("first_layer_dead", "first_layer_zero_maps_probe", "first_layer_silent_half")

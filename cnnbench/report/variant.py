@@ -11,6 +11,7 @@ from torch import nn
 
 from cnnbench.report.figures import figure_html, plt, sns
 from cnnbench.report.per_example import per_example_rows
+from cnnbench.report.section import Section
 from cnnbench.report.tables import html_table
 
 GALLERY = 16  # misclassified examples shown
@@ -206,3 +207,18 @@ def diagnostics(ctx, variant: str) -> str:
                                 "(dark) to output side (yellow): vanishing gradients show as a gap that grows "
                                 "towards the input."))
     return f'<div class="grid">{"".join(figs)}</div>'
+
+
+def variant_sections(ctx) -> Section:
+    """A collapsible section for each featured variant; the others are named."""
+    from cnnbench.report.variant import variant_details
+
+    shown = ctx.featured
+    rest = [v for v in ctx.variants if v not in shown]
+    brief = (f'<p class="note">Full sections for {len(shown)} of the {len(ctx.variants)} variants (the baseline, '
+             "the comparisons with the smallest adjusted p-values and the A/A control). The others: "
+             + ", ".join(f"<code>{html.escape(v)}</code>" for v in rest)
+             + "; their numbers are in the summary and in the linked tables, and <code>cnnbench describe "
+             "&lt;variant&gt;</code> prints any variant's layer table.</p>") if rest else ""
+    return Section("variants", "Per variant", "".join(variant_details(ctx, v, open_=(v == ctx.baseline))
+                                                      for v in shown) + brief)

@@ -1,0 +1,126 @@
+"""The report's first screen: the findings (every verdict, with what it costs) and the summary table."""
+
+from __future__ import annotations
+
+import html
+
+import numpy as np
+
+from cnnbench.metrics import METRICS
+from cnnbench.report.format import device_note, metric_cell, pts, pvalue, verdict_html
+from cnnbench.report.section import Section
+from cnnbench.report.tables import html_table
+
+
+def design_line(ctx) -> str:
+    """How many runs each comparison pairs, and how they become resamples."""
+    split = ctx.specs[ctx.baseline].split
+    seeds = ctx.runs.loc[ctx.runs.variant == ctx.baseline, "seed"].nunique()
+    j = split["repeats"] * split["folds"]
+    seeds_text = (f" &times; {seeds} seeds, averaged within each fold first, so J = {j} resamples"
+                  if seeds > 1 else f", J = {j} resamples")
+    return f"{j * seeds} paired runs ({split['repeats']} &times; {split['folds']}-fold cross-validation{seeds_text})"
+
+
+SYNTHETIC_NOTICE = ("Synthetic data (random images, random labels): accuracies and every accuracy comparison "
+                    "mean nothing; this study measures speed, memory and cost only.")
+
+
+def synthetic_note(ctx) -> str:
+    """On synthetic data (cnnbench.data._synthetic), the alarm that its accuracies mean nothing."""
+    if ctx.data_name != "synthetic":
+        return ""
+    return f'<div class="alarm"><p><b>{SYNTHETIC_NOTICE}</b></p></div>'
+
+
+def findings(ctx) -> Section:
+    """The first screen: the measured noise floor, then every variant's effect, how sure we are, what it
+    could have detected and what it costs."""
+    from cnnbench.report.calibration import aa_finding
+
+    cmp, s = ctx.comparison, ctx.per_variant("val_acc", "val_acc_sd", "macs", "epoch_time_s")
+    items = []
+    for v, row in cmp.sort_values("diff", ascending=False).iterrows():
+        ref = row["reference"]
+        changed = html.escape("; ".join(ctx.changes(v)) or "same knobs")
+        vs = "" if ref == ctx.baseline else f" vs <b>{html.escape(ref)}</b>"
+        cost = f"{s.loc[v, 'macs'] / s.loc[ref, 'macs']:.2g}&times; MACs"
+        if np.isfinite(s.loc[ref, "epoch_time_s"]):
+            cost += f", {s.loc[v, 'epoch_time_s'] / s.loc[ref, 'epoch_time_s']:.2g}&times; time per epoch"
+        items.append(f"<li><b>{html.escape(v)}</b>{vs} ({changed}): &Delta; accuracy <b>{pts(row['diff'])} pts</b> "
+                     f"[{pts(row['ci_low'])}, {pts(row['ci_high'])}], p<sub>Holm</sub> = {pvalue(row['p_holm'])} "
+                     f"&rarr; {verdict_html(row)}; {cost}{diverged_here(ctx, v, ref)}</li>")
+    base = s.loc[ctx.baseline]
+    lead = (f"<p>Every variant against <b>{html.escape(ctx.baseline)}</b> (validation accuracy "
+            f"{METRICS['val_acc'].text(base.val_acc)}% &plusmn; {METRICS['val_acc_sd'].text(base.val_acc_sd)}) unless another reference is "
+            f"named, paired on the same {design_line(ctx)}. Differences in percentage points with 95% "
+            "confidence intervals from the Nadeau-Bengio corrected resampled t-test. The intervals are per "
+            f"comparison; the verdicts use p-values Holm-adjusted over all {len(cmp)} comparisons (the only "
+            "significance claims about the design choices; the A/A control's test checks the method itself, "
+            "and the per-run McNemar tests ask about two trained networks, not a choice), so an interval "
+            "that just excludes 0 can still be 'no detectable difference'. Where there is none, the note says "
+            "the smallest difference this study could have detected with 80% power at Holm's strictest level "
+            "(run <code>cnnbench plan</code> for the runs a smaller one needs).</p>")
+    return Section("findings", "Findings", synthetic_note(ctx) + aa_finding(ctx) + diverged_note(ctx) + lead
+                   + (f"<ul>{''.join(items)}</ul>" if items else ""))
+
+
+def diverged_here(ctx, variant: str, reference: str) -> str:
+    """Next to a verdict: how many runs of the pair diverged and were left out of it."""
+    if "status" not in ctx.runs:
+        return ""
+    runs = ctx.runs[ctx.runs.variant.isin([variant, reference])]
+    bad = runs[runs["status"] == "diverged"]
+    if bad.empty:
+        return ""
+    per = ", ".join(f"{len(g)} of {len(runs[runs.variant == v])} runs of {html.escape(v)}"
+                    for v, g in bad.groupby("variant"))
+    return f' <span class="worse">({per} diverged and are left out of this comparison)</span>'
+
+
+def diverged_note(ctx) -> str:
+    """Diverged runs, named: they are left out of every statistic, never averaged in silently."""
+    runs = ctx.runs
+    bad = runs[runs["status"] == "diverged"] if "status" in runs else runs.iloc[:0]
+    if bad.empty:
+        return ""
+    per = "; ".join(f"{html.escape(v)}: {len(g)} of {len(runs[runs.variant == v])} runs (epochs "
+                    f"{', '.join(str(int(e)) for e in g['diverged_epoch'])})" for v, g in bad.groupby("variant"))
+    return (f'<div class="alarm"><p><b>{len(bad)} run(s) diverged</b> (non-finite loss, or accuracy at chance after '
+            f"the warm-up) and were stopped early: {per}. They are left out of every comparison, ranking, mean "
+            "and plot of accuracy below, and so are their pairs on the other variants: a variant that fails "
+            "often looks only as good as its runs that trained.</p></div>")
+
+
+SUMMARY_COSTS = ("params", "macs", "epoch_time_s", "train_img_per_s", "latency_b1_ms")  # cnnbench.metrics
+
+
+def summary_table(ctx) -> Section:
+    s, cmp = ctx.per_variant("val_acc", "val_acc_sd", *SUMMARY_COSTS), ctx.comparison
+    acc, sd = METRICS["val_acc"], METRICS["val_acc_sd"]
+    rows = []
+    for v in ctx.variants:
+        r = s.loc[v]
+        desc = html.escape(ctx.variant_descriptions.get(v, ""), quote=True)
+        changed = "baseline" if v == ctx.baseline else html.escape("; ".join(ctx.changes(v)) or "(same knobs)")
+        if v in cmp.index:
+            c = cmp.loc[v]
+            delta = (f"{pts(c['diff'])} [{pts(c['ci_low'])}, {pts(c['ci_high'])}]", c["diff"])
+            ref = (html.escape(c["reference"]), 0.0)
+            p, verdict = (pvalue(c["p_holm"]), c["p_holm"]), verdict_html(c)
+        else:
+            delta, ref, p, verdict = ("", 0.0), ("", 0.0), ("", 1.0), ""
+        rows.append([f'<span title="{desc}">{html.escape(v)}</span>', changed,
+                     *(metric_cell(METRICS[m], r[m]) for m in SUMMARY_COSTS),
+                     (f"{acc.text(r.val_acc)} &plusmn; {sd.text(r.val_acc_sd)}", r.val_acc), ref, delta, p,
+                     verdict])
+    header = ["variant", "what changed", *(METRICS[m].label for m in SUMMARY_COSTS),
+              "val acc % (mean ± sd)", "compared with", "Δ acc, pts [95% CI]", "p (Holm)", "verdict"]
+    table = html_table(header, rows, numeric={2, 3, 4, 5, 6, 7, 9, 10}, sortable=True,
+                       row_class=lambda i: "baseline" if i == 0 else "")
+    note = (f'<p class="note">Click a column to sort. Accuracy: final-epoch validation accuracy, mean &plusmn; '
+            "sample sd over runs. MACs: multiply-accumulates per image, one forward pass. s/epoch, img/s "
+            "(training step, warm-up excluded) and latency (eval mode, batch 1): measured alone, with no other "
+            f"job of the workflow running (medians over repeated blocks; spread in 'Cost, speed, memory'). "
+            f"{device_note(ctx)}</p>")
+    return Section("summary", "Summary", table + note)
