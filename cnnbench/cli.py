@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
 from cnnbench.errors import CnnbenchError
@@ -22,12 +23,30 @@ def _cmd_prepare_data(a: argparse.Namespace) -> None:
     print(f"{images.name}: {len(images.y)} images {images.shape}{test} -> {a.out}", file=sys.stderr)
 
 
+def _args_prepare_data(sub) -> None:
+    s = sub.add_parser("prepare-data", help="[step] load a data set once and cache it as .npz")
+    s.add_argument("--data-json", required=True, type=_json_object, help="the study's data section, as JSON")
+    s.add_argument("--split-seed", type=int, default=0, help="seed of the stratified subset, if any")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=_cmd_prepare_data)
+
+
 def _cmd_split(a: argparse.Namespace) -> None:
     from cnnbench.data import load_cache, make_splits, save_splits
 
     y = load_cache(a.data).y
     save_splits(a.out, make_splits(y, a.folds, a.repeats, a.split_seed), y, a.folds, a.repeats, a.split_seed)
     print(f"{a.repeats} x {a.folds}-fold stratified split of {len(y)} images -> {a.out}", file=sys.stderr)
+
+
+def _args_split(sub) -> None:
+    s = sub.add_parser("split", help="[step] write the stratified k-fold split every run reads")
+    s.add_argument("--data", required=True)
+    s.add_argument("--folds", type=_fold_count, required=True)
+    s.add_argument("--repeats", type=_positive, default=1)
+    s.add_argument("--split-seed", type=int, default=0)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=_cmd_split)
 
 
 def _cmd_train(a: argparse.Namespace) -> None:
@@ -41,12 +60,36 @@ def _cmd_train(a: argparse.Namespace) -> None:
                   device=a.device, jobs_per_gpu=a.jobs_per_gpu, pretrained_path=a.pretrained)
 
 
+def _args_train(sub) -> None:
+    s = sub.add_parser("train", help="[step] train the runs of one variant (one result file per run)")
+    s.add_argument("--spec", required=True, type=_json_object, help="resolved variant spec as JSON (from the workflow)")
+    s.add_argument("--data", required=True)
+    s.add_argument("--splits", required=True)
+    s.add_argument("--runs", nargs="+", required=True, help="run names: fold<k>-seed<s> ...")
+    s.add_argument("--out-dir", required=True)
+    s.add_argument("--weights", help="where to save the first run's weights")
+    s.add_argument("--resume-root", required=True, help="store of finished runs of interrupted jobs")
+    _execution_args(s)
+    s.add_argument("--pretrained", help="weights a pretrained: variant starts from (the pretrain job's output)")
+    s.set_defaults(func=_cmd_train)
+
+
 def _cmd_pretrain(a: argparse.Namespace) -> None:
     from cnnbench.runner import pretrain
 
     meta = pretrain(_spec(a.spec), out=a.out, threads=a.threads, device=a.device, source=a.source,
                     jobs_per_gpu=a.jobs_per_gpu)
     print(f"pretrained -> {a.out}: {meta['val_acc']:.1%} on its own held-out 10%", file=sys.stderr)
+
+
+def _args_pretrain(sub) -> None:
+    s = sub.add_parser("pretrain", help="[step] train a pretrain: entry's network once on its source data")
+    s.add_argument("--spec", required=True, type=_json_object, help="the source network's spec as JSON (from the workflow)")
+    s.add_argument("--source", type=_json_object,
+                   help="the entry's data section as JSON, root/path included (default: the spec's data identity)")
+    s.add_argument("--out", required=True)
+    _execution_args(s)
+    s.set_defaults(func=_cmd_pretrain)
 
 
 def _cmd_time(a: argparse.Namespace) -> None:
@@ -62,11 +105,32 @@ def _cmd_time(a: argparse.Namespace) -> None:
           f"{t['latency_b1_ms']:.3f} ms -> {a.out}", file=sys.stderr)
 
 
+def _args_time(sub) -> None:
+    s = sub.add_parser("time", help="[step] measure a variant's speed alone (training img/s, s/epoch, latency)")
+    s.add_argument("--spec", required=True, type=_json_object, help="resolved variant spec as JSON (from the workflow)")
+    s.add_argument("--data", required=True)
+    s.add_argument("--splits", required=True)
+    _execution_args(s, jobs_per_gpu="slots per GPU; timing takes all of one GPU")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=_cmd_time)
+
+
 def _cmd_collect(a: argparse.Namespace) -> None:
     from cnnbench.results import collect
 
     tables = collect(a.runs, a.out_dir, a.splits, a.data, a.timings, a.study_json)
     print(f"{len(tables['runs'])} runs -> {a.out_dir}/runs.parquet, epochs.parquet (+ .csv)", file=sys.stderr)
+
+
+def _args_collect(sub) -> None:
+    s = sub.add_parser("collect", help="[step] gather run files into runs/epochs tables")
+    s.add_argument("runs", nargs="+")
+    s.add_argument("--timings", nargs="*", default=[], help="timing files of `cnnbench time`")
+    s.add_argument("--study-json", default="{}", type=_json_object, help="JSON: study name, baseline, references (for `plan`)")
+    s.add_argument("--data", required=True, help="the data cache (true classes of the predictions)")
+    s.add_argument("--splits", required=True, help="the split the runs used (maps predictions to images)")
+    s.add_argument("--out-dir", required=True)
+    s.set_defaults(func=_cmd_collect)
 
 
 def _cmd_report(a: argparse.Namespace) -> None:
@@ -78,10 +142,35 @@ def _cmd_report(a: argparse.Namespace) -> None:
     print(f"report -> {a.out}", file=sys.stderr)
 
 
+def _args_report(sub) -> None:
+    s = sub.add_parser("report", help="[step] render the study's self-contained HTML report")
+    s.add_argument("--results", required=True, help="results/<study> folder with runs.parquet")
+    s.add_argument("--data", required=True)
+    s.add_argument("--splits", required=True)
+    s.add_argument("--models", required=True, help="folder of <variant>.pt weights")
+    s.add_argument("--baseline", required=True)
+    s.add_argument("--title", required=True)
+    s.add_argument("--description", default="")
+    s.add_argument("--variant-descriptions", default="{}", type=_json_object, help="JSON: variant -> description")
+    s.add_argument("--references", default="{}", type=_json_object, help="JSON: variant -> the variant it is compared with")
+    s.add_argument("--chains", default="{}", type=_json_object, help="JSON: variant -> its base chain (itself, its base, ...)")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=_cmd_report)
+
+
 def _cmd_describe(a: argparse.Namespace) -> None:
     from cnnbench.describe import describe
 
     print(describe(a.name, config=a.config, input_shape=a.input, num_classes=a.classes))
+
+
+def _args_describe(sub) -> None:
+    s = sub.add_parser("describe", help="layer table (shapes, params, MACs, receptive field) of a variant or model")
+    s.add_argument("name", help="a variant of --config, or a registered model")
+    s.add_argument("--config", help="study config (default: config/config.yaml when it exists)")
+    s.add_argument("--input", type=_ints, help="input shape C,H,W or CxHxW (models only; default 1x28x28)")
+    s.add_argument("--classes", type=_positive, help="number of classes (models only; default 10)")
+    s.set_defaults(func=_cmd_describe)
 
 
 def _cmd_list_models(a: argparse.Namespace) -> None:
@@ -92,6 +181,11 @@ def _cmd_list_models(a: argparse.Namespace) -> None:
         print(f"{name:11s} {entry.doc}" + ("" if entry.source == "cnnbench" else f"  [{entry.source}]"))
     print("also usable as a base: torchvision:<model>, timm:<model> (if timm is installed), and "
           "package.module:function (your own nn.Module)")
+
+
+def _args_list_models(sub) -> None:
+    s = sub.add_parser("list-models", help="registered models usable as a variant's base")
+    s.set_defaults(func=_cmd_list_models)
 
 
 def _cmd_loop_bench(a: argparse.Namespace) -> None:
@@ -105,6 +199,22 @@ def _cmd_loop_bench(a: argparse.Namespace) -> None:
         write_json(a.json, r)
 
 
+def _args_loop_bench(sub) -> None:
+    s = sub.add_parser("loop-bench", help="img/s of the project's training loop vs a DataLoader loop and a tuned loop")
+    s.add_argument("--config", default="config/config.yaml")
+    s.add_argument("--variant", help="variant to train (default: the study's baseline)")
+    s.add_argument("--steps", type=_positive, default=150, help="timed optimiser steps per measurement")
+    s.add_argument("--repeats", type=_positive, default=3, help="alternating measurements of each loop")
+    s.add_argument("--threads", type=_positive, default=1, help="torch threads (the workflow's default is 1)")
+    s.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--precision", default="auto", choices=["auto", "fp32", "tf32", "bf16", "fp16"],
+                   help="of the tuned and project loops (auto: bf16 on a GPU that has it, else fp32)")
+    s.add_argument("--compile", default=None, type=_compile_mode,
+                   help="off | on | max-autotune, for the tuned and project loops (default: on for CUDA, off on the CPU)")
+    s.add_argument("--json", help="also write the result to this JSON file")
+    s.set_defaults(func=_cmd_loop_bench)
+
+
 def _cmd_gpu_sweep(a: argparse.Namespace) -> None:
     from cnnbench.gpusweep import format_sweep, sweep
 
@@ -115,6 +225,18 @@ def _cmd_gpu_sweep(a: argparse.Namespace) -> None:
         from cnnbench.io import write_json
 
         write_json(a.json, r)
+
+
+def _args_gpu_sweep(sub) -> None:
+    s = sub.add_parser("gpu-sweep", help="aggregate img/s of 1, 2, 4, 8 training jobs sharing one GPU")
+    s.add_argument("--config", default="config/config.yaml")
+    s.add_argument("--variant", help="variant to train (default: the study's baseline)")
+    s.add_argument("--jobs", type=_positive, nargs="+", default=[1, 2, 4, 8], help="concurrent job counts")
+    s.add_argument("--device", default="cuda", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--seconds", type=_positive_number, default=15.0, help="timed seconds per job count")
+    s.add_argument("--threads", type=_positive, default=1, help="torch threads per job")
+    s.add_argument("--json", help="also write the result to this JSON file")
+    s.set_defaults(func=_cmd_gpu_sweep)
 
 
 def _cmd_gpu_check(a: argparse.Namespace) -> int:
@@ -130,12 +252,39 @@ def _cmd_gpu_check(a: argparse.Namespace) -> int:
     return code
 
 
+def _args_gpu_check(sub) -> None:
+    s = sub.add_parser("gpu-check", help="check the GPU path on this machine's GPU (<= 8 min, offline)")
+    s.add_argument("--out", default="gpu-check/summary.json",
+                   help="summary JSON; beside it only small files: JUnit XML, benchmark JSON, reports, logs.tar.gz")
+    s.add_argument("--budget", type=_positive_number, default=480, help="seconds for all steps together (default 480)")
+    s.add_argument("--work", help="folder for the steps' work (study folders, logs); default: a temporary one")
+    s.add_argument("--time-study", action="append", default=[], metavar="CONFIG",
+                   help="after the checks, run this study end to end from an empty folder at the sweep's best "
+                        "jobs_per_gpu and record its wall time (repeatable; e.g. config/config.yaml)")
+    s.add_argument("--study-limit", type=_positive_number, default=300, help="seconds allowed each --time-study (default 300)")
+    s.add_argument("--total", type=_positive_number, help="seconds for everything, timed studies included: a study gets "
+                                               "what is left (e.g. 560 inside a 10-minute session)")
+    s.add_argument("--jobs-per-gpu", type=_positive, help="jobs_per_gpu for --time-study (default: the sweep's best)")
+    s.add_argument("--skip", action="append", default=[], metavar="STEP",
+                   help="leave out a step (repeatable; quote names with spaces, e.g. --skip 'kernel suite')")
+    s.set_defaults(func=_cmd_gpu_check)
+
+
 def _cmd_ablate(a: argparse.Namespace) -> None:
     from cnnbench.ablate import ablate
 
     added = ablate(a.config, a.variant, [k.strip() for k in a.remove.split(",") if k.strip()], a.out)
     print(f"wrote {a.out}: {len(added)} leave-one-out variant(s) of {a.variant}: {', '.join(added)}\n"
           f"run them with: snakemake --cores all --configfile {a.out}")
+
+
+def _args_ablate(sub) -> None:
+    s = sub.add_parser("ablate", help="write leave-one-out variants of a full model into a study config")
+    s.add_argument("variant", help="the full model: a variant with the choices on")
+    s.add_argument("--remove", required=True, help="comma-separated knobs to switch off one at a time, e.g. bn,dropout,shortcut")
+    s.add_argument("--config", default="config/config.yaml")
+    s.add_argument("--out", required=True, help="the new study config (the input config plus the new variants)")
+    s.set_defaults(func=_cmd_ablate)
 
 
 def _cmd_verify(a: argparse.Namespace) -> int:
@@ -146,16 +295,44 @@ def _cmd_verify(a: argparse.Namespace) -> int:
     return 0 if verdict.match else 1
 
 
+def _args_verify(sub) -> None:
+    s = sub.add_parser("verify", help="re-run a run from its record; exact match expected on the CPU")
+    s.add_argument("record", help="results/<study>/runs/<variant>/fold<k>-seed<s>.json")
+    s.add_argument("--data", help="data cache the run used (default: next to the record's study folder)")
+    s.add_argument("--splits", help="split file the run used (default: next to the record's study folder)")
+    s.add_argument("--device", choices=["cpu", "cuda"], help="default: the device the run used")
+    s.set_defaults(func=_cmd_verify)
+
+
 def _cmd_plan(a: argparse.Namespace) -> None:
     from cnnbench.plan import format_plan, plan
 
     print(format_plan(plan(a.results, [d / 100 for d in a.delta], a.folds)))
 
 
+def _args_plan(sub) -> None:
+    s = sub.add_parser("plan", help="folds x repeats x seeds needed to detect a difference, from a finished study")
+    s.add_argument("results", help="results/<study> of a finished (pilot) study")
+    s.add_argument("--delta", type=_positive_number, nargs="+", default=[0.5, 1.0, 2.0],
+                   help="differences to detect, in accuracy points (default: 0.5 1 2)")
+    s.add_argument("--folds", type=_fold_count, nargs="*", default=[],
+                   help="fold counts to consider besides the pilot's (optimistic: see cnnbench/plan.py)")
+    s.set_defaults(func=_cmd_plan)
+
+
 def _cmd_bench_report(a: argparse.Namespace) -> None:
     from cnnbench.benchreport import bench_report
 
     print(bench_report(a.json, a.other, a.threshold, a.html))
+
+
+def _args_bench_report(sub) -> None:
+    s = sub.add_parser("bench-report", help="theory vs practice table from pytest-benchmark JSON (two: the change)")
+    s.add_argument("json", help="pytest tests/bench --benchmark-only --benchmark-json FILE")
+    s.add_argument("other", nargs="?", help="a second run (another machine or commit) to compare with")
+    s.add_argument("--threshold", type=_positive_number, default=0.10, help="flag medians that moved more than this (0.10 = 10%%)")
+    s.add_argument("--html", help="also write an HTML page here")
+    s.set_defaults(func=_cmd_bench_report)
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -195,6 +372,32 @@ def _compile_mode(text: str) -> bool | str:
     return modes[text.lower()]
 
 
+def _execution_args(s: argparse.ArgumentParser, jobs_per_gpu: str = "jobs that share one GPU (a slot each)") -> None:
+    """Where and how a workflow job computes (the config's `execution` section, as the rules pass it)."""
+    s.add_argument("--threads", type=_positive, default=1, help="torch threads")
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--jobs-per-gpu", type=_positive, default=1, help=jobs_per_gpu)
+
+
+def _positive_number(text: str) -> float:
+    """A finite number above 0 (a time, a difference, a threshold): 'nan' or -1 would pass float() and then
+    quietly mean nothing."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a finite number above 0")
+    return value
+
+
+def _fold_count(text: str) -> int:
+    value = _positive(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"{value}: cross-validation needs at least 2 folds")
+    return value
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -211,156 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Commands marked [step] are the workflow's own steps, called by the Snakefile's rules: run a "
                "study with `snakemake --cores all [--configfile config/X.yaml]` rather than calling them one by one.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    s = sub.add_parser("prepare-data", help="[step] load a data set once and cache it as .npz")
-    s.add_argument("--data-json", required=True, type=_json_object, help="the study's data section, as JSON")
-    s.add_argument("--split-seed", type=int, default=0, help="seed of the stratified subset, if any")
-    s.add_argument("--out", required=True)
-    s.set_defaults(func=_cmd_prepare_data)
-
-    s = sub.add_parser("split", help="[step] write the stratified k-fold split every run reads")
-    s.add_argument("--data", required=True)
-    s.add_argument("--folds", type=int, required=True)
-    s.add_argument("--repeats", type=int, default=1)
-    s.add_argument("--split-seed", type=int, default=0)
-    s.add_argument("--out", required=True)
-    s.set_defaults(func=_cmd_split)
-
-    s = sub.add_parser("train", help="[step] train the runs of one variant (one result file per run)")
-    s.add_argument("--spec", required=True, type=_json_object, help="resolved variant spec as JSON (from the workflow)")
-    s.add_argument("--data", required=True)
-    s.add_argument("--splits", required=True)
-    s.add_argument("--runs", nargs="+", required=True, help="run names: fold<k>-seed<s> ...")
-    s.add_argument("--out-dir", required=True)
-    s.add_argument("--weights", help="where to save the first run's weights")
-    s.add_argument("--resume-root", required=True, help="store of finished runs of interrupted jobs")
-    s.add_argument("--threads", type=int, default=1)
-    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    s.add_argument("--jobs-per-gpu", type=_positive, default=1, help="jobs that share one GPU (a slot each)")
-    s.add_argument("--pretrained", help="weights a pretrained: variant starts from (the pretrain job's output)")
-    s.set_defaults(func=_cmd_train)
-
-    s = sub.add_parser("pretrain", help="[step] train a pretrain: entry's network once on its source data")
-    s.add_argument("--spec", required=True, type=_json_object, help="the source network's spec as JSON (from the workflow)")
-    s.add_argument("--source", type=_json_object,
-                   help="the entry's data section as JSON, root/path included (default: the spec's data identity)")
-    s.add_argument("--out", required=True)
-    s.add_argument("--threads", type=int, default=1)
-    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    s.add_argument("--jobs-per-gpu", type=_positive, default=1, help="jobs that share one GPU (a slot each)")
-    s.set_defaults(func=_cmd_pretrain)
-
-    s = sub.add_parser("time", help="[step] measure a variant's speed alone (training img/s, s/epoch, latency)")
-    s.add_argument("--spec", required=True, type=_json_object, help="resolved variant spec as JSON (from the workflow)")
-    s.add_argument("--data", required=True)
-    s.add_argument("--splits", required=True)
-    s.add_argument("--threads", type=int, default=1, help="torch threads (as the training jobs use)")
-    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    s.add_argument("--jobs-per-gpu", type=_positive, default=1, help="slots per GPU; timing takes all of one GPU")
-    s.add_argument("--out", required=True)
-    s.set_defaults(func=_cmd_time)
-
-    s = sub.add_parser("collect", help="[step] gather run files into runs/epochs tables")
-    s.add_argument("runs", nargs="+")
-    s.add_argument("--timings", nargs="*", default=[], help="timing files of `cnnbench time`")
-    s.add_argument("--study-json", default="{}", type=_json_object, help="JSON: study name, baseline, references (for `plan`)")
-    s.add_argument("--data", required=True, help="the data cache (true classes of the predictions)")
-    s.add_argument("--splits", required=True, help="the split the runs used (maps predictions to images)")
-    s.add_argument("--out-dir", required=True)
-    s.set_defaults(func=_cmd_collect)
-
-    s = sub.add_parser("report", help="[step] render the study's self-contained HTML report")
-    s.add_argument("--results", required=True, help="results/<study> folder with runs.parquet")
-    s.add_argument("--data", required=True)
-    s.add_argument("--splits", required=True)
-    s.add_argument("--models", required=True, help="folder of <variant>.pt weights")
-    s.add_argument("--baseline", required=True)
-    s.add_argument("--title", required=True)
-    s.add_argument("--description", default="")
-    s.add_argument("--variant-descriptions", default="{}", type=_json_object, help="JSON: variant -> description")
-    s.add_argument("--references", default="{}", type=_json_object, help="JSON: variant -> the variant it is compared with")
-    s.add_argument("--chains", default="{}", type=_json_object, help="JSON: variant -> its base chain (itself, its base, ...)")
-    s.add_argument("--out", required=True)
-    s.set_defaults(func=_cmd_report)
-
-    s = sub.add_parser("describe", help="layer table (shapes, params, MACs, receptive field) of a variant or model")
-    s.add_argument("name", help="a variant of --config, or a registered model")
-    s.add_argument("--config", help="study config (default: config/config.yaml when it exists)")
-    s.add_argument("--input", type=_ints, help="input shape C,H,W or CxHxW (models only; default 1x28x28)")
-    s.add_argument("--classes", type=_positive, help="number of classes (models only; default 10)")
-    s.set_defaults(func=_cmd_describe)
-
-    s = sub.add_parser("loop-bench", help="img/s of the project's training loop vs a DataLoader loop and a tuned loop")
-    s.add_argument("--config", default="config/config.yaml")
-    s.add_argument("--variant", help="variant to train (default: the study's baseline)")
-    s.add_argument("--steps", type=int, default=150, help="timed optimiser steps per measurement")
-    s.add_argument("--repeats", type=int, default=3, help="alternating measurements of each loop")
-    s.add_argument("--threads", type=int, default=1, help="torch threads (the workflow's default is 1)")
-    s.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
-    s.add_argument("--precision", default="auto", choices=["auto", "fp32", "tf32", "bf16", "fp16"],
-                   help="of the tuned and project loops (auto: bf16 on a GPU that has it, else fp32)")
-    s.add_argument("--compile", default=None, type=_compile_mode,
-                   help="off | on | max-autotune, for the tuned and project loops (default: on for CUDA, off on the CPU)")
-    s.add_argument("--json", help="also write the result to this JSON file")
-    s.set_defaults(func=_cmd_loop_bench)
-
-    s = sub.add_parser("gpu-sweep", help="aggregate img/s of 1, 2, 4, 8 training jobs sharing one GPU")
-    s.add_argument("--config", default="config/config.yaml")
-    s.add_argument("--variant", help="variant to train (default: the study's baseline)")
-    s.add_argument("--jobs", type=_positive, nargs="+", default=[1, 2, 4, 8], help="concurrent job counts")
-    s.add_argument("--device", default="cuda", choices=["auto", "cpu", "cuda"])
-    s.add_argument("--seconds", type=float, default=15.0, help="timed seconds per job count")
-    s.add_argument("--threads", type=int, default=1, help="torch threads per job")
-    s.add_argument("--json", help="also write the result to this JSON file")
-    s.set_defaults(func=_cmd_gpu_sweep)
-
-    s = sub.add_parser("gpu-check", help="check the GPU path on this machine's GPU (<= 8 min, offline)")
-    s.add_argument("--out", default="gpu-check/summary.json",
-                   help="summary JSON; beside it only small files: JUnit XML, benchmark JSON, reports, logs.tar.gz")
-    s.add_argument("--budget", type=float, default=480, help="seconds for all steps together (default 480)")
-    s.add_argument("--work", help="folder for the steps' work (study folders, logs); default: a temporary one")
-    s.add_argument("--time-study", action="append", default=[], metavar="CONFIG",
-                   help="after the checks, run this study end to end from an empty folder at the sweep's best "
-                        "jobs_per_gpu and record its wall time (repeatable; e.g. config/config.yaml)")
-    s.add_argument("--study-limit", type=float, default=300, help="seconds allowed each --time-study (default 300)")
-    s.add_argument("--total", type=float, help="seconds for everything, timed studies included: a study gets "
-                                               "what is left (e.g. 560 inside a 10-minute session)")
-    s.add_argument("--jobs-per-gpu", type=_positive, help="jobs_per_gpu for --time-study (default: the sweep's best)")
-    s.add_argument("--skip", action="append", default=[], metavar="STEP",
-                   help="leave out a step (repeatable; quote names with spaces, e.g. --skip 'kernel suite')")
-    s.set_defaults(func=_cmd_gpu_check)
-
-    s = sub.add_parser("ablate", help="write leave-one-out variants of a full model into a study config")
-    s.add_argument("variant", help="the full model: a variant with the choices on")
-    s.add_argument("--remove", required=True, help="comma-separated knobs to switch off one at a time, e.g. bn,dropout,shortcut")
-    s.add_argument("--config", default="config/config.yaml")
-    s.add_argument("--out", required=True, help="the new study config (the input config plus the new variants)")
-    s.set_defaults(func=_cmd_ablate)
-
-    s = sub.add_parser("verify", help="re-run a run from its record; exact match expected on the CPU")
-    s.add_argument("record", help="results/<study>/runs/<variant>/fold<k>-seed<s>.json")
-    s.add_argument("--data", help="data cache the run used (default: next to the record's study folder)")
-    s.add_argument("--splits", help="split file the run used (default: next to the record's study folder)")
-    s.add_argument("--device", choices=["cpu", "cuda"], help="default: the device the run used")
-    s.set_defaults(func=_cmd_verify)
-
-    s = sub.add_parser("plan", help="folds x repeats x seeds needed to detect a difference, from a finished study")
-    s.add_argument("results", help="results/<study> of a finished (pilot) study")
-    s.add_argument("--delta", type=float, nargs="+", default=[0.5, 1.0, 2.0],
-                   help="differences to detect, in accuracy points (default: 0.5 1 2)")
-    s.add_argument("--folds", type=int, nargs="*", default=[],
-                   help="fold counts to consider besides the pilot's (optimistic: see cnnbench/plan.py)")
-    s.set_defaults(func=_cmd_plan)
-
-    s = sub.add_parser("bench-report", help="theory vs practice table from pytest-benchmark JSON (two: the change)")
-    s.add_argument("json", help="pytest tests/bench --benchmark-only --benchmark-json FILE")
-    s.add_argument("other", nargs="?", help="a second run (another machine or commit) to compare with")
-    s.add_argument("--threshold", type=float, default=0.10, help="flag medians that moved more than this (0.10 = 10%%)")
-    s.add_argument("--html", help="also write an HTML page here")
-    s.set_defaults(func=_cmd_bench_report)
-
-    s = sub.add_parser("list-models", help="registered models usable as a variant's base")
-    s.set_defaults(func=_cmd_list_models)
+    for add in (_args_prepare_data, _args_split, _args_train, _args_pretrain, _args_time, _args_collect, _args_report, _args_describe, _args_loop_bench, _args_gpu_sweep, _args_gpu_check, _args_ablate, _args_verify, _args_plan, _args_bench_report, _args_list_models):
+        add(sub)
     return p
 
 

@@ -54,6 +54,24 @@ def test_describe_refuses_impossible_numbers():
     assert out.returncode == 2 and "at least 1" in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.parametrize(("args", "flag", "message"), [
+    (["plan", "r", "--delta", "nan"], "--delta", "give a finite number above 0"),
+    (["plan", "r", "--delta", "-1"], "--delta", "give a finite number above 0"),
+    (["plan", "r", "--folds", "1"], "--folds", "at least 2 folds"),
+    (["gpu-sweep", "--seconds", "inf"], "--seconds", "give a finite number above 0"),
+    (["gpu-check", "--total", "0"], "--total", "give a finite number above 0"),
+    (["bench-report", "x.json", "--threshold", "nan"], "--threshold", "give a finite number above 0"),
+    (["loop-bench", "--threads", "0"], "--threads", "must be at least 1"),
+    (["time", "--spec", "{}", "--data", "d", "--splits", "s", "--out", "o", "--threads", "-2"], "--threads",
+     "must be at least 1"),
+])
+def test_numbers_that_parse_but_mean_nothing_are_refused_by_name(args, flag, message):
+    """float('nan') and -1 pass float(): unchecked, a plan would say that no design reaches a NaN target."""
+    out = cli(*args)
+    assert out.returncode == 2 and f"argument {flag}: " in out.stderr and message in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+
+
 def test_workflow_commands_on_missing_inputs(files):
     missing = str(files / "nothing")
     assert_one_line_error(cli("split", "--data", f"{missing}.npz", "--folds", "2", "--out", str(files / "s.json")),
