@@ -234,7 +234,8 @@ def step_determinism(out_dir: Path, device: str = "cuda") -> Callable[[float], d
         from cnnbench.config import load_study
         from cnnbench.data import load_source
         from cnnbench.numerics import CUBLAS_WORKSPACE
-        from cnnbench.train import fit, set_determinism
+        from cnnbench.runtime import set_determinism
+        from cnnbench.train import fit
 
         # before any CUDA work (torch reads it once), and for both runs alike: the slowdown is then the
         # deterministic kernels' alone

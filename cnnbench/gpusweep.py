@@ -32,7 +32,8 @@ def worker(config: str, variant: str | None, device: str, seconds: float, thread
     from cnnbench.data import load_source
     from cnnbench.images import Images
     from cnnbench.numerics import Numerics
-    from cnnbench.train import init_model, make_optimizer, resolve_device, set_determinism, train_epoch
+    from cnnbench.runtime import resolve_device, set_determinism
+    from cnnbench.train import init_model, make_optimizer, train_epoch
 
     study = load_study(config)
     spec = study.variants[variant or study.baseline]
@@ -147,7 +148,8 @@ def stacked_folds(config: str | Path, variant: str | None = None, k: int = 5, st
     from cnnbench.data import load_source
     from cnnbench.images import Images
     from cnnbench.numerics import Numerics
-    from cnnbench.train import init_model, make_optimizer, resolve_device, set_determinism, sync, train_epoch
+    from cnnbench.runtime import resolve_device, set_determinism, sync
+    from cnnbench.train import init_model, make_optimizer, train_epoch
 
     study = load_study(config)
     spec = study.variants[variant or study.baseline]

@@ -30,7 +30,8 @@ from cnnbench.data import load_source
 from cnnbench.images import Images
 from cnnbench.models.build import build_model
 from cnnbench.numerics import Numerics
-from cnnbench.train import make_optimizer, resolve_device, set_determinism, sync, train_epoch
+from cnnbench.runtime import resolve_device, set_determinism, sync
+from cnnbench.train import make_optimizer, train_epoch
 
 WARMUP = 5  # untimed steps before each measurement
 LOOPS = ("dataloader", "tuned", "project")

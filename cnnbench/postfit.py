@@ -82,7 +82,7 @@ MEASUREMENTS: tuple[Callable[[Trained], Any], ...] = (official_test, dead_filter
 
 def measure_trained(t: Trained) -> tuple[dict[str, Any], dict[str, float]]:
     """Every measurement's result that applies, by name, and the seconds each took (synchronised)."""
-    from cnnbench.train import sync
+    from cnnbench.runtime import sync
 
     results, seconds = {}, {}
     for measurement in MEASUREMENTS:

@@ -76,12 +76,12 @@ def train_variant(spec: VariantSpec, *, data_path: str | Path, splits_path: str 
 
     from cnnbench.env import environment
     from cnnbench.measure import cost
-    from cnnbench.train import claim_device, fit, labels_per_class, resolve_device, set_determinism, warm_up
+    from cnnbench.runtime import start_job
+    from cnnbench.train import fit, labels_per_class, warm_up
 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    # before CUDA starts: cuBLAS reads its workspace setting once
-    set_determinism(resolve_device(device), threads, spec.numerics.get("deterministic", False))
-    dev, gpu_slot = claim_device(device, jobs_per_gpu, log=log)
+    dev, gpu_slot = start_job(device, threads, jobs_per_gpu, deterministic=spec.numerics.get("deterministic", False),
+                              log=log)
     images = load_cache(data_path)
     split_sha, data_sha = file_hash(splits_path), file_hash(data_path)
     resume = Path(resume_root) / spec.name / f"{spec.spec_hash}-{split_sha}"
@@ -197,16 +197,16 @@ def pretrain(spec: VariantSpec, *, out: str | Path, threads: int = 1, device: st
 
     from cnnbench.config import data_identity
     from cnnbench.data import load_source
-    from cnnbench.train import claim_device, fit, resolve_device, set_determinism
+    from cnnbench.runtime import start_job
+    from cnnbench.train import fit
 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    set_determinism(resolve_device(device), threads, spec.numerics.get("deterministic", False))
     if source is None:
         source = spec.data  # enough for data sets that need no root or path
     elif data_identity(source) != spec.data:
         raise CnnbenchError(f"pretrain {spec.name}: --source {data_identity(source)} is not the data the spec was "
                             f"made for ({spec.data}); re-run the workflow so that both come from the same config")
-    dev, _ = claim_device(device, jobs_per_gpu, log=log)
+    dev, _ = start_job(device, threads, jobs_per_gpu, deterministic=spec.numerics.get("deterministic", False), log=log)
     images = load_source(source, spec.split["split_seed"])
     train_idx, val_idx = train_test_split(np.arange(len(images.y)), test_size=0.1, stratify=images.y,
                                           random_state=spec.split["split_seed"])

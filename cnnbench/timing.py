@@ -35,10 +35,11 @@ def time_variant(spec: VariantSpec, *, data_path: str | Path, splits_path: str |
     then training memory. On CUDA the job takes every slot of one GPU (cnnbench.gpuslots)."""
     from cnnbench.data import load_cache, load_fold
     from cnnbench.env import environment
-    from cnnbench.train import claim_device, labels_per_class, resolve_device, set_determinism
+    from cnnbench.runtime import start_job
+    from cnnbench.train import labels_per_class
 
-    set_determinism(resolve_device(device), threads, spec.numerics.get("deterministic", False))
-    dev, gpu_slot = claim_device(device, jobs_per_gpu, exclusive=True, log=lambda m: print(m, file=sys.stderr))
+    dev, gpu_slot = start_job(device, threads, jobs_per_gpu, deterministic=spec.numerics.get("deterministic", False),
+                              exclusive=True, log=lambda m: print(m, file=sys.stderr))
     images = load_cache(data_path)
     train_idx, val_idx = load_fold(splits_path, 0, images.y)
     window_start = time.time()

@@ -42,7 +42,8 @@ def verify(record_path: str | Path, data: str | Path | None = None, splits: str 
            device: str | None = None) -> Verdict:
 
     from cnnbench.results import check_record
-    from cnnbench.train import fit, resolve_device, set_determinism
+    from cnnbench.runtime import resolve_device, set_determinism
+    from cnnbench.train import fit
 
     record_path = Path(record_path)
     record = check_record(record_path)

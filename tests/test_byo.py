@@ -16,7 +16,8 @@ import torch
 from cnnbench.config import load_study
 from cnnbench.data import load_source
 from cnnbench.errors import ConfigError
-from cnnbench.train import fit, set_determinism
+from cnnbench.runtime import set_determinism
+from cnnbench.train import fit
 from tests.helpers import REPO, tiny_study, write_yaml
 
 CPU = torch.device("cpu")

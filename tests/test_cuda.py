@@ -15,7 +15,8 @@ import torch
 from cnnbench.config import load_study
 from cnnbench.data import load_fold, load_source, make_splits, save_cache, save_splits
 from cnnbench.numerics import Numerics, resolve_precision
-from cnnbench.train import fit, set_determinism
+from cnnbench.runtime import set_determinism
+from cnnbench.train import fit
 from tests.helpers import tiny_study
 
 pytestmark = [pytest.mark.cuda,

@@ -17,7 +17,8 @@ from cnnbench.data import load_fold, load_source, make_splits, save_cache, save_
 from cnnbench.errors import CnnbenchError, ConfigError
 from cnnbench.numerics import Numerics, resolve_precision
 from cnnbench.results import check_shared_precision
-from cnnbench.train import fit, set_determinism
+from cnnbench.runtime import set_determinism
+from cnnbench.train import fit
 from tests.helpers import tiny_study
 
 CPU = torch.device("cpu")

@@ -166,7 +166,8 @@ def trained():
     """The tiny study's cnn trained for 4 epochs on 200 digits (8x8), with its 100 validation images."""
     from cnnbench.config import load_study
     from cnnbench.data import load_source
-    from cnnbench.train import fit, set_determinism
+    from cnnbench.runtime import set_determinism
+    from cnnbench.train import fit
     from tests.helpers import tiny_study
 
     set_determinism(CPU, 1)

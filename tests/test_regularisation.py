@@ -9,7 +9,8 @@ import torch
 
 from cnnbench.config import load_study
 from cnnbench.data import load_source
-from cnnbench.train import ActivityPenalty, fit, make_optimizer, penalties, set_determinism
+from cnnbench.runtime import set_determinism
+from cnnbench.train import ActivityPenalty, fit, make_optimizer, penalties
 from tests.helpers import tiny_study
 
 CPU = torch.device("cpu")

@@ -13,7 +13,8 @@ from cnnbench.augment import augment
 from cnnbench.config import load_study
 from cnnbench.data import ImageData, load_fold, load_source, make_splits, save_cache, save_splits
 from cnnbench.runner import train_variant
-from cnnbench.train import fit, lr_factor, set_determinism
+from cnnbench.runtime import set_determinism
+from cnnbench.train import fit, lr_factor
 from tests.helpers import tiny_study
 
 CPU = torch.device("cpu")
