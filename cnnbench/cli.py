@@ -110,7 +110,8 @@ def _args_time(sub) -> None:
     s.add_argument("--spec", required=True, type=_json_object, help="resolved variant spec as JSON (from the workflow)")
     s.add_argument("--data", required=True)
     s.add_argument("--splits", required=True)
-    _execution_args(s, jobs_per_gpu="slots per GPU; timing takes all of one GPU")
+    _execution_args(s, threads="torch threads (as the training jobs use)",
+                    jobs_per_gpu="slots per GPU; timing takes all of one GPU")
     s.add_argument("--out", required=True)
     s.set_defaults(func=_cmd_time)
 
@@ -330,7 +331,7 @@ def _args_bench_report(sub) -> None:
     s = sub.add_parser("bench-report", help="theory vs practice table from pytest-benchmark JSON (two: the change)")
     s.add_argument("json", help="pytest tests/bench --benchmark-only --benchmark-json FILE")
     s.add_argument("other", nargs="?", help="a second run (another machine or commit) to compare with")
-    s.add_argument("--threshold", type=_positive_number, default=0.10, help="flag medians that moved more than this (0.10 = 10%%)")
+    s.add_argument("--threshold", type=_fraction, default=0.10, help="flag medians that moved more than this (0.10 = 10%%)")
     s.add_argument("--html", help="also write an HTML page here")
     s.set_defaults(func=_cmd_bench_report)
 
@@ -372,22 +373,38 @@ def _compile_mode(text: str) -> bool | str:
     return modes[text.lower()]
 
 
-def _execution_args(s: argparse.ArgumentParser, jobs_per_gpu: str = "jobs that share one GPU (a slot each)") -> None:
+def _execution_args(s: argparse.ArgumentParser, threads: str = "torch threads",
+                    jobs_per_gpu: str = "jobs that share one GPU (a slot each)") -> None:
     """Where and how a workflow job computes (the config's `execution` section, as the rules pass it)."""
-    s.add_argument("--threads", type=_positive, default=1, help="torch threads")
+    s.add_argument("--threads", type=_positive, default=1, help=threads)
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     s.add_argument("--jobs-per-gpu", type=_positive, default=1, help=jobs_per_gpu)
 
 
-def _positive_number(text: str) -> float:
-    """A finite number above 0 (a time, a difference, a threshold): 'nan' or -1 would pass float() and then
-    quietly mean nothing."""
+def _finite(text: str) -> float:
+    """A finite number: 'nan' and 'inf' pass float() and then quietly mean nothing."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a finite number above 0")
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a finite number")
+    return value
+
+
+def _positive_number(text: str) -> float:
+    """A time, a difference: above 0 (a plan for a -1 point difference has no answer)."""
+    value = _finite(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number above 0")
+    return value
+
+
+def _fraction(text: str) -> float:
+    """A threshold of at least 0 (0 flags every change)."""
+    value = _finite(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of at least 0, e.g. 0.10 for 10%")
     return value
 
 

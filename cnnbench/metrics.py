@@ -1,7 +1,8 @@
 """The per-variant numbers a report shows, described once (as pycls's `metrics_info`): where each is
 stored, how runs combine into one value per variant, its label and unit, how it prints, and which
-direction is better. Tables, plots and rankings read this table instead of hard-coding columns, so a
-new figure is one entry here.
+direction is better. The summary, findings and cost tables, the cost plots and the mean ranks read their
+figures from here (each section lists the names it shows), so a figure's column, label or format
+changes in one place.
 
 Torch-free: it reads the tables `collect` writes (runs: one row per run; timing: one row per variant,
 measured alone by the workflow's timing job).

@@ -81,7 +81,7 @@ MEASUREMENTS: tuple[Callable[[Trained], Any], ...] = (official_test, dead_filter
 
 
 def measure_trained(t: Trained) -> tuple[dict[str, Any], dict[str, float]]:
-    """Every measurement's result that applies, by name, and the seconds each took (synchronised)."""
+    """Every measurement's result that applies, by name, and the seconds each of those took (synchronised)."""
     from cnnbench.runtime import sync
 
     results, seconds = {}, {}
@@ -89,7 +89,7 @@ def measure_trained(t: Trained) -> tuple[dict[str, Any], dict[str, float]]:
         start = time.perf_counter()
         out = measurement(t)
         sync(t.device)
-        seconds[measurement.__name__] = time.perf_counter() - start
         if out is not None:
             results[measurement.__name__] = out
+            seconds[measurement.__name__] = time.perf_counter() - start
     return results, seconds

@@ -252,7 +252,7 @@ def reusable(stored: Path) -> bool:
 def run_metrics(result) -> dict:
     """A run's headline numbers: the final epoch's, the best validation epoch, and the test images (the
     official split or the held-out part). Reproducible numbers only: the test pass's time goes to
-    `timings.eval_time_s`, so that a rerun's metrics equal the first run's."""
+    `speed.eval_time_s`, so that a rerun's metrics equal the first run's."""
     last = result.epochs[-1]
     best = max(result.epochs, key=lambda e: e["val_acc"])
     return {"val_acc": last["val_acc"], "val_loss": last["val_loss"], "train_acc": last["train_acc"],

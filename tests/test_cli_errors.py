@@ -55,12 +55,13 @@ def test_describe_refuses_impossible_numbers():
 
 
 @pytest.mark.parametrize(("args", "flag", "message"), [
-    (["plan", "r", "--delta", "nan"], "--delta", "give a finite number above 0"),
-    (["plan", "r", "--delta", "-1"], "--delta", "give a finite number above 0"),
+    (["plan", "r", "--delta", "nan"], "--delta", "give a finite number"),
+    (["plan", "r", "--delta", "-1"], "--delta", "give a number above 0"),
     (["plan", "r", "--folds", "1"], "--folds", "at least 2 folds"),
-    (["gpu-sweep", "--seconds", "inf"], "--seconds", "give a finite number above 0"),
-    (["gpu-check", "--total", "0"], "--total", "give a finite number above 0"),
-    (["bench-report", "x.json", "--threshold", "nan"], "--threshold", "give a finite number above 0"),
+    (["gpu-sweep", "--seconds", "inf"], "--seconds", "give a finite number"),
+    (["gpu-check", "--total", "0"], "--total", "give a number above 0"),
+    (["bench-report", "x.json", "--threshold", "nan"], "--threshold", "give a finite number"),
+    (["bench-report", "x.json", "--threshold", "-0.1"], "--threshold", "give a number of at least 0"),
     (["loop-bench", "--threads", "0"], "--threads", "must be at least 1"),
     (["time", "--spec", "{}", "--data", "d", "--splits", "s", "--out", "o", "--threads", "-2"], "--threads",
      "must be at least 1"),

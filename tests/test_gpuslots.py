@@ -93,3 +93,16 @@ def test_stacked_fold_models_train_as_one_vmapped_computation(tmp_path):
     assert r["stacked_img_per_s"] > 0 and r["sequential_img_per_s"] > 0 and r["k"] == 3
     with pytest.raises(ValueError, match="BatchNorm"):
         stacked_folds(cfg, "batchnorm", k=2, steps=2, device="cpu", repeats=1)
+
+
+def test_a_job_sets_determinism_before_it_claims_a_gpu(monkeypatch):
+    """cuBLAS reads CUBLAS_WORKSPACE_CONFIG once, at the process's first CUDA work, and claiming a slot makes
+    its GPU the current device: so a job's start sets threads and determinism first, then claims."""
+    from cnnbench import runtime
+
+    calls = []
+    monkeypatch.setattr(runtime, "set_determinism", lambda *a: calls.append(("set_determinism", a)))
+    monkeypatch.setattr(runtime, "claim_device", lambda *a, **k: calls.append(("claim_device", a, k)) or ("dev", None))
+    assert runtime.start_job("cpu", 3, 2, deterministic=True, exclusive=True) == ("dev", None)
+    assert [c[0] for c in calls] == ["set_determinism", "claim_device"]
+    assert calls[0][1][1:] == (3, True) and calls[1][2]["exclusive"] is True

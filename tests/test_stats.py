@@ -224,8 +224,9 @@ def test_mean_ranks_are_description_and_pairwise_differences_antisymmetric():
     assert list(ranks.index)[0] == "good" and list(ranks.index)[-1] == "bad"
     assert ranks.sum() == pytest.approx(10)  # 1 + 2 + 3 + 4 per resample, averaged
     assert mean_ranks(table({"only": 0.01})) is None  # needs 3 variants
-    as_loss = t.assign(train_loss=-t["val_acc"])  # lower is better (cnnbench.metrics): the same order
-    assert list(mean_ranks(as_loss, "train_loss").index) == list(ranks.index)
+    as_loss = t.assign(train_loss=t["val_acc"])  # lower is better (cnnbench.metrics): the order reverses
+    reversed_ranks = mean_ranks(as_loss, "train_loss")
+    assert reversed_ranks.index[0] == "bad" and (reversed_ranks + ranks).to_numpy() == pytest.approx([5] * 4)
     diffs = pairwise_differences(t, ["baseline", "good", "bad"])
     assert diffs.loc["baseline", "good"] == pytest.approx(-diffs.loc["good", "baseline"])
     assert diffs.loc["bad", "good"] == pytest.approx(0.04, abs=0.005)

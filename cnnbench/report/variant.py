@@ -211,8 +211,6 @@ def diagnostics(ctx, variant: str) -> str:
 
 def variant_sections(ctx) -> Section:
     """A collapsible section for each featured variant; the others are named."""
-    from cnnbench.report.variant import variant_details
-
     shown = ctx.featured
     rest = [v for v in ctx.variants if v not in shown]
     brief = (f'<p class="note">Full sections for {len(shown)} of the {len(ctx.variants)} variants (the baseline, '
