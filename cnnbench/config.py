@@ -132,7 +132,7 @@ class VariantSpec:
     def _external_rows(self) -> list[LayerRow]:
         from cnnbench.models import external
 
-        return external.layer_rows(self.network(), self.input_shape)
+        return external.layer_rows(self.network(), self.input_shape, self.num_classes)
 
     def run_dict(self) -> dict[str, Any]:
         """What a training job needs: the spec without its presentation fields. Editing a description
@@ -597,6 +597,8 @@ def describe_changes(baseline: VariantSpec, variant: VariantSpec) -> list[str]:
     for section in ("model", "train"):
         a, b = _flatten(getattr(baseline, section)), _flatten(getattr(variant, section))
         for knob in b:
+            if knob.startswith("_"):  # bookkeeping (where a custom module was found), not a choice
+                continue
             if a.get(knob) != b[knob]:
                 was = a.get(knob)
                 if knob == "width" and was is None and a.get("widths"):

@@ -53,7 +53,7 @@ def format_table(rows: list[LayerRow], input_shape: tuple[int, ...], rf_known: b
 
     rule = "  ".join("-" * w for w in widths)
     note = ("MACs: multiply-accumulates per image (convolutions and linear layers; FLOPs = 2 x MACs). "
-            "RF: receptive field in input pixels.")
+            + ("RF: receptive field in input pixels." if rf_known else "RF: not known for an external network."))
     return "\n".join([line(head), rule, *map(line, body[:-1]), rule, line(body[-1]), note])
 
 

@@ -75,6 +75,33 @@ def test_an_unknown_external_base_is_named(tmp_path, base, message):
         load_study(_study(tmp_path, x={"base": base}))
 
 
+@pytest.mark.parametrize("source, kwargs, message", [
+    ("def build(input_shape, num_classes:\n    pass\n", {}, r"badnets\.py, line 1: .*fix the module"),
+    ("raise RuntimeError('no GPU here')\n", {}, "importing 'badnets' failed: RuntimeError: no GPU here"),
+    (MODULE, {"width": 4.5}, r"building it with kwargs \{'width': 4\.5\} failed: ValueError: out_channels must be divisible"),
+    (MODULE.replace("nn.Linear(4 * width, num_classes)", "nn.Linear(4 * width, 1000)"), {},
+     r"returns \(2, 1000\) for a batch of 2 images; a classifier must return \(N, 10\)"),
+    (MODULE.replace(", nn.AdaptiveAvgPool2d(2),\n                         nn.Flatten(), nn.Linear(4 * width, num_classes)",
+                    ", nn.Conv2d(width, num_classes, 1)"), {}, r"returns \(2, 10, 8, 8\)"),
+])
+def test_a_broken_custom_network_is_one_error_before_any_job(tmp_path, source, kwargs, message):
+    """The plugin's own faults (a syntax error, an import that fails, a kwarg of the wrong type, scores of
+    the wrong shape) are named with the variant before any job, not as a traceback after training."""
+    (tmp_path / "badnets.py").write_text(source)
+    sys.modules.pop("badnets", None)
+    with pytest.raises(ConfigError, match=message) as e:
+        load_study(_study(tmp_path, mine={"base": "badnets:build", "kwargs": kwargs}))
+    assert "variant 'mine'" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_what_a_custom_network_changes_is_its_model_and_kwargs_only(tmp_path):
+    from cnnbench.config import describe_changes
+
+    study = load_study(_study(tmp_path, mine={"base": "mynets:build", "kwargs": {"width": 8}}))
+    assert describe_changes(study.variants["baseline"], study.variants["mine"]) == [
+        "model: cnn -> mynets:build", "kwargs.width: none -> 8"]  # not where the module was found
+
+
 def test_editing_the_custom_module_changes_exactly_its_variants(tmp_path):
     cfg = _study(tmp_path, mine={"base": "mynets:build"}, tv={"base": "torchvision:resnet18"})
     before = {v: s.spec_hash for v, s in load_study(cfg).variants.items()}

@@ -75,6 +75,10 @@ def _builder(arch: str, search: list[str] = ()):
         except ImportError as e:
             raise ConfigError(f"{arch!r}: cannot import {prefix!r} ({e}); put the module in the study's folder, the "
                               "working directory, or an installed package") from None
+        except SyntaxError as e:
+            raise ConfigError(f"{arch!r}: {e.filename}, line {e.lineno}: {e.msg}; fix the module") from None
+        except Exception as e:  # the module's own code failed on import: in its words, where it is
+            raise ConfigError(f"{arch!r}: importing {prefix!r} failed: {_first_line(e)}") from None
     fn = getattr(module, name, None)
     if not callable(fn):
         raise ConfigError(f"{arch!r}: {prefix} has no function {name!r}")
@@ -103,8 +107,10 @@ def build(arch: str, model: dict[str, Any], input_shape: tuple[int, int, int], n
             net = fn(num_classes=num_classes, in_chans=input_shape[0], **kwargs)
         else:
             net = fn(num_classes=num_classes, **kwargs)
-    except TypeError as e:
-        raise ConfigError(f"{arch!r}: calling it failed ({e}); check the variant's kwargs") from None
+    except Exception as e:  # a wrong or ill-typed kwarg, in the builder's own words (width 16.5: "out_channels
+        # must be divisible by groups" from deep inside torch)
+        raise ConfigError(f"{arch!r}: building it with kwargs {kwargs} failed: {_first_line(e)}; check the "
+                          "variant's kwargs") from None
     if not isinstance(net, nn.Module):
         raise ConfigError(f"{arch!r}: returned {type(net).__name__}, not a torch nn.Module")
     if kind == "torchvision":
@@ -175,9 +181,14 @@ def _adapt_input_channels(net, channels: int) -> None:
                 return
 
 
-def layer_rows(net, input_shape: tuple[int, int, int]):
+def _first_line(e: Exception) -> str:
+    return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+
+
+def layer_rows(net, input_shape: tuple[int, int, int], num_classes: int | None = None):
     """A layer table of any network from one forward pass: every leaf module's output shape and
-    parameters; MACs of convolutions and linear layers (the formulas of the built-in table)."""
+    parameters; MACs of convolutions and linear layers (the formulas of the built-in table). With
+    `num_classes`, the pass also checks that the network gives one score per class: (N, num_classes)."""
     import math
 
     import torch
@@ -208,14 +219,20 @@ def layer_rows(net, input_shape: tuple[int, int, int]):
     net.eval()
     try:
         with torch.no_grad():
-            net(torch.zeros(1, *input_shape))
+            out = net(torch.zeros(2, *input_shape))  # 2 images: a batch dimension of 1 could hide a squeeze
     except Exception as e:  # an impossible input size, in the user's own network's words
         raise ConfigError(f"a {'x'.join(map(str, input_shape))} input does not pass through the network: "
-                          f"{type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+                          f"{_first_line(e)}") from None
     finally:
         for h in handles:
             h.remove()
         net.train(was_training)
+    if num_classes is not None:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        if shape != (2, num_classes):
+            raise ConfigError(f"it returns {shape} for a batch of 2 images; a classifier must return (N, "
+                              f"{num_classes}): one score per class (the data set has {num_classes}), e.g. end with "
+                              f"nn.Linear(features, num_classes) after a global pool and flatten")
     return rows
 
 

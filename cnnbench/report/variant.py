@@ -29,8 +29,12 @@ def variant_details(ctx, variant: str, open_: bool = False) -> str:
     if loaded is not None:
         model, val, val_idx, saved = loaded
         note = f"First run's model (fold {saved['fold']}, seed {saved['seed']})"
-        parts += [f'<h3>{note}: kernels and feature maps</h3>', kernels_and_maps(ctx, model, val, val_idx),
-                  "<h3>Where it looks: class-activation maps (Grad-CAM)</h3>", cams(ctx, model, val, val_idx, spec)]
+        if _convs(model):
+            parts += [f'<h3>{note}: kernels and feature maps</h3>', kernels_and_maps(ctx, model, val, val_idx),
+                      "<h3>Where it looks: class-activation maps (Grad-CAM)</h3>", cams(ctx, model, val, val_idx, spec)]
+        else:  # a plugin network without convolutions (an MLP): nothing to draw kernels or Grad-CAM of
+            parts.append(f'<p class="note">{note}: it has no convolution, so there are no kernels, feature maps '
+                         "or class-activation maps to show.</p>")
     parts += ["<h3>Errors over all runs</h3>", confusion_and_gallery(ctx, variant), per_example_rows(ctx, variant),
               "<h3>Diagnostics</h3>", diagnostics(ctx, variant)]
     summary = html.escape(variant) + (f" &mdash; {html.escape(desc)}" if desc else "")
@@ -103,7 +107,8 @@ def kernels_and_maps(ctx, model: nn.Module, val, val_idx: np.ndarray) -> str:
             ax.axis("off")
         axes[row, 0].set_title(f"{name.removeprefix('features.')}: {out.shape[0]} maps of "
                                f"{out.shape[1]}x{out.shape[2]} (first {n_maps})", fontsize=8, loc="left")
-    return (figure_html(fig, "first-layer kernels", f"{w.shape[-1]}x{w.shape[-1]} kernels of <code>{html.escape(first_name)}</code>"
+    return (figure_html(fig, "first-layer kernels", f"{w.shape[-1]}x{w.shape[-1]} kernels of the first convolution "
+                        f"(<code>{html.escape(first_name)}</code>)"
                         + (f", the first {n_k} of {w.shape[0]}" if n_k < w.shape[0] else f", all {n_k}")
                         + " (red positive, blue negative).")
             + figure_html(fig2, "feature maps", "Responses of the first and the deepest convolution to the probe "
