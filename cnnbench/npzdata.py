@@ -84,6 +84,9 @@ def _inspect(path: str, mtime: float) -> NpzInfo:
         if (counts == 0).any():
             raise ConfigError(f"data.path: {p}: labels {np.flatnonzero(counts == 0)[:5].tolist()} have no images; "
                               f"labels must be 0..K-1 with every class present (K = {len(counts)})")
+        if len(counts) < 2:
+            raise ConfigError(f"data.path: {p}: y has only label 0; a classifier needs at least 2 classes (with one, "
+                              "every run scores 100% and no comparison can differ)")
         has_test, n_test = "x_test" in keys, 0
         if has_test:
             t_shape, t_dtype = _header(z, "x_test", p)

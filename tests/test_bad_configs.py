@@ -395,7 +395,8 @@ def test_machine_detection():
 # --- through the real workflow ---------------------------------------------------------------------
 
 WORKFLOW_CASES = ["duplicate_variant", "duplicate_knob_in_variant", "folds_2.5", "imagefolder_missing_root",
-                  "cifar10_without_root", "lr_nan", "width_1000000", "cycle_of_two"]
+                  "cifar10_without_root", "lr_nan", "width_1000000", "cycle_of_two",
+                  "epochs_quoted"]  # Snakemake also lists a config file's values among --config's overrides
 
 
 def snakemake_dry_run(workdir: Path, *args: str) -> subprocess.CompletedProcess:
@@ -418,6 +419,22 @@ def test_bad_config_stops_the_workflow_before_any_job(case_id: str, tmp_path: Pa
     line = next((ln for ln in text.splitlines() if ln.startswith(f"{path}: ")), None)
     assert line is not None, text
     assert_good_message(line, path, case.expect)
+
+
+@pytest.mark.slow
+def test_a_config_override_is_read_as_yaml_reads_it(tmp_path: Path):
+    """`--config` values arrive as text from Snakemake (its YAML BaseLoader): a number given there is a
+    number again (a quoted number in the file stays refused: test_bad_config_stops_the_workflow_...)."""
+    def estimate(out: subprocess.CompletedProcess) -> str:
+        assert out.returncode == 0, out.stdout + out.stderr
+        return next(ln for ln in out.stderr.splitlines() if ln.startswith("cnnbench: study"))
+
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(TINY_STUDY))
+    overridden = estimate(snakemake_dry_run(tmp_path, "--config", "protocol={epochs: 3, batch_size: 16}"))
+    written = copy.deepcopy(TINY_STUDY)
+    written["protocol"].update(epochs=3, batch_size=16)
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(written))
+    assert overridden == estimate(snakemake_dry_run(tmp_path))  # the same study, 3x the MACs of epochs: 1
 
 
 @pytest.mark.slow

@@ -66,6 +66,7 @@ BAD = {
     "wrong number of class names": (dict(x=_images(), y=np.arange(40) % 4, classes=np.array(["a", "b"])),
                                     "2 names for 4 classes"),
     "no y": (dict(x=_images()), "no array 'y'"),
+    "one class": (dict(x=_images(), y=np.zeros(40, int)), "needs at least 2 classes"),
 }
 
 

@@ -26,7 +26,9 @@ _CONFIGFILE = " + ".join(map(str, workflow.configfiles)) or "config"  # merged i
 # config is one line and exit status 1: raised, Snakemake would wrap it in its own header and frames.
 try:
     STUDY = load_study(
-        with_typed_overrides(config, workflow.config_settings.overwrite_config),
+        # only --config's values: overwrite_config also holds every --configfile's, whose quoted "64" must
+        # stay text (and be refused)
+        with_typed_overrides(config, workflow.config_settings.config),
         name_hint=_CONFIGFILE,
         files=workflow.configfiles,
     )
