@@ -20,8 +20,10 @@ include: "workflow/rules/report.smk"
 
 
 onstart:
+    cluster_notes()
     print(
-        f"cnnbench: each training job's progress (run, epoch, time left): {RESULTS}/logs/train/<variant>.log",
+        f"cnnbench: each training job's progress (run, epoch, time left): {RESULTS}/logs/train/<variant>"
+        + (".g<k>.log (k: the job's group of runs)" if len(RUN_GROUPS) > 1 else ".log"),
         file=sys.stderr,
     )
 

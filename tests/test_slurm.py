@@ -40,19 +40,40 @@ def slurm_study(tmp_path_factory) -> Path:
         pytest.skip(f"sbatch is not installed; {START}")
     workdir = tmp_path_factory.mktemp("slurm")
     write_yaml(workdir / "study.yaml", TINY_STUDY)
+    out = run_on_slurm(workdir)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    (workdir / "snakemake.log").write_text(out.stdout + out.stderr)
+    return workdir
+
+
+def run_on_slurm(workdir: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
            "--configfile", str(workdir / "study.yaml"), "--workflow-profile", str(REPO / "profiles" / "slurm"),
            # a cluster without accounting (the CI one): squeue, and a quick first check (README, shared/slurm)
            "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "3"]
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=TIMEOUT_S)
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired as e:
         subprocess.run(["scancel", "--user", os.environ.get("USER", "root")], capture_output=True)
         pytest.fail(f"the Slurm workflow did not finish within {TIMEOUT_S} s: {str(e.stderr)[-2000:]}")
-    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
-    (workdir / "snakemake.log").write_text(out.stdout + out.stderr)
-    return workdir
+
+
+def test_a_gpu_study_asks_slurm_for_a_gpu_per_job(tmp_path):
+    """Snakemake parses the workflow before it sets up the executor (workflow.local_exec is True while
+    parsing): decided then, a GPU study's jobs asked Slurm for no GPU and for local GPU slots instead. The
+    one-node cluster has no GPU, so sbatch refuses the request, which shows what was asked."""
+    if not cluster_is_up():
+        pytest.skip(f"no Slurm cluster is up; start a one-node one as root with: {START}")
+    write_yaml(tmp_path / "study.yaml", tiny_study(execution={"device": "cuda", "threads": 2}, aa_control=False,
+                                                   variants={"baseline": {"base": "cnn"}}))
+    out = run_on_slurm(tmp_path)
+    log = out.stdout + out.stderr
+    assert out.returncode != 0 and "Invalid generic resource (gres) specification" in log, log[-3000:]
+    calls = dict(re.findall(r"sbatch --parsable .*?--output \S*/slurm_logs/rule_(\w+)/\S* (.*)", log))
+    assert "--gpus=1" in calls["train_0"] and "--gpus=1" in calls["time"], calls
+    assert "--cpus-per-task=2" in calls["time"], calls  # execution.threads: a node of its own, not local cores
+    assert "cnnbench: no slurm_partition set" in log  # the start-up note, which never printed either
 
 
 def test_every_run_went_through_slurm_as_its_own_job(slurm_study):

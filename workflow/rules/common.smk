@@ -50,9 +50,23 @@ _PER_JOB = len(RUNS) if _PER_JOB == "all" else _PER_JOB
 RUN_GROUPS = [RUNS[i : i + _PER_JOB] for i in range(0, len(RUNS), _PER_JOB)]
 
 
-# Timing holds every core the workflow has locally; on a cluster it gets a node of its own instead.
-TIMING_THREADS = (_workflow_cores() or 1) if workflow.local_exec else STUDY.execution["threads"]
-if not workflow.local_exec and not workflow.dryrun:
+def on_cluster():
+    """Whether jobs go to a cluster executor (Slurm). Snakemake reads this file before it sets up the
+    executor: while parsing, workflow.local_exec is True whatever --executor or the profile says. So every
+    setting that depends on it is a function, asked when the jobs are made (threads, resources), or runs
+    in onstart (cluster_notes)."""
+    return not workflow.local_exec
+
+
+def timing_threads(wildcards):
+    """Timing holds every core the workflow has locally; on a cluster it gets a node of its own instead."""
+    return STUDY.execution["threads"] if on_cluster() else (_workflow_cores() or 1)
+
+
+def cluster_notes():
+    """At start, on a cluster: where jobs go when no partition or account is set."""
+    if not on_cluster():
+        return
     _res = workflow.resource_settings.default_resources
     _set = getattr(_res, "parsed", {}) if _res is not None else {}
     for _key, _what in (("slurm_partition", "partition"), ("slurm_account", "account")):
@@ -98,10 +112,25 @@ def job_mem_mb(variant):
 _device = STUDY.execution["device"]
 ON_GPU = _device == "cuda" or (_device == "auto" and nvidia_gpus_visible())
 JOBS_PER_GPU = STUDY.execution["jobs_per_gpu"]
-GPUS_PER_JOB = int(ON_GPU and not workflow.local_exec)
-TRAIN_GPU_SLOTS = int(ON_GPU and workflow.local_exec)
-TIME_GPU_SLOTS = JOBS_PER_GPU * TRAIN_GPU_SLOTS
-if TRAIN_GPU_SLOTS and "gpu_slots" not in workflow.global_resources:
+
+
+def gpus_per_job(wildcards):
+    """GPUs a job asks the cluster for (the Slurm plugin's `gpu` resource): one on a GPU study, none locally."""
+    return int(ON_GPU and on_cluster())
+
+
+def train_gpu_slots(wildcards):
+    """Local GPU slots a training job holds: one on a GPU study run locally."""
+    return int(ON_GPU and not on_cluster())
+
+
+def time_gpu_slots(wildcards):
+    """The timing job holds every slot of one GPU, locally."""
+    return JOBS_PER_GPU * train_gpu_slots(wildcards)
+
+
+# registered for every GPU study (a cluster's jobs ask for none of it); which executor runs is not known yet
+if ON_GPU and "gpu_slots" not in workflow.global_resources:
     workflow.register_resource("gpu_slots", max(1, visible_gpu_count()) * JOBS_PER_GPU)
 
 

@@ -11,10 +11,10 @@ rule time:
         f"{RESULTS}/logs/time/{{variant}}.log",
     conda:
         ENV
-    threads: TIMING_THREADS
+    threads: timing_threads
     resources:
-        gpu=GPUS_PER_JOB,
-        gpu_slots=TIME_GPU_SLOTS,
+        gpu=gpus_per_job,
+        gpu_slots=time_gpu_slots,
     params:
         data=DATA,  # a param, not an input: see data.smk
         spec=lambda w: json.dumps(STUDY.variants[w.variant].run_dict(), sort_keys=True),

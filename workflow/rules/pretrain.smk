@@ -13,8 +13,8 @@ rule pretrain:
         ENV
     threads: STUDY.execution["threads"]
     resources:
-        gpu=GPUS_PER_JOB,
-        gpu_slots=TRAIN_GPU_SLOTS,
+        gpu=gpus_per_job,
+        gpu_slots=train_gpu_slots,
     params:
         spec=lambda w: json.dumps(STUDY.pretrain[w.name].run_dict(), sort_keys=True),
         source=lambda w: json.dumps(STUDY.pretrain_sources[w.name], sort_keys=True),

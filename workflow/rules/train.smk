@@ -26,8 +26,8 @@ for _index, _group in enumerate(RUN_GROUPS):
             ENV
         threads: STUDY.execution["threads"]
         resources:
-            gpu=GPUS_PER_JOB,
-            gpu_slots=TRAIN_GPU_SLOTS,
+            gpu=gpus_per_job,
+            gpu_slots=train_gpu_slots,
             runtime=lambda w, _n=len(_group): job_minutes(w.variant, _n),
             mem_mb=lambda w: job_mem_mb(w.variant),
         params:
