@@ -543,9 +543,27 @@ def check_data(data: dict) -> None:
         if len(classes) < 2:
             raise ConfigError(f"data.root: {str(class_root)!r} has {len(classes)} class folder(s); an imagefolder "
                               "study needs at least 2, one sub-folder of images per class")
+        if not data.get("image_size"):
+            return  # the error that asks for it comes first (catalog.dataset_info)
+        for split_root in [class_root, *([folder / "test"] if class_root == train else [])]:
+            for name in sorted(classes):
+                if not _has_image(split_root / name):
+                    raise ConfigError(f"data.root: class folder {str(split_root / name)!r} holds no image "
+                                      f"({', '.join(IMAGE_EXTENSIONS)}); add its images or remove the folder")
     elif not folder.is_dir() and not data.get("download"):
         raise ConfigError(f"data.root: folder {str(root)!r} does not exist (from {os.getcwd()}); point data.root "
                           "at the data set or set data.download: true (needs internet)")
+
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # torchvision's
+
+
+def _has_image(folder: Path) -> bool:
+    """Whether torchvision's ImageFolder finds an image in `folder` (searched as it does, sub-folders too)."""
+    for _, _, files in os.walk(folder, followlinks=True):
+        if any(f.lower().endswith(IMAGE_EXTENSIONS) for f in files):
+            return True
+    return False
 
 
 def _base_chain(name: str, variants: dict[str, dict], search: tuple[str, ...] = ()) -> list[str]:

@@ -17,9 +17,11 @@ REQUIRED = ("schema", "study", "variant", "fold", "seed", "spec_hash", "data", "
             "val_pred", "env", "spec", "started_at", "finished_at")
 
 
-def check_record(path: Path, data_sha: str | None = None, split_sha: str | None = None) -> dict:
-    """A run record that a report can trust: strict JSON, every field, this record schema, and made from
-    the data cache and split that are on disk now."""
+def check_record(path: Path, data_sha: str | None = None, split_sha: str | None = None, *,
+                 consistent: bool = True) -> dict:
+    """A run record that a report can trust: strict JSON, every field, this record schema, made from the
+    data cache and split that are on disk now, and (`consistent`) agreeing with itself. `cnnbench verify`
+    skips the last check: it retrains the run and names every number that differs."""
     from cnnbench.runner import RECORD_SCHEMA
 
     r = read_json(path, "run record")
@@ -33,7 +35,25 @@ def check_record(path: Path, data_sha: str | None = None, split_sha: str | None 
     for key, sha in (("data_sha256", data_sha), ("split_sha256", split_sha)):
         if sha is not None and r["data"].get(key) != sha:
             raise CnnbenchError(f"{path}: trained on another {key.split('_')[0]} file ({r['data'].get(key)} != {sha})")
+    if consistent:
+        _check_consistent(path, r)
     return r
+
+
+def _check_consistent(path: Path, r: dict) -> None:
+    """The headline metrics are the last epoch's (runner.run_metrics) and there is one prediction per
+    validation image: a record edited by hand, or damaged while staying valid JSON, disagrees with itself."""
+    epochs = r["epochs"]
+    if not isinstance(epochs, list) or not epochs or not isinstance(r["metrics"], dict):
+        raise CnnbenchError(f"{path}: no epochs or metrics in the record")
+    last = epochs[-1]
+    for key in ("val_acc", "val_loss", "train_acc", "train_loss"):
+        if r["metrics"].get(key) != last.get(key):
+            raise CnnbenchError(f"{path}: metrics.{key} is {r['metrics'].get(key)!r} but its last epoch's is "
+                                f"{last.get(key)!r}: the record was changed after training")
+    if len(r["val_pred"]) != r["data"].get("n_val"):
+        raise CnnbenchError(f"{path}: {len(r['val_pred'])} validation predictions for {r['data'].get('n_val')} "
+                            "validation images: the record was changed after training")
 
 
 def load_records(paths: Iterable[str | Path], data_path: str | Path | None = None,

@@ -46,7 +46,7 @@ def verify(record_path: str | Path, data: str | Path | None = None, splits: str 
     from cnnbench.train import fit
 
     record_path = Path(record_path)
-    record = check_record(record_path)
+    record = check_record(record_path, consistent=False)
     if data is None or splits is None:
         parents = record_path.resolve().parents  # results/<study>/runs/<variant>/<run>.json
         if len(parents) < 3 or parents[1].name != "runs":
@@ -57,7 +57,9 @@ def verify(record_path: str | Path, data: str | Path | None = None, splits: str 
         splits = Path(splits or study_dir / "splits.json")
     for path, key in ((data, "data_sha256"), (splits, "split_sha256")):
         if not path.exists():
-            raise CnnbenchError(f"{path}: not found; pass --data/--splits with the files this run used")
+            raise CnnbenchError(f"{path}: not found; pass --data/--splits with the files this run used, or run the "
+                                "study's workflow again (snakemake --cores all --configfile <its config>): it remakes "
+                                "them from the config alone and retrains nothing")
         if key in record["data"] and file_hash(path) != record["data"][key]:
             raise CnnbenchError(f"{path}: not the file this run used (sha256 {file_hash(path)} != "
                                 f"{record['data'][key]}); pass the original with --data/--splits")

@@ -269,6 +269,23 @@ def test_imagefolder_with_one_class_folder(tmp_path: Path):
     assert_good_message(load_error(path), path, ("data.root", "1 class folder", "at least 2"))
 
 
+def test_imagefolder_with_an_empty_class_folder(tmp_path: Path):
+    """Caught before any job (torchvision's ImageFolder would fail inside the first job), with the same
+    image extensions torchvision looks for."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    from cnnbench.config import IMAGE_EXTENSIONS
+
+    assert IMAGE_EXTENSIONS == IMG_EXTENSIONS
+    for name in ("cat", "dog"):
+        (tmp_path / "images" / name).mkdir(parents=True)
+    (tmp_path / "images" / "cat" / "a.PNG").write_bytes(b"")
+    (tmp_path / "images" / "dog" / "notes.txt").write_text("no image here")
+    path = tmp_path / "study.yaml"
+    path.write_text(with_changes(data={"name": "imagefolder", "root": str(tmp_path / "images"), "image_size": 16}))
+    assert_good_message(load_error(path), path, ("data.root", "dog", "holds no image"))
+
+
 def test_budget_is_checked_only_when_asked(tmp_path: Path):
     """Tools that only look at a study (describe, loop-bench) validate it without the budget."""
     path = tmp_path / "study.yaml"

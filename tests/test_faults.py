@@ -160,3 +160,29 @@ def test_a_diverging_variant_is_reported_and_left_out_of_the_statistics(tmp_path
     html = (tmp_path / "reports" / "diverge" / "index.html").read_text()
     assert "2 run(s) diverged" in html and "huge_lr: 2 of 2 runs" in html
     assert "<b>huge_lr</b>" not in html.split("Every variant against")[1].split("</ul>")[0]  # no verdict
+
+
+def test_a_record_edited_by_hand_is_caught_and_restored_from_the_run_store(recorded, tmp_path):
+    """Still valid JSON, but its headline metric no longer agrees with its own last epoch: collect refuses
+    it by name and moves it aside; the run store's copy is untouched, so a rerun restores it; a store copy
+    edited the same way is not reused (it would be refused again)."""
+    import json
+    import shutil
+
+    from cnnbench.errors import CnnbenchError
+    from cnnbench.results import load_records
+    from cnnbench.runner import reusable
+
+    root = tmp_path / "tiny"
+    shutil.copytree(recorded.parents[2], root)
+    path = root / "runs" / "batchnorm" / "fold1-seed0.json"
+    record = json.loads(path.read_text())
+    record["metrics"]["val_acc"] = 0.9999
+    path.write_text(json.dumps(record))
+    with pytest.raises(CnnbenchError, match=r"fold1-seed0.json: metrics.val_acc is 0.9999 but its last epoch's"):
+        load_records([path], root / "data.npz", root / "splits.json")
+    assert (root / "quarantine" / "batchnorm" / "fold1-seed0.json").exists() and not path.exists()
+    stored = next((root / ".resume").rglob("fold1-seed0.json"))
+    assert reusable(stored)
+    stored.write_text(json.dumps(record))
+    assert not reusable(stored)
