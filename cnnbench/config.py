@@ -539,7 +539,11 @@ def check_data(data: dict) -> None:
                               "study reads one sub-folder of images per class from it")
         train = folder / "train"
         class_root = train if train.is_dir() and (folder / "test").is_dir() else folder
-        classes = [e.name for e in os.scandir(class_root) if e.is_dir() and not e.name.startswith(".")]
+        classes = [e.name for e in os.scandir(class_root) if e.is_dir()]  # torchvision: every folder is a class
+        hidden = [c for c in classes if c.startswith(".")]
+        if hidden:
+            raise ConfigError(f"data.root: {str(class_root / hidden[0])!r} is a hidden folder, which torchvision "
+                              "would read as a class; remove or move it (e.g. .ipynb_checkpoints)")
         if len(classes) < 2:
             raise ConfigError(f"data.root: {str(class_root)!r} has {len(classes)} class folder(s); an imagefolder "
                               "study needs at least 2, one sub-folder of images per class")
@@ -559,11 +563,16 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 
 
 def _has_image(folder: Path) -> bool:
-    """Whether torchvision's ImageFolder finds an image in `folder` (searched as it does, sub-folders too)."""
-    for _, _, files in os.walk(folder, followlinks=True):
-        if any(f.lower().endswith(IMAGE_EXTENSIONS) for f in files):
-            return True
-    return False
+    """Whether torchvision's ImageFolder finds an image in `folder` (sub-folders too), stopping at the first:
+    every job parses the config, and a class folder can hold a million files."""
+    subfolders = []
+    with os.scandir(folder) as entries:
+        for e in entries:
+            if e.is_dir():
+                subfolders.append(e.path)
+            elif e.name.lower().endswith(IMAGE_EXTENSIONS):
+                return True
+    return any(_has_image(Path(p)) for p in subfolders)
 
 
 def _base_chain(name: str, variants: dict[str, dict], search: tuple[str, ...] = ()) -> list[str]:

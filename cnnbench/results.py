@@ -44,8 +44,10 @@ def _check_consistent(path: Path, r: dict) -> None:
     """The headline metrics are the last epoch's (runner.run_metrics) and there is one prediction per
     validation image: a record edited by hand, or damaged while staying valid JSON, disagrees with itself."""
     epochs = r["epochs"]
-    if not isinstance(epochs, list) or not epochs or not isinstance(r["metrics"], dict):
-        raise CnnbenchError(f"{path}: no epochs or metrics in the record")
+    if not isinstance(epochs, list) or not epochs or not isinstance(epochs[-1], dict) \
+            or not isinstance(r["metrics"], dict) or not isinstance(r["data"], dict) \
+            or not isinstance(r["val_pred"], list):
+        raise CnnbenchError(f"{path}: epochs, metrics, data or val_pred is not what a run record holds there")
     last = epochs[-1]
     for key in ("val_acc", "val_loss", "train_acc", "train_loss"):
         if r["metrics"].get(key) != last.get(key):

@@ -284,6 +284,9 @@ def test_imagefolder_with_an_empty_class_folder(tmp_path: Path):
     path = tmp_path / "study.yaml"
     path.write_text(with_changes(data={"name": "imagefolder", "root": str(tmp_path / "images"), "image_size": 16}))
     assert_good_message(load_error(path), path, ("data.root", "dog", "holds no image"))
+    (tmp_path / "images" / "dog" / "b.png").write_bytes(b"")
+    (tmp_path / "images" / ".ipynb_checkpoints").mkdir()  # torchvision would read it as a third class
+    assert_good_message(load_error(path), path, ("data.root", ".ipynb_checkpoints", "hidden folder"))
 
 
 def test_budget_is_checked_only_when_asked(tmp_path: Path):

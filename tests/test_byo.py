@@ -31,6 +31,27 @@ def build(input_shape, num_classes, width=4):
 '''
 
 
+AUX_MODULE = '''
+from torch import nn
+
+
+class Aux(nn.Module):
+    """Scores and an auxiliary head's scores while training, as torchvision's googlenet with aux_logits."""
+
+    def __init__(self, num_classes):
+        super().__init__()
+        self.head = nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes))
+
+    def forward(self, x):
+        out = self.head(x)
+        return (out, out) if self.training else out
+
+
+def build(input_shape, num_classes):
+    return Aux(num_classes)
+'''
+
+
 def _study(tmp_path, **variants):
     (tmp_path / "mynets.py").write_text(MODULE)
     study = tiny_study(protocol={"folds": 2, "epochs": 3, "batch_size": 32},
@@ -83,6 +104,8 @@ def test_an_unknown_external_base_is_named(tmp_path, base, message):
      r"returns \(2, 1000\) for a batch of 2 images; a classifier must return \(N, 10\)"),
     (MODULE.replace(", nn.AdaptiveAvgPool2d(2),\n                         nn.Flatten(), nn.Linear(4 * width, num_classes)",
                     ", nn.Conv2d(width, num_classes, 1)"), {}, r"returns \(2, 10, 8, 8\)"),
+    (AUX_MODULE, {}, r"in training mode it returns a tuple, not a tensor of \(N, 10\) scores \(auxiliary outputs"),
+    ("import sys\nsys.exit('needs --gpu')\n", {}, "importing 'badnets' failed: SystemExit: needs --gpu"),
 ])
 def test_a_broken_custom_network_is_one_error_before_any_job(tmp_path, source, kwargs, message):
     """The plugin's own faults (a syntax error, an import that fails, a kwarg of the wrong type, scores of

@@ -186,3 +186,6 @@ def test_a_record_edited_by_hand_is_caught_and_restored_from_the_run_store(recor
     assert reusable(stored)
     stored.write_text(json.dumps(record))
     assert not reusable(stored)
+    record["metrics"]["val_acc"], record["val_pred"] = record["epochs"][-1]["val_acc"], None  # damaged, not edited
+    stored.write_text(json.dumps(record))
+    assert not reusable(stored)

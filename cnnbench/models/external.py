@@ -77,7 +77,7 @@ def _builder(arch: str, search: list[str] = ()):
                               "working directory, or an installed package") from None
         except SyntaxError as e:
             raise ConfigError(f"{arch!r}: {e.filename}, line {e.lineno}: {e.msg}; fix the module") from None
-        except Exception as e:  # the module's own code failed on import: in its words, where it is
+        except (Exception, SystemExit) as e:  # the module's own code failed on import (argparse, sys.exit too)
             raise ConfigError(f"{arch!r}: importing {prefix!r} failed: {_first_line(e)}") from None
     fn = getattr(module, name, None)
     if not callable(fn):
@@ -110,7 +110,7 @@ def build(arch: str, model: dict[str, Any], input_shape: tuple[int, int, int], n
     except Exception as e:  # a wrong or ill-typed kwarg, in the builder's own words (width 16.5: "out_channels
         # must be divisible by groups" from deep inside torch)
         raise ConfigError(f"{arch!r}: building it with kwargs {kwargs} failed: {_first_line(e)}; check the "
-                          "variant's kwargs") from None
+                          "builder and the variant's kwargs") from None
     if not isinstance(net, nn.Module):
         raise ConfigError(f"{arch!r}: returned {type(net).__name__}, not a torch nn.Module")
     if kind == "torchvision":
@@ -181,7 +181,7 @@ def _adapt_input_channels(net, channels: int) -> None:
                 return
 
 
-def _first_line(e: Exception) -> str:
+def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
 
 
@@ -228,12 +228,30 @@ def layer_rows(net, input_shape: tuple[int, int, int], num_classes: int | None =
             h.remove()
         net.train(was_training)
     if num_classes is not None:
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        if shape != (2, num_classes):
-            raise ConfigError(f"it returns {shape} for a batch of 2 images; a classifier must return (N, "
-                              f"{num_classes}): one score per class (the data set has {num_classes}), e.g. end with "
-                              f"nn.Linear(features, num_classes) after a global pool and flatten")
+        _check_scores(out, num_classes, "")
+        net.train()  # what training calls: some networks return more there (auxiliary classifiers)
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):  # dropout draws leave no trace
+                out = net(torch.zeros(2, *input_shape))
+        except Exception as e:
+            raise ConfigError(f"in training mode, a batch does not pass through the network: {_first_line(e)}") from None
+        finally:
+            net.train(was_training)
+        _check_scores(out, num_classes, "in training mode ")
     return rows
+
+
+def _check_scores(out, num_classes: int, mode: str) -> None:
+    """A classifier returns one score per class: (N, num_classes) for a batch of N images."""
+    import torch
+
+    if not isinstance(out, torch.Tensor):
+        raise ConfigError(f"{mode}it returns a {type(out).__name__}, not a tensor of (N, {num_classes}) scores "
+                          "(auxiliary outputs? torchvision's googlenet and inception_v3: kwargs: {aux_logits: false})")
+    if tuple(out.shape) != (2, num_classes):
+        raise ConfigError(f"{mode}it returns {tuple(out.shape)} for a batch of 2 images; a classifier must return "
+                          f"(N, {num_classes}): one score per class (the data set has {num_classes}), e.g. end "
+                          "with nn.Linear(features, num_classes) after a global pool and flatten")
 
 
 def last_conv(net) -> str | None:

@@ -69,6 +69,12 @@ def cluster_notes():
         return
     _res = workflow.resource_settings.default_resources
     _set = getattr(_res, "parsed", {}) if _res is not None else {}
+    if STUDY.execution["device"] == "auto":
+        print(
+            "cnnbench: execution.device is auto: cluster jobs ask for no GPU; set execution.device: cuda in the "
+            "study for GPU nodes",
+            file=sys.stderr,
+        )
     for _key, _what in (("slurm_partition", "partition"), ("slurm_account", "account")):
         if not _set.get(_key):
             print(
@@ -115,8 +121,10 @@ JOBS_PER_GPU = STUDY.execution["jobs_per_gpu"]
 
 
 def gpus_per_job(wildcards):
-    """GPUs a job asks the cluster for (the Slurm plugin's `gpu` resource): one on a GPU study, none locally."""
-    return int(ON_GPU and on_cluster())
+    """GPUs a job asks the cluster for (the Slurm plugin's `gpu` resource): one with device cuda, none locally.
+    Not for `auto`: the GPUs of the host that submits (or of the node that runs the job step, which reads
+    this file again) say nothing about what the job was allocated."""
+    return int(_device == "cuda" and on_cluster())
 
 
 def train_gpu_slots(wildcards):
