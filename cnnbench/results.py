@@ -32,6 +32,11 @@ def check_record(path: Path, data_sha: str | None = None, split_sha: str | None 
         raise CnnbenchError(f"{path}: not a complete run record (missing {', '.join(missing)})")
     if r["schema"] != RECORD_SCHEMA:
         raise CnnbenchError(f"{path}: record schema {r['schema']}, this cnnbench writes {RECORD_SCHEMA}")
+    epochs = r["epochs"]
+    if not isinstance(epochs, list) or not epochs or not isinstance(epochs[-1], dict) \
+            or not isinstance(r["metrics"], dict) or not isinstance(r["data"], dict) \
+            or not isinstance(r["val_pred"], list):
+        raise CnnbenchError(f"{path}: epochs, metrics, data or val_pred is not what a run record holds there")
     for key, sha in (("data_sha256", data_sha), ("split_sha256", split_sha)):
         if sha is not None and r["data"].get(key) != sha:
             raise CnnbenchError(f"{path}: trained on another {key.split('_')[0]} file ({r['data'].get(key)} != {sha})")
@@ -43,12 +48,7 @@ def check_record(path: Path, data_sha: str | None = None, split_sha: str | None 
 def _check_consistent(path: Path, r: dict) -> None:
     """The headline metrics are the last epoch's (runner.run_metrics) and there is one prediction per
     validation image: a record edited by hand, or damaged while staying valid JSON, disagrees with itself."""
-    epochs = r["epochs"]
-    if not isinstance(epochs, list) or not epochs or not isinstance(epochs[-1], dict) \
-            or not isinstance(r["metrics"], dict) or not isinstance(r["data"], dict) \
-            or not isinstance(r["val_pred"], list):
-        raise CnnbenchError(f"{path}: epochs, metrics, data or val_pred is not what a run record holds there")
-    last = epochs[-1]
+    last = r["epochs"][-1]
     for key in ("val_acc", "val_loss", "train_acc", "train_loss"):
         if r["metrics"].get(key) != last.get(key):
             raise CnnbenchError(f"{path}: metrics.{key} is {r['metrics'].get(key)!r} but its last epoch's is "

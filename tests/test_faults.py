@@ -189,3 +189,6 @@ def test_a_record_edited_by_hand_is_caught_and_restored_from_the_run_store(recor
     record["metrics"]["val_acc"], record["val_pred"] = record["epochs"][-1]["val_acc"], None  # damaged, not edited
     stored.write_text(json.dumps(record))
     assert not reusable(stored)
+    path.write_text(json.dumps({**record, "val_pred": [], "data": "lost"}))
+    with pytest.raises(CnnbenchError, match="not what a run record holds there"):  # named, not a crash
+        load_records([path], root / "data.npz", root / "splits.json")
