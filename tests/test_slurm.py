@@ -33,11 +33,16 @@ def cluster_is_up() -> bool:
 
 
 @pytest.fixture(scope="module")
-def slurm_study(tmp_path_factory) -> Path:
+def slurm_cluster() -> None:
+    """Skips, with the command that starts one, where no Slurm cluster is up (CI starts one)."""
     if not cluster_is_up():
         pytest.skip(f"no Slurm cluster is up (sinfo finds no idle node); start a one-node one as root with: {START}")
     if shutil.which("sbatch") is None:
         pytest.skip(f"sbatch is not installed; {START}")
+
+
+@pytest.fixture(scope="module")
+def slurm_study(slurm_cluster, tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("slurm")
     write_yaml(workdir / "study.yaml", TINY_STUDY)
     out = run_on_slurm(workdir)
@@ -59,12 +64,10 @@ def run_on_slurm(workdir: Path) -> subprocess.CompletedProcess:
         pytest.fail(f"the Slurm workflow did not finish within {TIMEOUT_S} s: {str(e.stderr)[-2000:]}")
 
 
-def test_a_gpu_study_asks_slurm_for_a_gpu_per_job(tmp_path):
+def test_a_gpu_study_asks_slurm_for_a_gpu_per_job(slurm_cluster, tmp_path):
     """Snakemake parses the workflow before it sets up the executor (workflow.local_exec is True while
     parsing): decided then, a GPU study's jobs asked Slurm for no GPU and for local GPU slots instead. The
     one-node cluster has no GPU, so sbatch refuses the request, which shows what was asked."""
-    if not cluster_is_up():
-        pytest.skip(f"no Slurm cluster is up; start a one-node one as root with: {START}")
     write_yaml(tmp_path / "study.yaml", tiny_study(execution={"device": "cuda", "threads": 2}, aa_control=False,
                                                    variants={"baseline": {"base": "cnn"}}))
     out = run_on_slurm(tmp_path)
