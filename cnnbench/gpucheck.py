@@ -6,13 +6,15 @@ everything it started, and no backend flag leaks into the next step's timings), 
 budget, each reported as passed, failed or skipped with the reason:
 
 1. environment: GPU, driver-visible memory, torch/CUDA/cuDNN versions, bf16 support;
-2. the CUDA tests (`pytest -m cuda tests/test_cuda.py`);
-3. determinism: two runs with `deterministic: true` identical, and its slowdown against the default;
-4. the loop benchmark against the tuned (airbench-style) loop, eager and then compiled (compile's speed-up);
-5. the concurrency sweep: aggregate img/s of 1, 2, 4, 8 training jobs on one GPU (jobs_per_gpu), and
+2. determinism: two runs with `deterministic: true` identical, and its slowdown against the default;
+3. the loop benchmark against the tuned (airbench-style) loop, eager;
+4. the concurrency sweep: aggregate img/s of 1, 2, 4, 8 training jobs on one GPU (jobs_per_gpu), and
    the 5 fold models of the baseline trained as one vmapped computation against both;
-6. a small study end to end on the GPU (Snakemake, report included);
-7. the kernel suite on CUDA (pytest-benchmark, full size).
+5. the CUDA tests (`pytest -m cuda tests/test_cuda.py`);
+6. the loop benchmark compiled (compile's speed-up; a cold compile cache makes it the least predictable
+   step, so it comes after the sweep that `--time-study` needs);
+7. a small study end to end on the GPU (Snakemake, report included);
+8. the kernel suite on CUDA (pytest-benchmark, full size).
 
 Then, outside the budget, each `--time-study` config end to end at the sweep's best jobs_per_gpu. The
 summary is printed and written as JSON after every step (`--out`, default gpu-check/summary.json).
@@ -368,10 +370,12 @@ def _has_mlxtend() -> bool:
     return _installed("mlxtend")
 
 
-# name, limit (s), minimum (s): the most telling first, so a slow step late in the budget costs the least;
-# a step left less than its minimum is skipped rather than run to a certain time-out
-STEPS = (("environment", 45, 15), ("cuda tests", 150, 60), ("determinism", 75, 30),
-         ("loop benchmark eager", 60, 30), ("loop benchmark compiled", 100, 60), ("concurrency sweep", 110, 80),
+# name, limit (s), minimum (s): the quick and telling first, and the sweep (which --time-study's
+# jobs_per_gpu comes from) before the steps whose time is hard to foresee (pytest's CUDA tests, cold
+# compiles), so a budget running short skips the least; a step left less than its minimum is skipped
+# rather than run to a certain time-out
+STEPS = (("environment", 45, 15), ("determinism", 75, 30), ("loop benchmark eager", 60, 30),
+         ("concurrency sweep", 110, 80), ("cuda tests", 150, 60), ("loop benchmark compiled", 100, 60),
          ("study end to end", 150, 90), ("kernel suite", 75, 45))
 STEP_NAMES = tuple(name for name, _, _ in STEPS)
 

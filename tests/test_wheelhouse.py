@@ -102,6 +102,20 @@ def test_parse_have_normalises_and_splits(wh):
         wh.parse_have(["torch>=2"])
 
 
+def test_repeated_have_flags_add_up_and_torch_is_always_the_nodes(wh):
+    """`--have numpy --have opencv-python-headless` once kept only the last name, and a list without torch
+    carried torch, torchvision and the CUDA wheels (3.1 GB instead of ~20 MB)."""
+    args = wh.make_parser().parse_args(["--have", "numpy", "--have", "opencv-python-headless", "tqdm==4.67.1"])
+    assert args.have == ["numpy", "opencv-python-headless", "tqdm==4.67.1"]
+    have = wh.node_packages(args.have, None)
+    assert {"numpy", "opencv-python-headless", "torch", "torchvision", "pillow", "sympy"} <= set(have)
+    assert have["tqdm"] == "4.67.1" and "pandas" not in have  # a given list replaces the default one
+    assert set(wh.DEFAULT_HAVE) <= set(wh.node_packages(None, None))
+    assert wh.node_packages(["torch==2.11.0"], None)["torch"] == "2.11.0"
+    frozen = wh.node_packages(None, "torch==2.11.0\nnumpy==2.1.0\n")
+    assert frozen["torch"] == "2.11.0" and frozen["torchvision"] is None and "pandas" not in frozen
+
+
 def test_parse_freeze(wh):
     text = "\n".join(["# comment", "PyYAML==6.0.1", "scikit_learn==1.6.1  # pinned", "-e git+https://x/y#egg=z",
                       "torch @ file:///wheels/torch-2.11.0-cp312.whl", "torchvision==0.26.0+cu130",

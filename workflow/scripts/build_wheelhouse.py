@@ -237,6 +237,18 @@ def with_implied(have: dict) -> dict:
     return out
 
 
+def node_packages(have_args: list[str] | None, freeze_text: str | None) -> dict:
+    """What the node has: the freeze (exact) plus --have (or DEFAULT_HAVE when neither is given), with what
+    --have's packages imply. torch and torchvision are always among them, so a --have list that forgets
+    them never carries GBs of CUDA wheels the node's own build should provide."""
+    have = parse_freeze(freeze_text) if freeze_text is not None else {}
+    given = have_args if have_args is not None else ([] if freeze_text is not None else DEFAULT_HAVE)
+    for name, version in with_implied(parse_have([*NODE_ONLY, *given])).items():
+        if version is not None or name not in have:  # a version given beats an unknown one, never the reverse
+            have[name] = version
+    return have
+
+
 def parse_freeze(text: str) -> dict:
     """`pip freeze` output -> {canonical name: version or None}; skips comments, -e and option lines."""
     have: dict = {}
@@ -528,9 +540,7 @@ def build(args) -> int:
     extras = [e.strip() for e in (args.extras or "").split(",") if e.strip()]
     reqs = project_requirements(pyproject, extras, args.python_version)
 
-    have = parse_freeze(Path(args.have_freeze).read_text()) if args.have_freeze else {}
-    have.update(with_implied(parse_have(args.have if args.have is not None
-                                        else ([] if args.have_freeze else DEFAULT_HAVE))))
+    have = node_packages(args.have, Path(args.have_freeze).read_text() if args.have_freeze else None)
     have.pop(canon(name), None)
     left, carried, notes = split_direct(reqs, have)
     for note in notes:
@@ -638,7 +648,7 @@ def build(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
+def make_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--python-version", default="{}.{}".format(*sys.version_info[:2]),
@@ -648,13 +658,19 @@ def main(argv=None) -> int:
     ap.add_argument("--glibc", default="2.28", help="the node's glibc, for the default tags (default 2.28)")
     ap.add_argument("--out", default="wheelhouse", help="the folder to write (default: wheelhouse/)")
     ap.add_argument("--extras", default="", help="cnnbench extras, comma separated (e.g. test,slurm)")
-    ap.add_argument("--have", nargs="*", default=None, metavar="NAME[==VERSION]",
-                    help="what the node has (default: " + " ".join(DEFAULT_HAVE) + ")")
+    ap.add_argument("--have", nargs="+", action="extend", default=None, metavar="NAME[==VERSION]",
+                    help="what the node has, repeatable (default: " + " ".join(DEFAULT_HAVE) + "; torch and "
+                         "torchvision are always the node's)")
     ap.add_argument("--have-freeze", metavar="FILE", help="the node's `python -m pip freeze` output")
     ap.add_argument("--resolver-python", help="a Python of --python-version to run pip with (default: found)")
     ap.add_argument("--project", default=str(REPO), help="the cnnbench checkout (default: this one)")
     ap.add_argument("--max-source-builds", type=int, default=10, help=argparse.SUPPRESS)
     ap.add_argument("--no-verify", action="store_true", help="skip the offline resolution check")
+    return ap
+
+
+def main(argv=None) -> int:
+    ap = make_parser()
     args = ap.parse_args(argv)
     if not re.fullmatch(r"3\.\d+", args.python_version):
         ap.error(f"--python-version wants 3.N, not {args.python_version}")
