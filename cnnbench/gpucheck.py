@@ -168,7 +168,8 @@ def in_child(name: str, root: Path, work: Path, device: str, env: dict) -> Calla
             code = run_killable(cmd, limit, env=env, cwd=root, log_path=log_path)
             why = f"its process exited with {code}"
         except subprocess.TimeoutExpired:
-            why = f"did not finish in {limit:.0f} s (stopped)"
+            lines = _tail(log_path, 400).strip().splitlines()
+            why = f"did not finish in {limit:.0f} s (stopped)" + (f"; its last line: {lines[-1].strip()}" if lines else "")
         if result.is_file():
             return json.loads(result.read_text())
         return {"status": "failed", "why": why, "log_tail": _tail(log_path)}
@@ -349,7 +350,9 @@ def step_sweep(root: Path, out_dir: Path, device: str = "cuda", counts=(1, 2, 4,
 
         config = root / "config" / "config.yaml" if _has_mlxtend() else _tiny_config(out_dir / "sweep.yaml", device)
         seconds = max(1.0, min(10.0, (limit - 60) / len(counts) / 2))  # start-up and warm-up included
-        r = sweep(config, counts=counts, device=device, seconds=seconds)
+        progress = lambda m: print(m, flush=True)  # noqa: E731 - the step's log: a stopped sweep shows how far it got
+        r = sweep(config, counts=counts, device=device, seconds=seconds, log=progress)
+        progress("  the 5 fold models stacked (vmap) against one after another ...")
         stacked = stacked_folds(config, k=5, steps=100, device=device, repeats=3)
         best = max(row["aggregate_img_per_s"] for row in r["rows"])
         return {"config": str(config), "seconds_each": seconds,

@@ -228,6 +228,18 @@ def test_a_crashing_step_process_is_a_failed_step_with_its_log(tmp_path):
     assert "a broken install" in result["log_tail"]
 
 
+def test_a_step_stopped_at_its_limit_says_how_far_it_got(tmp_path):
+    """A sweep past its limit once said only "did not finish": its last progress line is in the why."""
+    stuck = tmp_path / "stuck" / "cnnbench"
+    stuck.mkdir(parents=True)
+    (stuck / "__init__.py").write_text("print('  4 job(s): 12,087 img/s in all', flush=True)\n"
+                                       "import time\ntime.sleep(60)\n")
+    env = {**gpucheck.child_env(REPO, tmp_path), "PYTHONPATH": str(stuck.parent)}
+    result = gpucheck.in_child("concurrency sweep", tmp_path, tmp_path, "cpu", env)(3)
+    assert result["status"] == "failed"
+    assert result["why"] == "did not finish in 3 s (stopped); its last line: 4 job(s): 12,087 img/s in all"
+
+
 @pytest.mark.slow
 def test_a_timed_study_runs_from_an_empty_folder_at_the_sweeps_setting_and_brings_its_report(tmp_path):
     config = gpucheck._tiny_config(tmp_path / "tiny.yaml", device="cpu", variants=())
