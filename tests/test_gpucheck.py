@@ -72,6 +72,27 @@ def test_the_loop_step_compares_compiled_and_eager_loops_with_the_tuned_one(tmp_
     assert compiled["compile_speedup_project"] == pytest.approx(compiled["project_img_per_s"] / eager["project_img_per_s"])
 
 
+@pytest.mark.slow
+def test_the_resnet20_loop_step_runs_on_cifar_shaped_synthetic_images(tmp_path, monkeypatch):
+    """The issue's second network: ResNet-20 at batch 128 on CIFAR-shaped images that need no download,
+    compiled. Here eager and 1 step (a CPU compile of ResNet-20 takes minutes); on a GPU, as configured."""
+    import cnnbench.loopbench as loopbench
+
+    real, seen = loopbench.loop_bench, {}
+
+    def short(config, **kw):
+        seen.update(config=config, **kw)
+        return real(config, **{**kw, "steps": 1, "repeats": 1, "compile": False})
+    monkeypatch.setattr(loopbench, "loop_bench", short)
+    (tmp_path / "steps").mkdir()
+    (tmp_path / "steps" / "loop-benchmark-eager.json").write_text(json.dumps({"project_img_per_s": 1.0}))
+    result = gpucheck.step_functions(REPO, tmp_path, "cpu")["loop benchmark resnet20"](600)
+    assert seen["config"] == REPO / "config" / "cifar10-synthetic.yaml" and seen["variant"] == "resnet20"
+    assert seen["compile"] is True and seen["steps"] == 100
+    assert result["variant"] == "resnet20" and result["batch_size"] == 128 and result["tuned_img_per_s"] > 0
+    assert result["status"] in ("passed", "failed") and "compile_speedup_project" not in result  # not the baseline's
+
+
 def test_a_step_past_its_limit_is_stopped_with_every_process_it_started(tmp_path):
     """A timed-out step (Snakemake and its running job, say) must not go on using the GPU while the next
     step times: its whole process group is stopped."""
