@@ -70,6 +70,9 @@ def dataset_info(data: dict) -> DatasetInfo:
         classes = len(data["labels"])
         n = None if n is None else n * classes // info.num_classes
     if data.get("subset") is not None and n is not None:
+        if data["subset"] > n and not data.get("labels"):  # (with labels, n is an estimate)
+            raise ConfigError(f"data.subset: {data['subset']} is more than the {n} images of {info.name}; use at "
+                              f"most {n}, or remove subset to use them all")
         n = min(data["subset"], n)
     has_test = info.has_test
     if data.get("holdout"):

@@ -439,9 +439,18 @@ def _resolve_variant(study: str, name: str, variants: dict[str, dict], train_def
         raise ConfigError(f"variant {name!r}, field {knob!r}: {why}") from None
     if info.n_dev is not None:
         n_train = info.n_dev - -(-info.n_dev // split["folds"])  # smallest training part over the folds
+        lpc = train.get("labels_per_class")
+        if lpc and lpc * info.num_classes >= n_train:
+            raise ConfigError(f"variant {name!r}, field 'labels_per_class': {lpc} per class x {info.num_classes} "
+                              f"classes is at least the {n_train} training images of a fold, so it would keep them "
+                              f"all; use fewer than {-(-n_train // info.num_classes)}, or remove it")
+        if lpc:
+            n_train = lpc * info.num_classes  # what the runs train on (at most: a smaller class gives fewer)
         if train["batch_size"] > n_train:
             raise ConfigError(f"variant {name!r}, field 'batch_size': {train['batch_size']} is larger than the "
-                              f"{n_train} training images of a fold; use a batch size of at most {n_train}")
+                              f"{n_train} training images of a fold"
+                              + (f" ({lpc} per class, labels_per_class)" if lpc else "")
+                              + f"; use a batch size of at most {n_train}")
     if train.get("activity"):
         from cnnbench.models.build import ACTIVATIONS
 

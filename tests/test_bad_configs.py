@@ -105,6 +105,13 @@ CASES = [
     Case("rotate_200", with_changes(variant={"augment": {"rotate": 200}}),
          ("variant 'x', field 'augment.rotate'", "200")),
     Case("batch_above_fold", with_changes(protocol={"batch_size": 1000}), ("field 'batch_size'", "150")),
+    Case("batch_above_labels_per_class", with_changes(variant={"labels_per_class": 2}),  # 20 images, batch 32
+         ("variant 'x', field 'batch_size'", "20 training images of a fold (2 per class, labels_per_class)",
+          "at most 20")),
+    Case("labels_per_class_keeps_all", with_changes(variant={"labels_per_class": 1000}),
+         ("variant 'x', field 'labels_per_class'", "150 training images of a fold", "use fewer than 15")),
+    Case("subset_above_the_data", with_changes(data={"name": "digits", "subset": 100000}),
+         ("data.subset: 100000 is more than the 1797 images of digits", "remove subset")),
     Case("folds_above_smallest_class", with_changes(protocol={"folds": 40}),
          ("protocol.folds", "smallest class", "use at most 29 folds")),
     # --- non-finite numbers ---
