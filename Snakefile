@@ -20,6 +20,7 @@ include: "workflow/rules/report.smk"
 
 
 onstart:
+    local_gpu_check()
     cluster_notes()
     print(
         f"cnnbench: each training job's progress (run, epoch, time left): {RESULTS}/logs/train/<variant>"

@@ -272,6 +272,19 @@ def test_bad_config_stops_before_any_job(tmp_path):
     assert "Traceback" not in text and not (tmp_path / "results").exists()
 
 
+def test_a_local_cuda_study_without_a_visible_gpu_stops_before_any_job(tmp_path, monkeypatch):
+    """It passed the checks and failed in its first training job, inside Snakemake's error block. A dry run
+    still plans it (a cluster's login node has no GPU either: the check runs when the workflow starts)."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU visible, on any machine
+    write_yaml(tmp_path / "study.yaml", tiny_study(execution={"device": "cuda"}))
+    assert snakemake(tmp_path, "-n").returncode == 0
+    out = snakemake(tmp_path)
+    text = out.stdout + out.stderr
+    assert out.returncode == 1
+    assert "execution.device: 'cuda' but this machine has no visible NVIDIA GPU" in text and "use device: auto" in text
+    assert "Traceback" not in text and "Error in rule" not in text and not (tmp_path / "results").exists()
+
+
 def test_workflow_lints_clean():
     out = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr

@@ -63,6 +63,20 @@ def timing_threads(wildcards):
     return STUDY.execution["threads"] if on_cluster() else (_workflow_cores() or 1)
 
 
+def local_gpu_check():
+    """At start, on this machine: a cuda study where no GPU is visible stops here, in one line, rather
+    than in its first training job inside Snakemake's error block. (Not while parsing: a cluster run parses
+    on a login node without GPUs, and workflow.local_exec is only known once the executor is set up.)"""
+    if on_cluster() or STUDY.execution["device"] != "cuda" or visible_gpu_count() > 0:
+        return
+    print(
+        f"{_CONFIGFILE}: execution.device: 'cuda' but this machine has no visible NVIDIA GPU "
+        "(no /dev/nvidia*, or CUDA_VISIBLE_DEVICES hides them); use device: auto or cpu, or run on a GPU node",
+        file=sys.stderr,
+    )
+    raise SystemExit(1)
+
+
 def cluster_notes():
     """At start, on a cluster: where jobs go when no partition or account is set."""
     if not on_cluster():
