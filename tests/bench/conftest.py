@@ -3,8 +3,18 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
+
+
+def pytest_configure(config):
+    """`--benchmark-json results/bench/mine.json` (the README's command) on a fresh clone: pytest-benchmark
+    writes the file only after every benchmark has run, and crashed then on the missing folder, losing
+    the results. The folder is made first."""
+    path = config.getoption("benchmark_json", default=None)
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
 
 
 def pytest_addoption(parser):
