@@ -202,10 +202,16 @@ def _schema_message(error) -> str:
         return f"{where}: {_short(error.instance)} is {_kind_of(error.instance)}, not {want}; give {want}"
     if error.validator in ("additionalProperties", "unevaluatedProperties"):
         names = re.findall(r"'([^']+)'", error.message.split("(")[-1])
-        known = _all_property_names()
-        hints = [f"{n!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(n, known, n=1)) else repr(n)
-                 for n in names]
         kind = "knob or field" if path and path[0] == "variants" else "field"
+        section = _section_of(path)
+        homes = _field_homes()
+        misplaced = [n for n in names if n in homes and section not in homes[n]]
+        if misplaced:  # a real field in the wrong section: say where it goes, not "did you mean" itself
+            n = misplaced[0]
+            return f"{where}: {n!r} does not go here; it belongs {' or '.join(SECTIONS[x] for x in homes[n])}"
+        here = [n for n, places in homes.items() if section in places]
+        hints = [f"{n!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(n, here, n=1)) else repr(n)
+                 for n in names]
         return f"{where}: unknown {kind} {', '.join(hints)}; see workflow/schemas/config.schema.yaml for the allowed ones"
     if error.validator == "uniqueItems":
         return f"{where}: {_short(error.instance)} lists an entry more than once; give each one once"
@@ -251,18 +257,39 @@ def path_words(path: list) -> str:
     return ".".join(map(str, path))
 
 
+SECTIONS = {"top": "at the top level", "data": "under data:", "protocol": "under protocol:",
+            "execution": "under execution:", "variant": "in a variant (under variants: NAME:)",
+            "pretrain": "in a pretrain entry (under pretrain: NAME:)"}
+
+
+def _section_of(path: list) -> str:
+    """The schema section a config path is in (the keys of SECTIONS)."""
+    if not path:
+        return "top"
+    if path[0] == "variants":
+        return "variant"
+    if path[0] == "pretrain":
+        return "data" if len(path) > 2 and path[2] == "data" else "pretrain"
+    return path[0] if path[0] in SECTIONS else "top"
+
+
 @cache
-def _all_property_names() -> list[str]:
-    names: set[str] = set()
+def _field_homes() -> dict[str, tuple[str, ...]]:
+    """Every field name -> the sections (SECTIONS' keys) it may be written in (training knobs: protocol
+    or a variant), from the schema itself."""
+    s, defs = schema(), schema()["$defs"]
 
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            names.update(node.get("properties", {}))
-            for v in node.values():
-                walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
+    def names(node: dict) -> set[str]:
+        out = set(node.get("properties", {}))
+        for part in node.get("allOf", []):
+            out |= names(defs[part["$ref"].split("/")[-1]])
+        return out
 
-    walk(schema())
-    return sorted(names)
+    sections = {"top": set(s["properties"]), "data": names(defs["data"]), "protocol": names(defs["protocol"]),
+                "execution": names(defs["execution"]), "variant": names(defs["variant"]),
+                "pretrain": set(s["properties"]["pretrain"]["additionalProperties"]["properties"])}
+    homes: dict[str, list[str]] = {}
+    for section, names_here in sections.items():
+        for field in names_here:
+            homes.setdefault(field, []).append(section)
+    return {f: tuple(places) for f, places in homes.items()}

@@ -105,6 +105,15 @@ CASES = [
     Case("rotate_200", with_changes(variant={"augment": {"rotate": 200}}),
          ("variant 'x', field 'augment.rotate'", "200")),
     Case("batch_above_fold", with_changes(protocol={"batch_size": 1000}), ("field 'batch_size'", "150")),
+    # --- a real field in the wrong section: where it goes, not "did you mean" the same name ---
+    Case("folds_at_top", with_changes(top={"folds": 3}), ("top level: 'folds' does not go here; it belongs under protocol:",)),
+    Case("device_in_protocol", with_changes(protocol={"device": "cpu"}),
+         ("protocol: 'device' does not go here; it belongs under execution:",)),
+    Case("folds_in_variant", with_changes(variant={"folds": 3}),
+         ("variant 'x': 'folds' does not go here; it belongs under protocol:",)),
+    Case("width_in_protocol", with_changes(protocol={"width": 32}), ("protocol: 'width'", "belongs in a variant")),
+    Case("unknown_top_key_no_far_fetched_hint", with_changes(top={"anchors": {"a": 1}}),
+         ("top level: unknown field 'anchors'; see",)),
     Case("batch_above_labels_per_class", with_changes(variant={"labels_per_class": 2}),  # 20 images, batch 32
          ("variant 'x', field 'batch_size'", "20 training images of a fold (2 per class, labels_per_class)",
           "at most 20")),
