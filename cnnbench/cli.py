@@ -10,6 +10,7 @@ import argparse
 import json
 import math
 import sys
+from pathlib import Path
 
 from cnnbench.errors import CnnbenchError
 
@@ -274,9 +275,13 @@ def _args_gpu_check(sub) -> None:
 def _cmd_ablate(a: argparse.Namespace) -> None:
     from cnnbench.ablate import ablate
 
+    if Path(a.out).exists() and not a.force:
+        raise CnnbenchError(f"ablate --out: {a.out} exists; choose a new file, or add --force to replace it")
     added = ablate(a.config, a.variant, [k.strip() for k in a.remove.split(",") if k.strip()], a.out)
+    here = Path("Snakefile").is_file()  # the command below runs from the checkout
     print(f"wrote {a.out}: {len(added)} leave-one-out variant(s) of {a.variant}: {', '.join(added)}\n"
-          f"run them with: snakemake --cores all --configfile {a.out}")
+          f"run them with{'' if here else ' (from the cnnbench checkout)'}: snakemake --cores all --configfile "
+          f"{a.out if here else Path(a.out).resolve()}")
 
 
 def _args_ablate(sub) -> None:
@@ -285,6 +290,7 @@ def _args_ablate(sub) -> None:
     s.add_argument("--remove", required=True, help="comma-separated knobs to switch off one at a time, e.g. bn,dropout,shortcut")
     s.add_argument("--config", default="config/config.yaml")
     s.add_argument("--out", required=True, help="the new study config (the input config plus the new variants)")
+    s.add_argument("--force", action="store_true", help="replace --out if it exists")
     s.set_defaults(func=_cmd_ablate)
 
 

@@ -74,9 +74,27 @@ def test_ablate_writes_one_leave_one_out_variant_per_choice(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("remove, message", [("colour", "'colour' is not a knob"),
-                                             ("shortcut", "'shortcut' is already off")])
+                                             ("shortcut", "'shortcut' is already off"),
+                                             ("lr", "'lr' has no off setting (every run needs a value)"),
+                                             ("", "no knob given"), (" , ", "no knob given"),
+                                             ("bn,bn", "bn given more than once; name each knob once")])
 def test_ablate_refuses_what_it_cannot_remove(tmp_path, capsys, remove, message):
     cfg = write_yaml(tmp_path / "study.yaml", tiny_study())
     assert main(["ablate", "batchnorm", "--remove", remove, "--config", str(cfg), "--out", str(tmp_path / "o.yaml")]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "o.yaml").exists()
+
+
+def test_ablate_never_overwrites_without_being_asked_and_never_the_input(tmp_path, capsys, monkeypatch):
+    cfg = write_yaml(tmp_path / "study.yaml", tiny_study())
+    before = cfg.read_text()
+    assert main(["ablate", "batchnorm", "--remove", "bn", "--config", str(cfg), "--out", str(cfg), "--force"]) == 2
+    assert "is the input config" in capsys.readouterr().err and cfg.read_text() == before
+    out = tmp_path / "o.yaml"
+    out.write_text("# mine\n")
+    assert main(["ablate", "batchnorm", "--remove", "bn", "--config", str(cfg), "--out", str(out)]) == 2
+    assert "exists; choose a new file, or add --force" in capsys.readouterr().err and out.read_text() == "# mine\n"
+    monkeypatch.chdir(tmp_path)  # not the checkout: the hint says where to run it, with the full path
+    assert main(["ablate", "batchnorm", "--remove", "bn", "--config", str(cfg), "--out", "o.yaml", "--force"]) == 0
+    assert f"(from the cnnbench checkout): snakemake --cores all --configfile {out}" in capsys.readouterr().out
+    assert "batchnorm_no_bn" in load_study(out).variants and sorted(p.name for p in tmp_path.iterdir()) == ["o.yaml", "study.yaml"]
