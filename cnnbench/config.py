@@ -419,6 +419,13 @@ def _resolve_variant(study: str, name: str, variants: dict[str, dict], train_def
     if unused:
         raise ConfigError(f"variant {name!r}, field {unused[0]!r}: has no effect with block {block!r}; "
                           f"remove it or choose a block type that uses it")
+    own = variants[name]  # (inherited from a base, they may be what the variant switches off: no_pool)
+    if "pool_size" in own and model.get("pool") == "none":
+        raise ConfigError(f"variant {name!r}, field 'pool_size': has no effect with pool: none; remove it or "
+                          "choose pool: max or avg")
+    if own.get("nesterov") and train["optimizer"] != "sgd":
+        raise ConfigError(f"variant {name!r}, field 'nesterov': has no effect with optimizer "
+                          f"{train['optimizer']!r} (SGD only; Adam's momentum knob is its beta1); remove it")
     _check_spans(name, model, train, info.shape, block)
     spec = VariantSpec(
         study=study, name=name, arch=arch, model=model, train=train, data=data_identity, split=split,

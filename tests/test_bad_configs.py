@@ -114,6 +114,10 @@ CASES = [
     Case("width_in_protocol", with_changes(protocol={"width": 32}), ("protocol: 'width'", "belongs in a variant")),
     Case("unknown_top_key_no_far_fetched_hint", with_changes(top={"anchors": {"a": 1}}),
          ("top level: unknown field 'anchors'; see",)),
+    Case("pool_size_without_pool", with_changes(variant={"pool": "none", "pool_size": 3}),
+         ("variant 'x', field 'pool_size': has no effect with pool: none",)),
+    Case("nesterov_with_adam", with_changes(variant={"optimizer": "adam", "nesterov": True}),
+         ("variant 'x', field 'nesterov': has no effect with optimizer 'adam'",)),
     Case("batch_above_labels_per_class", with_changes(variant={"labels_per_class": 2}),  # 20 images, batch 32
          ("variant 'x', field 'batch_size'", "20 training images of a fold (2 per class, labels_per_class)",
           "at most 20")),
@@ -499,3 +503,13 @@ def test_workflow_reads_numbers_exactly_and_prints_the_estimate(tmp_path: Path):
     specs = re.findall(r'"lr": ([^,}]+)', text)
     assert specs and set(specs) == {"0.001"}, specs
     assert re.findall(r'"epochs": ([^,}]+)', text)[0] == "2" and "--runs fold0-seed0 fold1-seed0 " in text
+
+
+def test_an_inherited_knob_that_the_variant_switches_off_is_fine(tmp_path: Path):
+    """no_pool built on a base with pool_size, adam on a base with nesterov: ablations, not mistakes."""
+    path = tmp_path / "study.yaml"
+    path.write_text(with_changes(variants={
+        "baseline": {"base": "cnn", "pool_size": 2, "nesterov": True},
+        "no_pool": {"base": "baseline", "pool": "none"}, "adam": {"base": "baseline", "optimizer": "adam"}}))
+    study = load_study(path)
+    assert study.variants["no_pool"].model["pool"] == "none" and study.variants["adam"].train["optimizer"] == "adam"
