@@ -478,6 +478,15 @@ def test_a_config_override_is_read_as_yaml_reads_it(tmp_path: Path):
 
 
 @pytest.mark.slow
+def test_an_error_in_a_config_override_does_not_blame_the_file_alone(tmp_path: Path):
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(TINY_STUDY))
+    out = snakemake_dry_run(tmp_path, "--config", "protocol={epochs: .nan}")
+    text = out.stdout + out.stderr
+    assert out.returncode != 0 and "Traceback" not in text
+    assert f"{tmp_path / 'study.yaml'} + --config: protocol.epochs: .nan is not a finite number" in text, text
+
+
+@pytest.mark.slow
 def test_workflow_refuses_a_study_over_its_budget(tmp_path: Path):
     path = tmp_path / "study.yaml"
     path.write_text(with_changes(data={"name": "mnist5k"}, protocol={"folds": 5, "epochs": 100},

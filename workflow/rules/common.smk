@@ -22,6 +22,8 @@ def _workflow_cores():
 
 
 _CONFIGFILE = " + ".join(map(str, workflow.configfiles)) or "config"  # merged in this order by Snakemake
+if workflow.config_settings.config:  # an error may be in a --config value, not in the file
+    _CONFIGFILE += " + --config"
 # Snakemake parsed the config itself; the files are read again, strictly, for keys written twice. A bad
 # config is one line and exit status 1: raised, Snakemake would wrap it in its own header and frames.
 try:
