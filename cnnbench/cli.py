@@ -320,7 +320,7 @@ def _cmd_plan(a: argparse.Namespace) -> None:
 def _args_plan(sub) -> None:
     s = sub.add_parser("plan", help="folds x repeats x seeds needed to detect a difference, from a finished study")
     s.add_argument("results", help="results/<study> of a finished (pilot) study")
-    s.add_argument("--delta", type=_positive_number, nargs="+", default=[0.5, 1.0, 2.0],
+    s.add_argument("--delta", type=_accuracy_points, nargs="+", default=[0.5, 1.0, 2.0],
                    help="differences to detect, in accuracy points (default: 0.5 1 2)")
     s.add_argument("--folds", type=_fold_count, nargs="*", default=[],
                    help="fold counts to consider besides the pilot's (optimistic: see cnnbench/plan.py)")
@@ -403,6 +403,14 @@ def _positive_number(text: str) -> float:
     value = _finite(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r}: give a number above 0")
+    return value
+
+
+def _accuracy_points(text: str) -> float:
+    """A difference in accuracy points: above 0 and at most 100."""
+    value = _positive_number(text)
+    if value > 100:
+        raise argparse.ArgumentTypeError(f"{text!r}: a difference in accuracy points is at most 100 (1 = one point)")
     return value
 
 

@@ -108,8 +108,13 @@ def format_plan(df: pd.DataFrame) -> str:
         design = (f"{int(r.folds)} folds x {int(r.repeats)} repeats x {int(r.seeds)} seeds = {int(r.runs)} runs"
                   if pd.notna(r.runs) else
                   f"not within {MAX_REPEATS} repeats x {MAX_SEEDS} seeds: below the correction's floor for these folds")
-        lines.append(f"{name:32s} {100 * r.diff:+6.2f}   {100 * r.mde_now:6.2f} pts (J={r.resamples_now:<3d})  "
+        now = f"{100 * r.mde_now:6.2f}" if r.mde_now <= 1 else "  >100"  # more than accuracy can differ by
+        lines.append(f"{name:32s} {100 * r.diff:+6.2f}   {now} pts (J={r.resamples_now:<3d})  "
                      f"{100 * r.target:5.2f}    {design}")
+    if (df["resamples_now"] < 5).any():
+        lines.append(f"(a pilot of {int(df['resamples_now'].min())} paired resamples leaves its variance estimate so "
+                     "few degrees of freedom that the corrected t test can detect little yet; a pilot with at least "
+                     "5 folds x repeats plans far better)")
     if not df["seed_variance_measured"].all():
         lines.append("(one seed per fold in the pilot: its seed-to-seed variance is unknown, so only designs with "
                      "one seed are proposed)")

@@ -72,3 +72,17 @@ def test_the_plan_prints_whole_numbers_and_says_when_no_design_reaches_a_target(
     text = format_plan(df)
     assert "nan" not in text and ".0 folds" not in text and ".0 runs" not in text
     assert "not within" in text and re.search(r"\d+ folds x \d+ repeats x \d+ seeds = \d+ runs", text)
+
+
+def test_a_tiny_pilot_says_so_and_never_prints_more_than_100_points(tmp_path, capsys):
+    """A 2-fold pilot printed "detectable now 2236.00 pts" (a helper's trial), and --delta 200 was planned."""
+    pilot(folds=2, seeds=1, fold_sd=0.5).to_parquet(tmp_path / "runs.parquet")
+    (tmp_path / "study.json").write_text(json.dumps({"study": "p", "baseline": "baseline", "references": {}}))
+    df = plan(tmp_path, [0.01])
+    assert df.iloc[0]["mde_now"] > 1  # what the t quantile at 1 degree of freedom gives
+    text = format_plan(df)
+    assert ">100 pts (J=2" in text and "a pilot of 2 paired resamples" in text
+    assert not re.search(r"\d{3,}\.\d\d pts", text)
+    with pytest.raises(SystemExit) as exit_:
+        main(["plan", str(tmp_path), "--delta", "200"])
+    assert exit_.value.code == 2 and "at most 100" in capsys.readouterr().err
