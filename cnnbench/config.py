@@ -646,6 +646,8 @@ def describe_changes(baseline: VariantSpec, variant: VariantSpec) -> list[str]:
                 was = a.get(knob)
                 if knob == "width" and was is None and a.get("widths"):
                     was = a["widths"][0]  # unset: the first stage has the preset's width
+                    if was == b[knob]:  # the preset's own width, written out: no change
+                        continue
                 out.append(f"{knob}: {_fmt(was)} -> {_fmt(b[knob])}")
     return out
 

@@ -6,16 +6,16 @@ from pathlib import Path
 
 from cnnbench.errors import ConfigError
 from cnnbench.models.geometry import LayerRow, layer_table
-from cnnbench.models.registry import get_plan, list_models
+from cnnbench.models.registry import get_plan, is_model, list_models
 
 DEFAULT_CONFIG = Path("config/config.yaml")
 
 
 def describe(name: str, config: str | Path | None = None, input_shape: tuple[int, ...] | None = None,
              num_classes: int | None = None) -> str:
-    if config is None and name not in list_models() and DEFAULT_CONFIG.exists():
+    if config is None and not is_model(name) and DEFAULT_CONFIG.exists():
         config = DEFAULT_CONFIG
-    if config is not None and name not in list_models():
+    if config is not None and not is_model(name):
         from cnnbench.config import load_study
 
         study = load_study(config)

@@ -176,10 +176,21 @@ def test_resnet18_is_the_checked_torchvision_claim():
     assert params_of(get_model("resnet18", (3, 224, 224), 1000)) == 11_689_512
 
 
-def test_renamed_vgg11_still_resolves_with_a_warning():
-    """`vgg11` became `vgg11_slim` (timm-style deprecation map): old configs keep working, warned."""
+def test_renamed_vgg11_still_resolves_with_a_warning_once(monkeypatch, capsys):
+    """`vgg11` became `vgg11_slim` (timm-style deprecation map): old configs keep working, warned once per
+    process (a study printed it once per variant built on it), and `describe vgg11` works."""
+    import warnings
+
+    from cnnbench import describe
+    from cnnbench.models import registry
+
+    monkeypatch.setattr(registry, "_WARNED", set())
     with pytest.warns(FutureWarning, match="'vgg11' is deprecated and maps to 'vgg11_slim'.*4096-4096"):
         plan = get_plan("vgg11", (3, 32, 32), 10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the second time: silent
+        assert get_plan("vgg11", (3, 32, 32), 10) == plan
+        assert describe.describe("vgg11").startswith("model 'vgg11'")
     assert plan == get_plan("vgg11_slim", (3, 32, 32), 10)
     assert "vgg11" not in list_models() and "vgg11_slim" in list_models()
     assert params_of(get_model("vgg11_slim", (3, 224, 224), 1000)) == 22_841_704

@@ -42,6 +42,14 @@ _DEPRECATED: dict[str, tuple[str, str]] = {
 }
 
 
+_WARNED: set[str] = set()
+
+
+def is_model(name: str) -> bool:
+    """A registered model, or an old name that still maps to one."""
+    return name in list_models() or name in _DEPRECATED
+
+
 PLUGIN_GROUP = "cnnbench.models"
 _registering_for: list[str] = []  # the plugin whose entry point is running
 _plugins_loaded = False
@@ -100,8 +108,10 @@ def get_entry(name: str) -> ModelEntry:
         load_plugins()
     if name in _DEPRECATED:
         current, why = _DEPRECATED[name]
-        warnings.warn(f"model {name!r} is deprecated and maps to {current!r}: {why}; use {current!r}",
-                      FutureWarning, stacklevel=2)
+        if name not in _WARNED:  # once per process: a study resolves it once per variant built on it
+            _WARNED.add(name)
+            warnings.warn(f"model {name!r} is deprecated and maps to {current!r}: {why}; use {current!r}",
+                          FutureWarning, stacklevel=2)
         name = current
     try:
         return _REGISTRY[name]
