@@ -188,7 +188,19 @@ def _schema_message(error) -> str:
     if error.validator == "minimum":
         return f"{where}: {_short(error.instance)} is less than the minimum of {error.validator_value}; use at least {error.validator_value}"
     if error.validator == "exclusiveMinimum":
-        return f"{where}: {_short(error.instance)} must be more than {error.validator_value}"
+        return (f"{where}: {_short(error.instance)} must be more than {error.validator_value}; give a number above "
+                f"{error.validator_value}")
+    if error.validator == "minProperties":
+        example = "; add one, e.g. baseline: {base: cnn}" if path == ["variants"] else "; add an entry or remove it"
+        return f"{where}: is empty{example}"
+    if error.validator == "minItems":
+        n = error.validator_value
+        return f"{where}: {_short(error.instance)} has {len(error.instance)} entries; give at least {n}"
+    if error.validator == "pattern":
+        return (f"{where}: {_short(error.instance)} is not a usable name; use letters, digits, '_', '.' and '-', "
+                "starting with a letter or digit")
+    if error.validator == "propertyNames":
+        return f"{where}: a key is not a usable name; use letters, digits, '_', '.' and '-', starting with a letter or digit"
     if error.validator == "type":
         expected = error.validator_value
         expected = [expected] if isinstance(expected, str) else expected
@@ -216,7 +228,8 @@ def _schema_message(error) -> str:
     if error.validator == "uniqueItems":
         return f"{where}: {_short(error.instance)} lists an entry more than once; give each one once"
     if error.validator == "required":
-        return f"{where}: {error.message}"
+        missing = re.findall(r"'([^']+)' is a required property", error.message)
+        return f"{where}: {missing[0]!r} is missing; add it" if missing else f"{where}: {error.message}"
     if error.validator == "enum":
         return f"{where}: {_short(error.instance)} is not allowed; choose one of {', '.join(map(str, error.validator_value))}"
     if error.validator in ("oneOf", "anyOf"):

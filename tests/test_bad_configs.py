@@ -105,6 +105,14 @@ CASES = [
     Case("rotate_200", with_changes(variant={"augment": {"rotate": 200}}),
          ("variant 'x', field 'augment.rotate'", "200")),
     Case("batch_above_fold", with_changes(protocol={"batch_size": 1000}), ("field 'batch_size'", "150")),
+    # --- schema words turned into fixes ---
+    Case("no_variants", with_changes(variants={}), ("variants: is empty; add one, e.g. baseline: {base: cnn}",)),
+    Case("one_label", with_changes(data={"name": "digits", "labels": [5]}),
+         ("data.labels: [5] has 1 entries; give at least 2",)),
+    Case("variant_name_with_space", with_changes(variants={"baseline": {"base": "cnn"}, "width 64": {"base": "cnn"}}),
+         ("variants: 'width 64' is not a usable name; use letters, digits",)),
+    Case("variants_missing", with_changes(top={"variants": None}).replace("variants: null\n", ""),
+         ("top level: 'variants' is missing; add it",)),
     # --- a real field in the wrong section: where it goes, not "did you mean" the same name ---
     Case("folds_at_top", with_changes(top={"folds": 3}), ("top level: 'folds' does not go here; it belongs under protocol:",)),
     Case("device_in_protocol", with_changes(protocol={"device": "cpu"}),
@@ -216,7 +224,7 @@ CASES = [
          ("data.image_size", "only an imagefolder study")),
     # --- synthetic data: sizes from the section, nothing to read ---
     Case("synthetic_shape_too_short", with_changes(data={"name": "synthetic", "shape": [3, 32]}),
-         ("data.shape", "[3, 32]", "too short")),
+         ("data.shape", "[3, 32]", "has 2 entries; give at least 3")),
     Case("synthetic_shape_too_long", with_changes(data={"name": "synthetic", "shape": [3, 32, 32, 1]}),
          ("data.shape", "at most 3")),
     Case("synthetic_shape_channels", with_changes(data={"name": "synthetic", "shape": [2, 32, 32]}),
