@@ -204,8 +204,10 @@ def _torchvision_split(cls_name: str, data: dict, root: Path, **kwargs):
     try:
         return getattr(tvd, cls_name)(str(root), download=bool(data.get("download")), **kwargs)
     except RuntimeError as e:  # torchvision: "Dataset not found or corrupted. You can use download=True ..."
+        fix = ("or delete its partial download and run again" if data.get("download")
+               else "or set data.download: true (needs internet)")
         raise DataError(f"data.root: {data['name']} not found or corrupted under {str(root)!r} ({e}); put "
-                        f"torchvision's files there or set data.download: true (needs internet)") from None
+                        f"torchvision's files there {fix}") from None
     except OSError as e:  # download: true without a network (URLError is an OSError)
         raise DataError(f"data.download: fetching {data['name']} into {str(root)!r} failed ({e}); without a "
                         "network, put torchvision's files under data.root and set download: false") from None
