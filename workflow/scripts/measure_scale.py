@@ -1,6 +1,7 @@
 """How the workflow scales: DAG, collect and report for a 100-variant x 5-fold x 10-seed study (5,000 runs).
 
-    python workflow/scripts/measure_scale.py [--variants 100] [--folds 5] [--seeds 10] [--keep DIR]
+    python workflow/scripts/measure_scale.py [--variants 100] [--folds 5] [--seeds 10] [--runs-per-job N]
+        [--keep DIR]
 
 Everything happens in a temporary folder. The run records are FABRICATED (copies of one real run with
 made-up numbers, each marked "fabricated": true) and exist only to time `collect` and the report; they
@@ -25,10 +26,10 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 
 
-def study(variants: int, folds: int, seeds: int) -> dict:
+def study(variants: int, folds: int, seeds: int, runs_per_job: int | str = "all") -> dict:
     return {"study": "scale", "description": "synthetic scale check (fabricated runs)",
             "data": {"name": "digits"}, "protocol": {"folds": folds, "seeds": list(range(seeds)), "epochs": 3},
-            "execution": {"device": "cpu", "threads": 1}, "baseline": "v000",
+            "execution": {"device": "cpu", "threads": 1, "runs_per_job": runs_per_job}, "baseline": "v000",
             "variants": {f"v{i:03d}": {"base": "cnn", "width": 8 + i % 24, "dropout": round(0.01 * (i // 24), 2)}
                          for i in range(variants)}}
 
@@ -61,6 +62,8 @@ def main() -> None:
     p.add_argument("--variants", type=int, default=100)
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--seeds", type=int, default=10)
+    p.add_argument("--runs-per-job", type=int, default=None,
+                   help="execution.runs_per_job (default: all runs of a variant in one job; 1 as on Slurm)")
     p.add_argument("--keep", help="keep the temporary folder here (default: delete it)")
     a = p.parse_args()
     sys.path.insert(0, str(REPO))
@@ -69,7 +72,7 @@ def main() -> None:
     from cnnbench.runner import train_variant
 
     work = Path(tempfile.mkdtemp(prefix="cnnbench-scale-"))
-    cfg = study(a.variants, a.folds, a.seeds)
+    cfg = study(a.variants, a.folds, a.seeds, a.runs_per_job or "all")
     (work / "study.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     n_runs = a.variants * a.folds * a.seeds
     print(f"{a.variants} variants x {a.folds} folds x {a.seeds} seeds = {n_runs} runs in {work}", flush=True)
