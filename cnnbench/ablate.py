@@ -15,20 +15,21 @@ import yaml
 
 from cnnbench.config import TRAIN_KNOBS, load_study, read_config
 from cnnbench.errors import ConfigError
-from cnnbench.knobs import AugmentKnobs
+from cnnbench.knobs import AugmentKnobs, TrainKnobs
 
 # What "switched off" means for the knobs whose off-value is not the model's default.
 OFF = {"bn": False, "shortcut": False, "dropout": 0.0, "weight_decay": 0.0, "l1": 0.0, "activity": 0.0,
        "label_smoothing": 0.0, "pool": "none", "hidden": [], "augment": {}, "nesterov": False, "momentum": 0.0}
 
 
-def off_value(knob: str, current, model_default):
-    """The value of `knob` with the choice removed: a known off-value, else the model's default."""
+def off_value(knob: str, current, default):
+    """The value of `knob` with the choice removed: a known off-value, else `default` (the model's for a
+    model knob, the study's protocol value for a training knob: labels_per_class none = every label)."""
     if knob == "augment":
         return {k: v for k, v in vars(AugmentKnobs()).items()}
     if knob.startswith("augment."):
         return getattr(AugmentKnobs(), knob.split(".", 1)[1])
-    return OFF.get(knob, model_default)
+    return OFF.get(knob, default)
 
 
 def ablate(config: str | Path, variant: str, remove: list[str], out: str | Path) -> list[str]:
@@ -59,10 +60,9 @@ def ablate(config: str | Path, variant: str, remove: list[str], out: str | Path)
         else:
             raise ConfigError(f"ablate --remove: {knob!r} is not a knob of variant {variant!r}; its model knobs: "
                               f"{', '.join(spec.model)}; training knobs: {', '.join(TRAIN_KNOBS)}")
-        off = off_value(knob, current, model_defaults.get(knob))
-        if off is None and current is not None:
-            raise ConfigError(f"ablate --remove: {knob!r} has no off setting (every run needs a value); remove "
-                              f"on/off choices such as {', '.join(OFF)}, or a model knob (back to its default)")
+        default = (raw.get("protocol", {}).get(top, getattr(TrainKnobs(), top)) if top in TRAIN_KNOBS
+                   else model_defaults.get(knob))
+        off = off_value(knob, current, default)
         if off == current or (knob == "augment" and not any(current.values())):
             raise ConfigError(f"ablate --remove: {knob!r} is already off in {variant!r} ({current!r}); "
                               "remove only choices the full model has on")
@@ -85,11 +85,12 @@ def ablate(config: str | Path, variant: str, remove: list[str], out: str | Path)
     draft.write_text(text)
     try:
         load_study(draft)  # the new study must be valid before it replaces anything
+        draft.replace(out)
     except ConfigError as e:
-        draft.unlink()
         raise ConfigError(f"ablate: the study with {', '.join(added)} would not be valid: "
                           f"{str(e).replace(str(draft), str(out))}") from None
-    draft.replace(out)
+    finally:
+        draft.unlink(missing_ok=True)  # (gone already once moved into place)
     return added
 
 

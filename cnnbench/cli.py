@@ -275,7 +275,7 @@ def _args_gpu_check(sub) -> None:
 def _cmd_ablate(a: argparse.Namespace) -> None:
     from cnnbench.ablate import ablate
 
-    if Path(a.out).exists() and not a.force:
+    if Path(a.out).exists() and not a.force and Path(a.out).resolve() != Path(a.config).resolve():
         raise CnnbenchError(f"ablate --out: {a.out} exists; choose a new file, or add --force to replace it")
     added = ablate(a.config, a.variant, [k.strip() for k in a.remove.split(",") if k.strip()], a.out)
     here = Path("Snakefile").is_file()  # the command below runs from the checkout

@@ -75,7 +75,7 @@ def test_ablate_writes_one_leave_one_out_variant_per_choice(tmp_path, capsys):
 
 @pytest.mark.parametrize("remove, message", [("colour", "'colour' is not a knob"),
                                              ("shortcut", "'shortcut' is already off"),
-                                             ("lr", "'lr' has no off setting (every run needs a value)"),
+                                             ("lr", "'lr' is already off"),  # at the study's own lr
                                              ("", "no knob given"), (" , ", "no knob given"),
                                              ("bn,bn", "bn given more than once; name each knob once")])
 def test_ablate_refuses_what_it_cannot_remove(tmp_path, capsys, remove, message):
@@ -98,3 +98,30 @@ def test_ablate_never_overwrites_without_being_asked_and_never_the_input(tmp_pat
     assert main(["ablate", "batchnorm", "--remove", "bn", "--config", str(cfg), "--out", "o.yaml", "--force"]) == 0
     assert f"(from the cnnbench checkout): snakemake --cores all --configfile {out}" in capsys.readouterr().out
     assert "batchnorm_no_bn" in load_study(out).variants and sorted(p.name for p in tmp_path.iterdir()) == ["o.yaml", "study.yaml"]
+
+
+def test_ablate_takes_knobs_whose_default_is_none_back_to_it(tmp_path, capsys):
+    """width: none keeps a preset's widths, labels_per_class: none trains on every label; a training knob
+    goes back to the study's own protocol value."""
+    variants = {"baseline": {"base": "cnn"},
+                "full": {"base": "resnet20", "width": 8, "labels_per_class": 10, "lr": 0.2}}
+    cfg = write_yaml(tmp_path / "study.yaml", tiny_study(variants=variants))
+    out = tmp_path / "o.yaml"
+    assert main(["ablate", "full", "--remove", "width,labels_per_class,lr", "--config", str(cfg), "--out", str(out)]) == 0
+    study = load_study(out)
+    assert study.variants["full_no_width"].model["width"] is None
+    assert study.variants["full_no_labels_per_class"].train["labels_per_class"] is None
+    assert study.variants["full_no_lr"].train["lr"] == 0.05  # tiny_study's protocol lr
+
+
+def test_an_ablation_that_would_be_invalid_leaves_nothing_behind(tmp_path, capsys):
+    variants = {"baseline": {"base": "cnn"}, "full": {"base": "baseline", "block": "bottleneck", "bottleneck_ratio": 2}}
+    cfg = write_yaml(tmp_path / "study.yaml", tiny_study(variants=variants))
+    out = tmp_path / "o.yaml"
+    out.write_text("# mine\n")
+    assert main(["ablate", "full", "--remove", "block", "--config", str(cfg), "--out", str(out), "--force"]) == 2
+    err = capsys.readouterr().err
+    assert "would not be valid" in err and "bottleneck_ratio" in err and str(out) in err and ".draft" not in err
+    assert out.read_text() == "# mine\n" and sorted(p.name for p in tmp_path.iterdir()) == ["o.yaml", "study.yaml"]
+    assert main(["ablate", "full", "--remove", "block", "--config", str(cfg), "--out", str(cfg)]) == 2
+    assert "is the input config" in capsys.readouterr().err  # not "exists; add --force"
