@@ -491,7 +491,8 @@ def test_an_error_in_a_config_override_does_not_blame_the_file_alone(tmp_path: P
     out = snakemake_dry_run(tmp_path, "--config", "protocol={epochs: .nan}")
     text = out.stdout + out.stderr
     assert out.returncode != 0 and "Traceback" not in text
-    assert f"{tmp_path / 'study.yaml'} + --config: protocol.epochs: .nan is not a finite number" in text, text
+    assert (f"{tmp_path / 'study.yaml'} + --config (command line or profile): protocol.epochs: .nan is not a "
+            "finite number") in text, text
 
 
 @pytest.mark.slow

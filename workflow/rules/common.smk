@@ -22,8 +22,8 @@ def _workflow_cores():
 
 
 _CONFIGFILE = " + ".join(map(str, workflow.configfiles)) or "config"  # merged in this order by Snakemake
-if workflow.config_settings.config:  # an error may be in a --config value, not in the file
-    _CONFIGFILE += " + --config"
+if workflow.config_settings.config:  # an error may be in a --config value (given or from a profile)
+    _CONFIGFILE += " + --config (command line or profile)"
 # Snakemake parsed the config itself; the files are read again, strictly, for keys written twice. A bad
 # config is one line and exit status 1: raised, Snakemake would wrap it in its own header and frames.
 try:
@@ -66,14 +66,25 @@ def timing_threads(wildcards):
 
 
 def local_gpu_check():
-    """At start, on this machine: a cuda study where no GPU is visible stops here, in one line, rather
-    than in its first training job inside Snakemake's error block. (Not while parsing: a cluster run parses
-    on a login node without GPUs, and workflow.local_exec is only known once the executor is set up.)"""
-    if on_cluster() or STUDY.execution["device"] != "cuda" or visible_gpu_count() > 0:
+    """At start, on this machine: a cuda study with training or timing jobs to run where torch sees no GPU
+    stops here, in one line, rather than in its first training job inside Snakemake's error block. The
+    jobs' own test (torch.cuda.is_available: WSL2 and ROCm GPUs have no /dev/nvidia*); a run that only
+    rebuilds the report needs none. (Not while parsing: a cluster run parses on a login node without
+    GPUs, and workflow.local_exec is only known once the executor is set up.)"""
+    if on_cluster() or STUDY.execution["device"] != "cuda":
+        return
+    dag = getattr(workflow, "dag", None)
+    if dag is not None and not any(
+        job.rule.name.startswith(("train", "time")) for job in dag.needrun_jobs()
+    ):
+        return
+    import torch
+
+    if torch.cuda.is_available():
         return
     print(
-        f"{_CONFIGFILE}: execution.device: 'cuda' but this machine has no visible NVIDIA GPU "
-        "(no /dev/nvidia*, or CUDA_VISIBLE_DEVICES hides them); use device: auto or cpu, or run on a GPU node",
+        f"{_CONFIGFILE}: execution.device: 'cuda' but torch sees no GPU on this machine (none, no driver, a "
+        "CPU-only torch, or CUDA_VISIBLE_DEVICES hides them); use device: auto or cpu, or run on a GPU node",
         file=sys.stderr,
     )
     raise SystemExit(1)
