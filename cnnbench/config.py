@@ -447,12 +447,12 @@ def _resolve_variant(study: str, name: str, variants: dict[str, dict], train_def
     if info.n_dev is not None:
         n_train = info.n_dev - -(-info.n_dev // split["folds"])  # smallest training part over the folds
         lpc = train.get("labels_per_class")
-        if lpc and lpc * info.num_classes >= n_train:
-            raise ConfigError(f"variant {name!r}, field 'labels_per_class': {lpc} per class x {info.num_classes} "
-                              f"classes is at least the {n_train} training images of a fold, so it would keep them "
-                              f"all; use fewer than {-(-n_train // info.num_classes)}, or remove it")
+        if lpc and lpc >= n_train:  # (any class, however large, keeps all its images: certain, whatever the balance)
+            raise ConfigError(f"variant {name!r}, field 'labels_per_class': {lpc} per class is at least the "
+                              f"{n_train} training images of a fold, so it would keep them all; use fewer than "
+                              f"{-(-n_train // info.num_classes)} (the share of one class if balanced), or remove it")
         if lpc:
-            n_train = lpc * info.num_classes  # what the runs train on (at most: a smaller class gives fewer)
+            n_train = min(n_train, lpc * info.num_classes)  # at most what the runs train on
         if train["batch_size"] > n_train:
             raise ConfigError(f"variant {name!r}, field 'batch_size': {train['batch_size']} is larger than the "
                               f"{n_train} training images of a fold"

@@ -131,6 +131,7 @@ CASES = [
           "at most 20")),
     Case("labels_per_class_keeps_all", with_changes(variant={"labels_per_class": 1000}),
          ("variant 'x', field 'labels_per_class'", "150 training images of a fold", "use fewer than 15")),
+    # (labels_per_class: 20 of 10 classes on these 150 images is valid: with unbalanced classes it keeps some)
     Case("subset_above_the_data", with_changes(data={"name": "digits", "subset": 100000}),
          ("data.subset: 100000 is more than the 1797 images of digits", "remove subset")),
     Case("folds_above_smallest_class", with_changes(protocol={"folds": 40}),
@@ -531,3 +532,16 @@ def test_an_inherited_knob_that_the_variant_switches_off_is_fine(tmp_path: Path)
         "no_pool": {"base": "baseline", "pool": "none"}, "adam": {"base": "baseline", "optimizer": "adam"}}))
     study = load_study(path)
     assert study.variants["no_pool"].model["pool"] == "none" and study.variants["adam"].train["optimizer"] == "adam"
+
+
+def test_labels_per_class_on_unbalanced_classes_is_not_refused_as_keeping_all(tmp_path: Path):
+    """900 images of one class and 100 of another: 400 per class keeps 400 + 80 of a fold's 800 (review)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.integers(0, 255, (1000, 8, 8), dtype=np.uint8), y=np.repeat([0, 1], [900, 100]))
+    path = tmp_path / "study.yaml"
+    path.write_text(with_changes(data={"name": "npz", "path": str(tmp_path / "d.npz")}, protocol={"folds": 5},
+                                 variants={"baseline": {"base": "cnn", "pool": "none"},
+                                           "few": {"base": "baseline", "labels_per_class": 400}}))
+    assert load_study(path).variants["few"].train["labels_per_class"] == 400
