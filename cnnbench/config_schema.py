@@ -272,13 +272,15 @@ def path_words(path: list) -> str:
 
 SECTIONS = {"top": "at the top level", "data": "under data:", "protocol": "under protocol:",
             "execution": "under execution:", "variant": "in a variant (under variants: NAME:)",
-            "pretrain": "in a pretrain entry (under pretrain: NAME:)"}
+            "pretrain": "in a pretrain entry (under pretrain: NAME:)", "augment": "under augment:"}
 
 
 def _section_of(path: list) -> str:
     """The schema section a config path is in (the keys of SECTIONS)."""
     if not path:
         return "top"
+    if path[-1] == "augment":
+        return "augment"
     if path[0] == "variants":
         return "variant"
     if path[0] == "pretrain":
@@ -300,7 +302,8 @@ def _field_homes() -> dict[str, tuple[str, ...]]:
 
     sections = {"top": set(s["properties"]), "data": names(defs["data"]), "protocol": names(defs["protocol"]),
                 "execution": names(defs["execution"]), "variant": names(defs["variant"]),
-                "pretrain": set(s["properties"]["pretrain"]["additionalProperties"]["properties"])}
+                "pretrain": set(s["properties"]["pretrain"]["additionalProperties"]["properties"]),
+                "augment": set(defs["training_knobs"]["properties"]["augment"]["properties"])}
     homes: dict[str, list[str]] = {}
     for section, names_here in sections.items():
         for field in names_here:
