@@ -108,7 +108,8 @@ def format_plan(df: pd.DataFrame) -> str:
         design = (f"{int(r.folds)} folds x {int(r.repeats)} repeats x {int(r.seeds)} seeds = {int(r.runs)} runs"
                   if pd.notna(r.runs) else
                   f"not within {MAX_REPEATS} repeats x {MAX_SEEDS} seeds: below the correction's floor for these folds")
-        now = f"{100 * r.mde_now:6.2f}" if r.mde_now <= 1 else "  >100"  # more than accuracy can differ by
+        now = ("   n/a" if pd.isna(r.mde_now)  # no spread in the pilot's differences (se 0): nothing to scale
+               else f"{100 * r.mde_now:6.2f}" if r.mde_now <= 1 else "  >100")  # more than accuracy can differ by
         lines.append(f"{name:32s} {100 * r.diff:+6.2f}   {now} pts (J={r.resamples_now:<3d})  "
                      f"{100 * r.target:5.2f}    {design}")
     if (df["resamples_now"] < 5).any():

@@ -86,3 +86,13 @@ def test_a_tiny_pilot_says_so_and_never_prints_more_than_100_points(tmp_path, ca
     with pytest.raises(SystemExit) as exit_:
         main(["plan", str(tmp_path), "--delta", "200"])
     assert exit_.value.code == 2 and "at most 100" in capsys.readouterr().err
+
+
+def test_a_pilot_without_spread_prints_n_a_not_more_than_100(tmp_path):
+    runs = pilot(folds=5, seeds=1)
+    runs.loc[runs.variant == "v", "val_acc"] = runs.loc[runs.variant == "baseline", "val_acc"].to_numpy() + 0.01
+    runs.to_parquet(tmp_path / "runs.parquet")
+    (tmp_path / "study.json").write_text(json.dumps({"study": "p", "baseline": "baseline", "references": {}}))
+    df = plan(tmp_path, [0.01])
+    assert pd.isna(df.iloc[0]["mde_now"])  # identical differences: standard error 0
+    assert "   n/a pts" in format_plan(df) and ">100" not in format_plan(df)
