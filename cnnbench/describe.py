@@ -13,15 +13,18 @@ DEFAULT_CONFIG = Path("config/config.yaml")
 
 def describe(name: str, config: str | Path | None = None, input_shape: tuple[int, ...] | None = None,
              num_classes: int | None = None) -> str:
+    explicit = config is not None  # --config given: its variant of that name wins over a model of that name
     if config is None and not is_model(name) and DEFAULT_CONFIG.exists():
         config = DEFAULT_CONFIG
-    if config is not None and not is_model(name):
+    study = None
+    if config is not None and (explicit or not is_model(name)):
         from cnnbench.config import load_study
 
         study = load_study(config)
-        if name not in study.variants:
+        if name not in study.variants and not is_model(name):
             raise ConfigError(f"{config}: no variant {name!r}; variants: {', '.join(study.variants)}; "
                               f"models: {', '.join(list_models())}")
+    if study is not None and name in study.variants:
         spec = study.variants[name]
         changes = study.changes(name)
         title = (f"variant {name!r} of study {study.name!r} (base chain: {' <- '.join(spec.chain)} <- {spec.arch})"
@@ -32,6 +35,9 @@ def describe(name: str, config: str | Path | None = None, input_shape: tuple[int
         return title + "\n" + format_table(spec.layer_table(), spec.input_shape, rf_known=not spec.external)
     if input_shape is not None and len(input_shape) != 3:
         raise ConfigError("--input: give channels, height and width, e.g. 3x32x32")
+    if study is not None:  # a model named with --config: on that study's images and classes
+        some = next(iter(study.variants.values()))
+        input_shape, num_classes = input_shape or some.input_shape, num_classes or some.num_classes
     shape = tuple(input_shape or (1, 28, 28))
     rows = layer_table(get_plan(name, shape, num_classes or 10), shape)
     return f"model {name!r}\n" + format_table(rows, shape)

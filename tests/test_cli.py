@@ -35,6 +35,18 @@ def test_describe_a_model_with_an_input_shape(capsys):
     assert "11,689,512" in capsys.readouterr().out
 
 
+def test_describe_with_a_config_prefers_its_variant_and_uses_its_images(tmp_path, capsys):
+    """A variant named like a model (resnet20, width 8) showed the plain preset; a model named with
+    --config showed 1x28x28 whatever the study's images (review)."""
+    cfg = write_yaml(tmp_path / "s.yaml", tiny_study(variants={"baseline": {"base": "cnn"},
+                                                               "resnet20": {"base": "resnet20", "width": 8}}))
+    assert main(["describe", "resnet20", "--config", str(cfg)]) == 0
+    assert "variant 'resnet20' of study 'tiny'" in capsys.readouterr().out
+    assert main(["describe", "cnn", "--config", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("model 'cnn'") and " 1x8x8 " in out and " 1x28x28 " not in out  # digits: 8x8
+
+
 def test_errors_are_one_line_without_traceback(tmp_path):
     bad = write_yaml(tmp_path / "bad.yaml", tiny_study(variants={"baseline": {"base": "cnn", "pool": "mean"}}))
     out = cli("describe", "baseline", "--config", str(bad))
