@@ -15,8 +15,9 @@ satisfy cnnbench's declared ranges, failing with one line that names the version
 
 What the node has: --have (default: the typical PyTorch GPU image, DEFAULT_HAVE below; NAME==VERSION
 pins a version), or --have-freeze FILE with the output of `python -m pip freeze` on the node (exact;
---have entries given as well are added to it). torch and torchvision are never carried: the node's own
-CUDA build is reused, and the build stops if a known node version is outside cnnbench's range.
+--have entries given as well are added to it). torch and torchvision are never carried, whatever the
+list or freeze says: the node's own CUDA build is reused (with what they require, IMPLIED), and the
+build stops if a known node version is outside cnnbench's range.
 
 How the dependencies are found (pip's own resolver, no hand-written one):
  1. `pip wheel --no-deps` builds the cnnbench wheel from a temporary copy of the project (the checkout
@@ -80,8 +81,9 @@ REPO = Path(__file__).resolve().parents[2]
 DEFAULT_HAVE = ("torch", "torchvision", "numpy", "pandas", "scipy", "statsmodels", "seaborn", "matplotlib",
                 "scikit-learn", "pyarrow", "jinja2", "pyyaml", "pytest", "pytest-benchmark")
 # What those packages themselves require (stable, hard requirements): a node with torchvision has pillow.
-# Added to names given with --have (not to --have-freeze, which lists everything), so that nothing the
-# node must already have is carried.
+# Added to names given with --have, and to torch's and torchvision's even with --have-freeze (the node's
+# own torch is assumed: an empty freeze still carries none of it), so that nothing the node must already
+# have is carried.
 IMPLIED = {"torch": ("filelock", "typing-extensions", "sympy", "networkx", "jinja2", "fsspec"),
            "torchvision": ("numpy", "torch", "pillow"), "sympy": ("mpmath",),
            "pandas": ("numpy", "python-dateutil", "tzdata"), "python-dateutil": ("six",),
