@@ -240,7 +240,10 @@ def _schema_message(error) -> str:
             else:
                 t = branch.get("type", "value")
                 options += [_TYPE_WORDS.get(x, x) for x in ([t] if isinstance(t, str) else t)]
-        return f"{where}: {_short(error.instance)} is not allowed; expected {' or '.join(dict.fromkeys(options))}"
+        expected = " or ".join(dict.fromkeys(options))
+        if isinstance(error.instance, str) and re.fullmatch(r"[-+]?\d+(\.\d*)?([eE][-+]?\d+)?", error.instance.strip()):
+            return f"{where}: {_short(error.instance)} is text, not a number; write it without quotes (expected {expected})"
+        return f"{where}: {_short(error.instance)} is not allowed; expected {expected}"
     return f"{where}: {error.message}"
 
 

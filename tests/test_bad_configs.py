@@ -82,6 +82,8 @@ CASES = [
          ("variant 'x', field 'stride.1'", "whole number")),
     Case("subset_float", with_changes(data={"name": "digits", "subset": raw("300.5")}), ("data.subset", "whole number")),
     Case("width_text", with_changes(variant={"width": "sixty"}), ("variant 'x', field 'width'", "'sixty'")),
+    Case("width_quoted", with_changes(variant={"width": "64"}),
+         ("variant 'x', field 'width': '64' is text, not a number; write it without quotes",)),
     Case("lr_text", with_changes(protocol={"lr": "fast"}), ("protocol.lr", "'fast'", "number")),
     Case("epochs_quoted", with_changes(protocol={"epochs": "10"}), ("protocol.epochs", "'10' is text, not an integer")),
     Case("bn_text", with_changes(variant={"bn": "yes please"}), ("variant 'x', field 'bn'", "is text, not true or false")),
