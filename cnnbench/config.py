@@ -447,10 +447,11 @@ def _resolve_variant(study: str, name: str, variants: dict[str, dict], train_def
     if info.n_dev is not None:
         n_train = info.n_dev - -(-info.n_dev // split["folds"])  # smallest training part over the folds
         lpc = train.get("labels_per_class")
-        if lpc and lpc >= n_train:  # (any class, however large, keeps all its images: certain, whatever the balance)
-            raise ConfigError(f"variant {name!r}, field 'labels_per_class': {lpc} per class is at least the "
-                              f"{n_train} training images of a fold, so it would keep them all; use fewer than "
-                              f"{-(-n_train // info.num_classes)} (the share of one class if balanced), or remove it")
+        largest = _largest_class_in_fold(data_identity, info, split["folds"])
+        if lpc and lpc >= largest:
+            raise ConfigError(f"variant {name!r}, field 'labels_per_class': {lpc} per class keeps every training "
+                              f"image of a fold (its largest class has {'about ' if largest < n_train else ''}"
+                              f"{largest if largest < n_train else n_train} there); use fewer, or remove it")
         if lpc:
             n_train = min(n_train, lpc * info.num_classes)  # at most what the runs train on
         if train["batch_size"] > n_train:
@@ -488,6 +489,23 @@ def _check_spans(name: str, model: dict, train: dict, shape: tuple[int, int, int
 # Share of the images in the smallest class, for the data sets the catalog knows (train split).
 _SMALLEST_CLASS_SHARE = {"mnist5k": 0.1, "digits": 174 / 1797, "mnist": 5421 / 60000, "fashion_mnist": 0.1,
                          "kmnist": 0.1, "cifar10": 0.1, "cifar100": 0.01, "svhn": 4659 / 73257}
+
+
+# ... and in the largest class, where the split is known (stratified folds and subsets keep it)
+_LARGEST_CLASS_SHARE = {"mnist5k": 0.1, "digits": 183 / 1797, "mnist": 6742 / 60000, "fashion_mnist": 0.1,
+                        "kmnist": 0.1, "cifar10": 0.1, "cifar100": 0.01, "svhn": 13861 / 73257}
+
+
+def _largest_class_in_fold(data: dict, info, folds: int) -> int:
+    """At least the images of the largest class in a fold's training part: labels_per_class at or above
+    it keeps them all. Where the class sizes are unknown (npz, image folders, a labels subset), the
+    training part itself, the one bound that holds whatever the balance."""
+    n_train = info.n_dev - info.n_dev // folds  # the largest training part over the folds
+    if data["name"] == "synthetic":
+        share = 1 / info.num_classes  # labels are i mod classes
+    else:
+        share = None if data.get("labels") else _LARGEST_CLASS_SHARE.get(data["name"])
+    return n_train if share is None else min(n_train, math.ceil(share * n_train) + 1)  # +1: stratified rounding
 
 
 def _smallest_class(name: str, n_dev: int | None) -> int | None:

@@ -282,8 +282,8 @@ def _section_of(path: list) -> str:
     """The schema section a config path is in (the keys of SECTIONS)."""
     if not path:
         return "top"
-    if path[-1] == "augment":
-        return "augment"
+    if path[-1] == "augment" and (len(path) < 2 or path[-2] not in ("variants", "pretrain")):  # the field,
+        return "augment"  # not a variant or pretrain entry that happens to be called augment
     if path[0] == "variants":
         return "variant"
     if path[0] == "pretrain":

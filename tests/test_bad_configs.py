@@ -126,6 +126,9 @@ CASES = [
          ("variant 'x', field 'augment'", "'flipp' (did you mean 'flip'?)")),
     Case("epochs_in_augment", with_changes(protocol={"augment": {"epochs": 3}}),
          ("protocol.augment: 'epochs' does not go here; it belongs under protocol:",)),
+    Case("typo_in_a_variant_called_augment",
+         with_changes(variants={"baseline": {"base": "cnn"}, "augment": {"base": "baseline", "widht": 8}}),
+         ("variant 'augment'", "'widht' (did you mean 'width'?)")),
     Case("unknown_top_key_no_far_fetched_hint", with_changes(top={"anchors": {"a": 1}}),
          ("top level: unknown field 'anchors'; see",)),
     Case("pool_size_without_pool", with_changes(variant={"pool": "none", "pool_size": 3}),
@@ -136,8 +139,11 @@ CASES = [
          ("variant 'x', field 'batch_size'", "20 training images of a fold (2 per class, labels_per_class)",
           "at most 20")),
     Case("labels_per_class_keeps_all", with_changes(variant={"labels_per_class": 1000}),
-         ("variant 'x', field 'labels_per_class'", "150 training images of a fold", "use fewer than 15")),
-    # (labels_per_class: 20 of 10 classes on these 150 images is valid: with unbalanced classes it keeps some)
+         ("variant 'x', field 'labels_per_class': 1000 per class keeps every training image of a fold",
+          "use fewer")),
+    Case("labels_per_class_keeps_all_of_balanced_classes", with_changes(variant={"labels_per_class": 20}),
+         ("variant 'x', field 'labels_per_class': 20 per class keeps every training image of a fold",
+          "its largest class has about 17 there")),  # digits: 150 training images, ~15 per class
     Case("subset_above_the_data", with_changes(data={"name": "digits", "subset": 100000}),
          ("data.subset: 100000 is more than the 1797 images of digits", "remove subset")),
     Case("folds_above_smallest_class", with_changes(protocol={"folds": 40}),
