@@ -16,6 +16,7 @@ import yaml
 from cnnbench.config import TRAIN_KNOBS, load_study, read_config
 from cnnbench.errors import ConfigError
 from cnnbench.knobs import AugmentKnobs, TrainKnobs
+from cnnbench.models.external import EXTERNAL_KNOBS
 
 # What "switched off" means for the knobs whose off-value is not the model's default.
 OFF = {"bn": False, "shortcut": False, "dropout": 0.0, "weight_decay": 0.0, "l1": 0.0, "activity": 0.0,
@@ -51,21 +52,29 @@ def ablate(config: str | Path, variant: str, remove: list[str], out: str | Path)
     model_defaults = {} if spec.external else get_entry(spec.arch).defaults
     raw = read_config(config)
     added = []
+    augment_knobs = list(vars(AugmentKnobs()))
     for knob in remove:
-        top = knob.split(".", 1)[0]
+        top, _, sub = knob.partition(".")
+        if sub and (top != "augment" or sub not in augment_knobs):
+            raise ConfigError(f"ablate --remove: {knob!r}: only augment has sub-knobs ({', '.join(augment_knobs)}); "
+                              "name one as augment.<name>, or a whole knob")
+        if knob in EXTERNAL_KNOBS or knob.startswith("_"):
+            raise ConfigError(f"ablate --remove: {knob!r} is an external network's setting, not a choice to switch "
+                              "off; remove a model or training knob")
         if top in TRAIN_KNOBS:
-            current = spec.train[top] if "." not in knob else spec.train["augment"][knob.split(".", 1)[1]]
+            current = spec.train[top] if not sub else spec.train["augment"][sub]
         elif knob in spec.model:
             current = spec.model[knob]
         else:
             raise ConfigError(f"ablate --remove: {knob!r} is not a knob of variant {variant!r}; its model knobs: "
-                              f"{', '.join(spec.model)}; training knobs: {', '.join(TRAIN_KNOBS)}")
+                              f"{', '.join(k for k in spec.model if not k.startswith('_'))}; training knobs: "
+                              f"{', '.join(TRAIN_KNOBS)}")
         default = (raw.get("protocol", {}).get(top, getattr(TrainKnobs(), top)) if top in TRAIN_KNOBS
                    else model_defaults.get(knob))
         off = off_value(knob, current, default)
         if off == current or (knob == "augment" and not any(current.values())):
-            raise ConfigError(f"ablate --remove: {knob!r} is already off in {variant!r} ({current!r}); "
-                              "remove only choices the full model has on")
+            raise ConfigError(f"ablate --remove: {knob!r} is already off or at its default in {variant!r} "
+                              f"({current!r}); remove only choices the full model changes")
         name = f"{variant}_no_{knob.replace('.', '_')}"
         if name in raw["variants"]:
             raise ConfigError(f"ablate: the config already has a variant {name!r}")

@@ -75,7 +75,10 @@ def test_ablate_writes_one_leave_one_out_variant_per_choice(tmp_path, capsys):
 
 @pytest.mark.parametrize("remove, message", [("colour", "'colour' is not a knob"),
                                              ("shortcut", "'shortcut' is already off"),
-                                             ("lr", "'lr' is already off"),  # at the study's own lr
+                                             ("lr", "'lr' is already off or at its default"),  # the study's lr
+                                             ("lr.flip", "only augment has sub-knobs"),
+                                             ("augment.flipp", "only augment has sub-knobs (flip, "),
+                                             ("kwargs", "an external network's setting"),
                                              ("", "no knob given"), (" , ", "no knob given"),
                                              ("bn,bn", "bn given more than once; name each knob once")])
 def test_ablate_refuses_what_it_cannot_remove(tmp_path, capsys, remove, message):
@@ -125,3 +128,20 @@ def test_an_ablation_that_would_be_invalid_leaves_nothing_behind(tmp_path, capsy
     assert out.read_text() == "# mine\n" and sorted(p.name for p in tmp_path.iterdir()) == ["o.yaml", "study.yaml"]
     assert main(["ablate", "full", "--remove", "block", "--config", str(cfg), "--out", str(cfg)]) == 2
     assert "is the input config" in capsys.readouterr().err  # not "exists; add --force"
+
+
+def test_the_draft_goes_whatever_stops_the_validation(tmp_path, monkeypatch):
+    """Not only a config error: an interrupt or any other failure while the draft is checked."""
+    import cnnbench.ablate as ablate_module
+
+    cfg = write_yaml(tmp_path / "study.yaml", tiny_study())
+    real = ablate_module.load_study
+
+    def interrupted(path, *a, **kw):
+        if str(path).endswith(".draft"):
+            raise KeyboardInterrupt
+        return real(path, *a, **kw)
+    monkeypatch.setattr(ablate_module, "load_study", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ablate_module.ablate(cfg, "batchnorm", ["bn"], tmp_path / "o.yaml")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["study.yaml"]

@@ -66,7 +66,7 @@ def timing_threads(wildcards):
 
 
 def local_gpu_check():
-    """At start, on this machine: a cuda study with training or timing jobs to run where torch sees no GPU
+    """At start, on this machine: a cuda study with training, pretraining or timing jobs to run where torch sees no GPU
     stops here, in one line, rather than in its first training job inside Snakemake's error block. The
     jobs' own test (torch.cuda.is_available: WSL2 and ROCm GPUs have no /dev/nvidia*); a run that only
     rebuilds the report needs none. (Not while parsing: a cluster run parses on a login node without
@@ -75,7 +75,7 @@ def local_gpu_check():
         return
     dag = getattr(workflow, "dag", None)
     if dag is not None and not any(
-        job.rule.name.startswith(("train", "time")) for job in dag.needrun_jobs()
+        job.rule.name.startswith(("train", "time", "pretrain")) for job in dag.needrun_jobs()
     ):
         return
     import torch
