@@ -486,14 +486,11 @@ def _check_spans(name: str, model: dict, train: dict, shape: tuple[int, int, int
                           f"{side}x{side} image out of view entirely; use a shift below {side} (4 is usual for 32x32)")
 
 
-# Share of the images in the smallest class, for the data sets the catalog knows (train split).
-_SMALLEST_CLASS_SHARE = {"mnist5k": 0.1, "digits": 174 / 1797, "mnist": 5421 / 60000, "fashion_mnist": 0.1,
-                         "kmnist": 0.1, "cifar10": 0.1, "cifar100": 0.01, "svhn": 4659 / 73257}
-
-
-# ... and in the largest class, where the split is known (stratified folds and subsets keep it)
-_LARGEST_CLASS_SHARE = {"mnist5k": 0.1, "digits": 183 / 1797, "mnist": 6742 / 60000, "fashion_mnist": 0.1,
-                        "kmnist": 0.1, "cifar10": 0.1, "cifar100": 0.01, "svhn": 13861 / 73257}
+# Shares of the images in the smallest and the largest class, for the data sets the catalog knows (train
+# split; stratified subsets and folds keep them).
+_CLASS_SHARES = {"mnist5k": (0.1, 0.1), "digits": (174 / 1797, 183 / 1797), "mnist": (5421 / 60000, 6742 / 60000),
+                 "fashion_mnist": (0.1, 0.1), "kmnist": (0.1, 0.1), "cifar10": (0.1, 0.1), "cifar100": (0.01, 0.01),
+                 "svhn": (4659 / 73257, 13861 / 73257)}
 
 
 def _largest_class_in_fold(data: dict, info, folds: int) -> int:
@@ -504,13 +501,13 @@ def _largest_class_in_fold(data: dict, info, folds: int) -> int:
     if data["name"] == "synthetic":
         share = 1 / info.num_classes  # labels are i mod classes
     else:
-        share = None if data.get("labels") else _LARGEST_CLASS_SHARE.get(data["name"])
+        share = None if data.get("labels") else _CLASS_SHARES.get(data["name"], (None, None))[1]
     return n_train if share is None else min(n_train, math.ceil(share * n_train) + 1)  # +1: stratified rounding
 
 
 def _smallest_class(name: str, n_dev: int | None) -> int | None:
     """About how many images the smallest class has (a stratified subset keeps the proportions)."""
-    share = _SMALLEST_CLASS_SHARE.get(name)
+    share = _CLASS_SHARES.get(name, (None, None))[0]
     return None if share is None or n_dev is None else math.floor(n_dev * share + 1e-9)
 
 
