@@ -66,10 +66,10 @@ def timing_threads(wildcards):
 
 
 def local_gpu_check():
-    """At start, on this machine: a cuda study with training, pretraining or timing jobs to run where torch sees no GPU
-    stops here, in one line, rather than in its first training job inside Snakemake's error block. The
-    jobs' own test (torch.cuda.is_available: WSL2 and ROCm GPUs have no /dev/nvidia*); a run that only
-    rebuilds the report needs none. (Not while parsing: a cluster run parses on a login node without
+    """At start, on this machine: a cuda study with training, pretraining or timing jobs to run where
+    torch sees no GPU stops here, in one line, rather than in its first training job inside Snakemake's
+    error block. The jobs' own test (torch.cuda.is_available: WSL2 and ROCm GPUs have no /dev/nvidia*);
+    a run that only rebuilds the report needs none. (Not while parsing: a cluster run parses on a login node without
     GPUs, and workflow.local_exec is only known once the executor is set up.)"""
     if on_cluster() or STUDY.execution["device"] != "cuda":
         return
