@@ -181,7 +181,7 @@ def _schema_message(error) -> str:
             return f"{where}: {len(error.instance)} entries are more than the upper bound of {bound}" + (
                 tail or f"; give at most {bound}")
         if error.validator == "exclusiveMaximum":
-            return f"{where}: {_short(error.instance)} must be less than {bound}"
+            return f"{where}: {_short(error.instance)} must be less than {bound}; give a number below {bound}"
         if why:
             return f"{where}: {_short(error.instance)} is above the upper bound of {bound}{tail}"
         return f"{where}: {_short(error.instance)} is more than the maximum of {bound}; use at most {bound}"

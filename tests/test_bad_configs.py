@@ -102,7 +102,7 @@ CASES = [
     # --- ranges ---
     Case("folds_1", with_changes(protocol={"folds": 1}), ("protocol.folds", "minimum of 2")),
     Case("lr_0", with_changes(protocol={"lr": 0}), ("protocol.lr", "0 must be more than 0")),
-    Case("dropout_1", with_changes(variant={"dropout": 1.0}), ("variant 'x', field 'dropout'", "1.0 must be less than 1")),
+    Case("dropout_1", with_changes(variant={"dropout": 1.0}), ("variant 'x', field 'dropout'", "1.0 must be less than 1; give a number below 1")),
     Case("momentum_negative", with_changes(variant={"momentum": -0.1}), ("variant 'x', field 'momentum'", "-0.1")),
     Case("rotate_200", with_changes(variant={"augment": {"rotate": 200}}),
          ("variant 'x', field 'augment.rotate'", "200")),
