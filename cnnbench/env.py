@@ -31,6 +31,15 @@ def nvidia_gpus_visible() -> bool:
     return bool(glob.glob("/dev/nvidia[0-9]*"))
 
 
+def snakemake_takes_priority_functions(version: str | None = None) -> bool:
+    """Whether this Snakemake evaluates a function given as a rule's priority (9.17 on). 9.15, which a
+    wheelhouse resolved against a node with packaging 26 gets (later releases want packaging<26), stops
+    with "Priority values have to be numeric": the workflow then leaves the order to Snakemake."""
+    from packaging.version import Version
+
+    return Version(version or _version("snakemake") or "0") >= Version("9.17")
+
+
 def visible_gpu_count() -> int:
     """NVIDIA GPUs this process may use, without importing torch: the device nodes, narrowed by
     CUDA_VISIBLE_DEVICES when it is set (as Slurm and users do)."""

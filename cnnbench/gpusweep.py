@@ -107,15 +107,27 @@ def run_concurrent(n: int, config: str, variant: str | None, device: str, second
 
 
 def sweep(config: str | Path, variant: str | None = None, counts=COUNTS, device: str = "cuda",
-          seconds: float = 15.0, threads: int = 1, log=None) -> dict:
-    rows = []
+          seconds: float = 15.0, threads: int = 1, log=None, deadline: float | None = None) -> dict:
+    """Aggregate img/s of 1, 2, 4, ... concurrent jobs. With a `deadline` (time.monotonic()), a job count
+    that would likely end past it is not started: the counts measured so far are the result, and the
+    ones left out are named (on an H200, 16 jobs' start-up did not fit gpu-check's limit, and the whole
+    sweep's result was lost)."""
+    rows, left_out = [], []
     for n in counts:
-        rows.append(run_concurrent(n, str(config), variant, device, seconds, threads))
+        if rows and deadline is not None and time.monotonic() + 1.5 * rows[-1]["wall_s"] > deadline:
+            left_out = [c for c in counts if c >= n]
+            if log:
+                log(f"  {', '.join(map(str, left_out))} job(s): not started, too little time left")
+            break
+        started = time.monotonic()
+        rows.append({**run_concurrent(n, str(config), variant, device, seconds, threads),
+                     "wall_s": time.monotonic() - started})
         if log:
             log(f"  {n} job(s): {rows[-1]['aggregate_img_per_s']:,.0f} img/s in all")
     best = max(rows, key=lambda r: r["aggregate_img_per_s"])
     return {"config": str(config), "variant": variant, "device": device, "seconds": seconds, "rows": rows,
-            "best_jobs_per_gpu": best["jobs"], "speedup_best_vs_1": best["aggregate_img_per_s"] / rows[0]["aggregate_img_per_s"]}
+            "left_out": left_out, "best_jobs_per_gpu": best["jobs"],
+            "speedup_best_vs_1": best["aggregate_img_per_s"] / rows[0]["aggregate_img_per_s"]}
 
 
 def format_sweep(r: dict) -> str:
@@ -130,7 +142,7 @@ def format_sweep(r: dict) -> str:
 
 
 def stacked_folds(config: str | Path, variant: str | None = None, k: int = 5, steps: int = 100,
-                  device: str = "cuda", repeats: int = 3) -> dict:
+                  device: str = "cuda", repeats: int = 3, log=None) -> dict:
     """The other way to fill a GPU: the k fold models of one variant trained as one computation
     (torch.func.stack_module_state + vmap over parameters, and each model's own batch), against the same
     k models trained one after another. img/s counts every model's images. SGD, momentum and weight decay
@@ -203,9 +215,12 @@ def stacked_folds(config: str | Path, variant: str | None = None, k: int = 5, st
         return n * bs * k / total
 
     stacked, sequential = [], []
-    for _ in range(repeats):
+    for i in range(repeats):
         sequential.append(sequential_steps(steps))
         stacked.append(stacked_steps(steps))
+        if log:
+            log(f"  repeat {i + 1}/{repeats}: {k} models one after another {sequential[-1]:,.0f} img/s, "
+                f"stacked {stacked[-1]:,.0f} img/s")
     s_med, q_med = statistics.median(stacked), statistics.median(sequential)
     return {"variant": spec.name, "k": k, "steps": steps, "device": str(dev), "stacked_img_per_s": s_med,
             "sequential_img_per_s": q_med, "ratio": s_med / q_med, "stacked_all": stacked, "sequential_all": sequential}

@@ -53,11 +53,21 @@ def test_the_study_step_runs_a_study_end_to_end_and_reads_its_results(tmp_path, 
     json.dumps(result)  # what the summary file holds
 
 
-def test_the_sweep_step_measures_concurrent_jobs_and_stacked_folds(tmp_path, monkeypatch):
+def test_the_sweep_step_measures_concurrent_jobs_then_stacked_folds_against_them(tmp_path, monkeypatch):
     monkeypatch.setattr(gpucheck, "_has_mlxtend", lambda: False)  # the small digits study: fast here
     result = gpucheck.step_sweep(REPO, tmp_path, device="cpu", counts=(1, 2))(70)
     assert set(result["aggregate_img_per_s"]) == {1, 2} and result["best_jobs_per_gpu"] in (1, 2)
-    assert result["stacked_5_folds_img_per_s"] > 0 and result["stacked_vs_best_concurrent"] > 0
+    alone = gpucheck.step_stacked(REPO, tmp_path, device="cpu", steps=3)(60)
+    assert alone["stacked_5_folds_img_per_s"] > 0 and "stacked_vs_best_concurrent" not in alone  # no sweep ran
+    (tmp_path / "steps").mkdir()
+    (tmp_path / "steps" / "concurrency-sweep.json").write_text(json.dumps(result))  # as in_child keeps it
+    stacked = gpucheck.step_stacked(REPO, tmp_path, device="cpu", steps=3)(60)
+    best = max(result["aggregate_img_per_s"].values())
+    assert stacked["stacked_vs_best_concurrent"] == pytest.approx(stacked["stacked_5_folds_img_per_s"] / best, rel=0.01)
+
+
+def test_the_sweep_tries_16_jobs_only_where_the_node_has_16_cores():
+    assert gpucheck.sweep_counts(16) == (1, 2, 4, 8, 16) and gpucheck.sweep_counts(2) == (1, 2, 4, 8)
 
 
 @pytest.mark.slow

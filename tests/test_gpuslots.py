@@ -76,6 +76,26 @@ def test_the_concurrency_sweep_runs_separate_jobs_and_sums_their_speed(tmp_path)
     assert r["best_jobs_per_gpu"] in (1, 2) and "best: execution.jobs_per_gpu" in format_sweep(r)
 
 
+def test_a_sweep_near_its_deadline_keeps_what_it_measured_and_names_what_it_left_out(monkeypatch):
+    """gpu-check gives the sweep a deadline: a job count that would likely end past it is not started,
+    and the counts already measured are still the result (on an H200 16 jobs did not fit, and all was lost)."""
+    import time
+
+    from cnnbench import gpusweep
+
+    def fake(n, *args):  # the scheduling under test, not the jobs (measured in the test above)
+        time.sleep(0.2)
+        return {"jobs": n, "aggregate_img_per_s": 100.0 * n, "per_job_img_per_s": [100.0] * n,
+                "precision": "fp32", "compile": "off"}
+
+    monkeypatch.setattr(gpusweep, "run_concurrent", fake)
+    r = gpusweep.sweep("s.yaml", counts=(1, 2, 4, 8), device="cpu", seconds=0.1,
+                       deadline=time.monotonic() + 0.6)
+    assert [row["jobs"] for row in r["rows"]] == [1, 2] and r["left_out"] == [4, 8]
+    assert r["best_jobs_per_gpu"] == 2
+    assert [row["jobs"] for row in gpusweep.sweep("s.yaml", counts=(1, 2, 4), device="cpu")["rows"]] == [1, 2, 4]
+
+
 def test_a_failing_sweep_job_is_reported(tmp_path):
     from cnnbench.gpusweep import run_concurrent
 

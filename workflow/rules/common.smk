@@ -10,7 +10,11 @@ from cnnbench.budget import check_study, detect_machine
 from cnnbench.config import AA_CONTROL, load_study
 from cnnbench.config_yaml import with_typed_overrides
 from cnnbench.errors import ConfigError
-from cnnbench.env import nvidia_gpus_visible, visible_gpu_count
+from cnnbench.env import (
+    nvidia_gpus_visible,
+    snakemake_takes_priority_functions,
+    visible_gpu_count,
+)
 from cnnbench.runner import RECORD_SCHEMA
 
 
@@ -175,8 +179,10 @@ def _cost(variant):
     return sum(r.macs for r in spec.layer_table()) * spec.train["epochs"]
 
 
-# Longest jobs first, so that the most expensive variant does not run alone at the end.
+# Longest jobs first, so that the most expensive variant does not run alone at the end. A Snakemake
+# older than 9.17 takes no function here: the same jobs then start in its own order.
 PRIORITY = {v: rank for rank, v in enumerate(sorted(STUDY.variants, key=_cost))}
+TRAIN_PRIORITY = (lambda w: PRIORITY[w.variant]) if snakemake_takes_priority_functions() else 0
 
 
 TIMED = [v for v in STUDY.variants if v != AA_CONTROL]  # the A/A control shares the baseline's network

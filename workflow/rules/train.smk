@@ -21,7 +21,7 @@ for _index, _group in enumerate(RUN_GROUPS):
             f"{RESULTS}/logs/train/{{variant}}{group_suffix(_index)}.log",
         benchmark:
             f"{RESULTS}/benchmarks/train/{{variant}}{group_suffix(_index)}.tsv"
-        priority: lambda w: PRIORITY[w.variant]
+        priority: TRAIN_PRIORITY
         conda:
             ENV
         threads: STUDY.execution["threads"]
