@@ -51,10 +51,15 @@ if TYPE_CHECKING:
 # machine's peak, so wider networks are over-estimated (width64, 16x the MACs, trains faster than 16x
 # slower).
 CPU_MACS_PER_S_PER_CORE = 3.9e10
-# CUDA, assumed (no GPU on the reference machine): one GPU in float32 with deterministic cuDNN at 1e12
-# training MACs/s, i.e. ResNet-20 on CIFAR-10 (40.8 M MACs) at ~8,000 img/s, below what current cards
-# reach on small CNNs. Jobs take one GPU each, and the default profile runs one GPU job at a time.
+# CUDA: one GPU at 1e12 training MACs/s, i.e. ResNet-20 on CIFAR-10 (40.8 M MACs) at ~8,000 img/s.
+# Measured on one H200 (bf16, README "On a GPU"): ResNet-20 at 10,690 img/s in one job (1.3e12); the
+# default study's small baseline is launch-bound, 24,400 img/s in one job (7.6e10) and 162,000 in 8
+# concurrent jobs (5.0e11), so small studies take longer than this estimate says.
 CUDA_MACS_PER_S_PER_GPU = 1e12
+# execution.jobs_per_gpu: auto = this many training jobs per GPU, fewer where the largest job's memory
+# estimate does not fit that many times into the GPU's memory. Measured on one H200 with the default
+# study's baseline: 1, 2, 4, 8 jobs gave 1, 2.0, 3.6, 6.6x one job's img/s (README); more were not measured.
+AUTO_JOBS_PER_GPU = 8
 
 BYTES_PER_VALUE = 4  # float32
 MEMORY_SAFETY = 2.0  # on model state and activations (see the module docstring)
@@ -148,6 +153,7 @@ class StudyEstimate:
     machine: Machine
     max_hours: float
     variants: dict[str, VariantEstimate] = field(default_factory=dict)
+    jobs_per_gpu: int = 1  # execution.jobs_per_gpu resolved (auto: see AUTO_JOBS_PER_GPU); 1 off the GPU
 
     @property
     def macs(self) -> float:
@@ -169,7 +175,9 @@ class StudyEstimate:
                 f"{_duration(self.hours)} of training on {self.machine.describe()}; "
                 f"limit execution.max_hours = {self.max_hours:g}\n"
                 f"cnnbench: largest training job: {peak.name!r}, ~{_gb(peak.memory_bytes)} estimated of the "
-                f"{_gb(self.machine.memory_bytes)} of {self.machine.memory_source}")
+                f"{_gb(self.machine.memory_bytes)} of {self.machine.memory_source}"
+                + (f"; {self.jobs_per_gpu} training job{'s' * (self.jobs_per_gpu != 1)} per GPU"
+                   if self.machine.device == "cuda" else ""))
 
 
 def estimate_variant(spec: VariantSpec, n_dev: int, n_test: int, folds: int, runs: int) -> VariantEstimate:
@@ -217,6 +225,7 @@ def check_study(study: Study, machine: Machine) -> StudyEstimate:
     for v in est.variants.values():
         if v.memory_bytes > machine.memory_bytes:
             raise ConfigError(_memory_message(v, study.variants[v.name], machine))
+    est = replace(est, jobs_per_gpu=resolve_jobs_per_gpu(study.execution.get("jobs_per_gpu", "auto"), est))
     if est.hours > est.max_hours:
         top = sorted(est.variants.values(), key=lambda v: -v.macs)[:3]
         biggest = ", ".join(f"{v.name} {_duration(v.macs / machine.macs_per_s / 3600)}" for v in top)
@@ -226,6 +235,25 @@ def check_study(study: Study, machine: Machine) -> StudyEstimate:
             f"{biggest}), more than max_hours = {est.max_hours:g}; reduce epochs, folds, repeats, seeds or the "
             f"number of variants, run on a GPU, or set execution.max_hours: {math.ceil(est.hours * 1.2)} to accept it")
     return est
+
+
+def resolve_jobs_per_gpu(setting: int | str, est: StudyEstimate) -> int:
+    """execution.jobs_per_gpu as a number: `auto` is AUTO_JOBS_PER_GPU, or as many of the largest job as
+    fit into the GPU's memory if fewer; a number is kept if that many of the largest job fit, else
+    refused with the number that fits. Off the GPU there is nothing to share: 1."""
+    if est.machine.device != "cuda":
+        return 1 if setting == "auto" else int(setting)
+    peak = est.peak()
+    fit = max(1, int(est.machine.memory_bytes // peak.memory_bytes))
+    if setting == "auto":
+        return min(AUTO_JOBS_PER_GPU, fit)
+    if setting * peak.memory_bytes > est.machine.memory_bytes:
+        raise ConfigError(
+            f"execution.jobs_per_gpu: {setting} jobs of the largest variant ({peak.name!r}, ~{_gb(peak.memory_bytes)} "
+            f"estimated each) need {_gb(setting * peak.memory_bytes)}, more than the {_gb(est.machine.memory_bytes)} "
+            f"of {est.machine.memory_source}; set jobs_per_gpu: {fit} (or auto), or execution.max_memory_gb if "
+            f"the GPU has more")
+    return int(setting)
 
 
 def _memory_message(v: VariantEstimate, spec: VariantSpec, machine: Machine) -> str:

@@ -49,7 +49,7 @@ AA_SEED_OFFSET = 1  # its seed offset: same folds and seeds as the baseline, ind
 
 SPLIT_DEFAULTS = {"folds": 5, "repeats": 1, "seeds": [0], "split_seed": 0}
 EXECUTION_DEFAULTS = {"device": "auto", "threads": 1, "max_hours": 24, "runs_per_job": "all",  # max_memory_gb: see budget
-                      "precision": "auto", "compile": False, "deterministic": False, "jobs_per_gpu": 1}
+                      "precision": "auto", "compile": False, "deterministic": False, "jobs_per_gpu": "auto"}
 NUMERICS = ("precision", "compile", "deterministic")  # execution settings a run's numbers depend on
 
 

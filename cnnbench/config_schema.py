@@ -163,7 +163,7 @@ def _branch_error(error):
     """For a value that fits none of a oneOf's branches, the error of the branch of its own type
     (padding: 1000 -> "above the maximum", not "not one of [same, valid] or an integer")."""
     while error.validator in ("oneOf", "anyOf") and error.context:
-        same_type = [e for e in error.context if e.validator != "type" and e.validator != "enum"]
+        same_type = [e for e in error.context if e.validator not in ("type", "enum", "const")]
         if not same_type:
             break
         error = min(same_type, key=lambda e: len(e.absolute_path))
@@ -237,6 +237,8 @@ def _schema_message(error) -> str:
         for branch in map(_deref, error.validator_value):
             if "enum" in branch:
                 options += [repr(v) for v in branch["enum"]]
+            elif "const" in branch:
+                options.append(repr(branch["const"]))
             else:
                 t = branch.get("type", "value")
                 options += [_TYPE_WORDS.get(x, x) for x in ([t] if isinstance(t, str) else t)]

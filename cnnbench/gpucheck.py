@@ -430,16 +430,17 @@ def step_functions(root: Path, work: Path, device: str) -> dict[str, Callable[[f
             "kernel suite": step_kernels(root, work)}
 
 
-def chosen_jobs_per_gpu(results: list[dict], override: int | None = None) -> tuple[int, str]:
-    """jobs_per_gpu for the timed studies, and where it came from: given, the sweep's best, or the default 1
-    (the sweep failed, was skipped or did not run), so a figure never hides which setting made it."""
+def chosen_jobs_per_gpu(results: list[dict], override: int | None = None) -> tuple[int | str, str]:
+    """jobs_per_gpu for the timed studies, and where it came from: given, the sweep's best, or the default
+    auto (the sweep failed, was skipped or did not run; the study's log says what auto came to), so a
+    figure never hides which setting made it."""
     if override is not None:
         return override, "given (--jobs-per-gpu)"
     sweep = next((r for r in results if r["step"] == "concurrency sweep"), None)
     if sweep is not None and sweep["status"] == "passed":
         return int(sweep["best_jobs_per_gpu"]), "the concurrency sweep's best"
     why = "did not run" if sweep is None else sweep["status"]
-    return 1, f"the default (the concurrency sweep {why})"
+    return "auto", f"the default (the concurrency sweep {why})"
 
 
 def _absolute_data_paths(raw: dict, base: Path) -> dict:
@@ -453,7 +454,7 @@ def _absolute_data_paths(raw: dict, base: Path) -> dict:
     return raw
 
 
-def time_study(root: Path, config: Path, folder: Path, device: str, jobs_per_gpu: int, limit: float) -> dict:
+def time_study(root: Path, config: Path, folder: Path, device: str, jobs_per_gpu: int | str, limit: float) -> dict:
     """A whole study end to end from the empty `folder` on this GPU at `jobs_per_gpu`: the figure the
     README's GPU table reports."""
     import yaml

@@ -24,6 +24,7 @@ from tests.helpers import REPO, TINY_STUDY
 
 # The reference machine of the README's timings: 2 CPU cores (memory: this host's), whatever runs the tests.
 CPU2 = B.Machine("cpu", 2, B.host_ram_bytes(), "this host's RAM", 2 * B.CPU_MACS_PER_S_PER_CORE)
+GPU16 = B.detect_machine({"device": "cuda"})  # the assumed 16 GB card
 
 
 def raw(text: str) -> str:
@@ -164,6 +165,12 @@ CASES = [
          ("variant 'x', field 'augment.brightness'", "finite")),
     Case("epochs_inf", with_changes(protocol={"epochs": raw(".inf")}), ("protocol.epochs", ".inf", "finite")),
     Case("max_hours_inf", with_changes(execution={"max_hours": raw(".inf")}), ("execution.max_hours", "finite")),
+    Case("jobs_per_gpu_word", with_changes(execution={"jobs_per_gpu": "many"}),
+         ("execution.jobs_per_gpu: 'many' is not allowed; expected 'auto' or an integer",)),
+    Case("jobs_per_gpu_quoted", with_changes(execution={"jobs_per_gpu": "8"}),
+         ("execution.jobs_per_gpu: '8' is text, not a number; write it without quotes",)),
+    Case("runs_per_job_word", with_changes(execution={"runs_per_job": "each"}),
+         ("execution.runs_per_job: 'each' is not allowed; expected 'all' or an integer",)),
     # --- keys written twice ---
     Case("duplicate_top_level", BASE_TEXT + "study: other\n", ("top level", "'study'", "written twice", "lines 1 and")),
     Case("duplicate_knob_in_variant", dup(BASE_TEXT, "    bn: true", "    bn: false"),
@@ -221,6 +228,9 @@ CASES = [
     Case("memory_limit_setting", with_changes(execution={"max_memory_gb": 0.1}),
          ("execution.max_memory_gb: variant 'baseline'", "exceeds the 100 MB of execution.max_memory_gb",
           "torch alone"), budget=CPU2),
+    Case("jobs_per_gpu_over_memory", with_changes(execution={"jobs_per_gpu": 64, "max_memory_gb": 8}),
+         ("execution.jobs_per_gpu: 64 jobs of the largest variant", "more than the 8.0 GB of execution.max_memory_gb",
+          "set jobs_per_gpu:", "(or auto)"), budget=GPU16),
     Case("max_hours", with_changes(data={"name": "mnist5k"}, protocol={"folds": 5, "epochs": 100},
                                    execution={"max_hours": 0.05}),
          ("execution.max_hours", "estimated at", "2 CPU cores", "more than max_hours = 0.05", "reduce epochs"),
@@ -443,6 +453,20 @@ def test_memory_estimate_adds_up():
                               folds=5, runs=10)
     assert adam.state_bytes == 4 * 20_490 * 4
     assert v.macs == pytest.approx(1_031_744 * (3 * 4000 * 10 + 1000 * 10) * 10)
+
+
+def test_jobs_per_gpu_auto_is_the_measured_8_where_the_largest_job_fits_8_times():
+    gpu = B.detect_machine({"device": "cuda"})
+    default = B.check_study(load_study(REPO / "config" / "config.yaml"), gpu)
+    assert default.jobs_per_gpu == B.AUTO_JOBS_PER_GPU == 8
+    assert "8 training jobs per GPU" in default.summary()
+    small = B.detect_machine({"device": "cuda", "max_memory_gb": 3})  # width64 (~1.1 GB) fits twice
+    est = B.check_study(load_study(REPO / "config" / "config.yaml"), small)
+    assert est.jobs_per_gpu == int(3e9 // est.peak().memory_bytes) == 2
+    assert B.check_study(load_study(REPO / "config" / "config.yaml"), CPU2).jobs_per_gpu == 1  # nothing to share
+    for name in ("cifar10.yaml", "cifar10-synthetic.yaml"):  # the GPU studies, on the assumed 16 GB card
+        est = B.check_study(load_study(REPO / "config" / name), gpu)
+        assert 1 <= est.jobs_per_gpu <= 8 and est.jobs_per_gpu * est.peak().memory_bytes <= gpu.memory_bytes
 
 
 def test_machine_detection():

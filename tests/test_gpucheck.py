@@ -245,8 +245,8 @@ def test_timed_studies_use_the_sweeps_best_and_say_where_the_setting_came_from()
     sweep = {"step": "concurrency sweep", "status": "passed", "best_jobs_per_gpu": 4}
     assert gpucheck.chosen_jobs_per_gpu([sweep]) == (4, "the concurrency sweep's best")
     assert gpucheck.chosen_jobs_per_gpu([sweep], override=2) == (2, "given (--jobs-per-gpu)")
-    assert gpucheck.chosen_jobs_per_gpu([{**sweep, "status": "failed"}]) == (1, "the default (the concurrency sweep failed)")
-    assert gpucheck.chosen_jobs_per_gpu([]) == (1, "the default (the concurrency sweep did not run)")
+    assert gpucheck.chosen_jobs_per_gpu([{**sweep, "status": "failed"}]) == ("auto", "the default (the concurrency sweep failed)")
+    assert gpucheck.chosen_jobs_per_gpu([]) == ("auto", "the default (the concurrency sweep did not run)")
 
 
 def test_a_crashing_step_process_is_a_failed_step_with_its_log(tmp_path):

@@ -148,7 +148,7 @@ def job_mem_mb(variant):
 # job asks the executor for one GPU (the Slurm plugin's `gpu` resource) and Slurm assigns it.
 _device = STUDY.execution["device"]
 ON_GPU = _device == "cuda" or (_device == "auto" and nvidia_gpus_visible())
-JOBS_PER_GPU = STUDY.execution["jobs_per_gpu"]
+JOBS_PER_GPU = _ESTIMATE.jobs_per_gpu  # execution.jobs_per_gpu, auto resolved (cnnbench.budget)
 
 
 def gpus_per_job(wildcards):

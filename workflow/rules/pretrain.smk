@@ -19,7 +19,7 @@ rule pretrain:
         spec=lambda w: json.dumps(STUDY.pretrain[w.name].run_dict(), sort_keys=True),
         source=lambda w: json.dumps(STUDY.pretrain_sources[w.name], sort_keys=True),
         device=STUDY.execution["device"],
-        jobs_per_gpu=STUDY.execution["jobs_per_gpu"],
+        jobs_per_gpu=JOBS_PER_GPU,
     shell:
         "cnnbench pretrain --spec {params.spec:q} --source {params.source:q} --out {output} --threads {threads} "
         "--device {params.device} --jobs-per-gpu {params.jobs_per_gpu} 2> {log}"
