@@ -244,12 +244,16 @@ def _args_gpu_sweep(sub) -> None:
 def _cmd_gpu_check(a: argparse.Namespace) -> int:
     from cnnbench.gpucheck import STEP_NAMES, format_summary, gpu_check
 
-    unknown = [s for s in a.skip if s not in STEP_NAMES]
-    if unknown:
-        raise CnnbenchError(f"gpu-check --skip: no step {unknown[0]!r}; the steps: {', '.join(STEP_NAMES)}")
+    for flag, names in (("--skip", a.skip), ("--only", a.only)):
+        unknown = [s for s in names if s not in STEP_NAMES]
+        if unknown:
+            raise CnnbenchError(f"gpu-check {flag}: no step {unknown[0]!r}; the steps: {', '.join(STEP_NAMES)}")
+    if a.skip and a.only:
+        raise CnnbenchError("gpu-check: give --skip or --only, not both")
+    skip = tuple(a.skip) if not a.only else tuple(s for s in STEP_NAMES if s not in a.only)
     code, summary = gpu_check(a.out, a.budget, work=a.work, time_studies=tuple(a.time_study),
                               study_limit_s=a.study_limit, total_s=a.total, jobs_per_gpu=a.jobs_per_gpu,
-                              skip=tuple(a.skip))
+                              skip=skip)
     print(format_summary(summary))
     return code
 
@@ -269,6 +273,9 @@ def _args_gpu_check(sub) -> None:
     s.add_argument("--jobs-per-gpu", type=_positive, help="jobs_per_gpu for --time-study (default: the sweep's best)")
     s.add_argument("--skip", action="append", default=[], metavar="STEP",
                    help="leave out a step (repeatable; quote names with spaces, e.g. --skip 'kernel suite')")
+    s.add_argument("--only", action="append", default=[], metavar="STEP",
+                   help="run only this step (repeatable): a check split over several calls, e.g. --only "
+                        "'concurrency sweep' --time-study config/config.yaml")
     s.set_defaults(func=_cmd_gpu_check)
 
 

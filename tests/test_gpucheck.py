@@ -294,3 +294,19 @@ def test_an_unknown_step_to_skip_is_refused_naming_the_steps(capsys):
     assert main(["gpu-check", "--skip", "kernels"]) == 2
     err = capsys.readouterr().err
     assert "gpu-check --skip: no step 'kernels'" in err and "kernel suite" in err and "Traceback" not in err
+
+
+def test_only_runs_the_steps_it_names_and_refuses_a_mix_with_skip(monkeypatch, capsys):
+    seen = {}
+
+    def fake(out, budget, **kw):
+        seen.update(kw)
+        return 0, {"status": "passed", "steps": [], "studies": [], "files": []}
+
+    monkeypatch.setattr(gpucheck, "gpu_check", fake)
+    assert main(["gpu-check", "--only", "concurrency sweep", "--only", "kernel suite"]) == 0
+    assert set(gpucheck.STEP_NAMES) - set(seen["skip"]) == {"concurrency sweep", "kernel suite"}
+    assert main(["gpu-check", "--only", "sweep"]) == 2
+    assert "gpu-check --only: no step 'sweep'" in capsys.readouterr().err
+    assert main(["gpu-check", "--only", "kernel suite", "--skip", "environment"]) == 2
+    assert "--skip or --only, not both" in capsys.readouterr().err
