@@ -58,7 +58,8 @@ CPU_MACS_PER_S_PER_CORE = 3.9e10
 CUDA_MACS_PER_S_PER_GPU = 1e12
 # execution.jobs_per_gpu: auto = this many training jobs per GPU, fewer where the largest job's memory
 # estimate does not fit that many times into the GPU's memory. Measured on one H200 with the default
-# study's baseline: 1, 2, 4, 8 jobs gave 1, 2.0, 3.6, 6.6x one job's img/s (README); more were not measured.
+# study's baseline: 2, 4, 8 jobs gave 1.7-2.0, 3.2-3.6, 5.9-6.6x one job's img/s in two sweeps (README);
+# more were not measured, nor other networks or cards.
 AUTO_JOBS_PER_GPU = 8
 
 BYTES_PER_VALUE = 4  # float32
@@ -110,9 +111,11 @@ def host_cores() -> int:
         return os.cpu_count() or 1
 
 
-def detect_machine(execution: dict, cores: int | None = None, gpu_visible: bool | None = None) -> Machine:
+def detect_machine(execution: dict, cores: int | None = None, gpu_visible: bool | None = None,
+                   gpu_memory_bytes: float | None = None) -> Machine:
     """The machine a study's `execution:` section will run on here. `cores`: what the workflow was given
-    (Snakemake's --cores; default every core of this host)."""
+    (Snakemake's --cores; default every core of this host). `gpu_memory_bytes`: this host's GPU memory
+    (cnnbench.env.local_gpu_memory_bytes), if known; else a DEFAULT_GPU_MEMORY_GB card is assumed."""
     device = execution.get("device", "auto")
     if device == "auto":
         if gpu_visible is None:
@@ -126,7 +129,8 @@ def detect_machine(execution: dict, cores: int | None = None, gpu_visible: bool 
         rate = CPU_MACS_PER_S_PER_CORE * workers
     else:
         workers = 1
-        memory, source = DEFAULT_GPU_MEMORY_GB * 1e9, f"a GPU (assumed {DEFAULT_GPU_MEMORY_GB:g} GB)"
+        memory, source = ((gpu_memory_bytes, "this host's GPU (nvidia-smi)") if gpu_memory_bytes else
+                          (DEFAULT_GPU_MEMORY_GB * 1e9, f"a GPU (assumed {DEFAULT_GPU_MEMORY_GB:g} GB)"))
         rate = CUDA_MACS_PER_S_PER_GPU
     return with_limits(Machine(device, workers, memory, source, rate), execution)
 

@@ -250,10 +250,9 @@ def _cmd_gpu_check(a: argparse.Namespace) -> int:
             raise CnnbenchError(f"gpu-check {flag}: no step {unknown[0]!r}; the steps: {', '.join(STEP_NAMES)}")
     if a.skip and a.only:
         raise CnnbenchError("gpu-check: give --skip or --only, not both")
-    skip = tuple(a.skip) if not a.only else tuple(s for s in STEP_NAMES if s not in a.only)
     code, summary = gpu_check(a.out, a.budget, work=a.work, time_studies=tuple(a.time_study),
                               study_limit_s=a.study_limit, total_s=a.total, jobs_per_gpu=a.jobs_per_gpu,
-                              skip=skip)
+                              skip=tuple(a.skip), only=tuple(a.only))
     print(format_summary(summary))
     return code
 

@@ -40,6 +40,19 @@ def snakemake_takes_priority_functions(version: str | None = None) -> bool:
     return Version(version or _version("snakemake") or "0") >= Version("9.17")
 
 
+def local_gpu_memory_bytes() -> float | None:
+    """Memory of the smallest NVIDIA GPU on this host, from nvidia-smi (no torch at DAG-build time), or
+    None where it cannot tell (no GPU, no nvidia-smi, a cluster's login node): the budget then assumes a
+    16 GB card. All GPUs are listed, CUDA_VISIBLE_DEVICES or not: the smallest is the safe figure."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=20, check=True).stdout
+        mib = [float(line) for line in out.split() if line.strip()]
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+    return min(mib) * 2**20 if mib else None
+
+
 def visible_gpu_count() -> int:
     """NVIDIA GPUs this process may use, without importing torch: the device nodes, narrowed by
     CUDA_VISIBLE_DEVICES when it is set (as Slurm and users do)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
 import subprocess
 import sys
 import tempfile
@@ -66,8 +67,15 @@ def worker(config: str, variant: str | None, device: str, seconds: float, thread
             "compile": num.as_dict()["compile"]}
 
 
-def run_concurrent(n: int, config: str, variant: str | None, device: str, seconds: float, threads: int) -> dict:
-    """N worker processes started together; aggregate and per-job img/s."""
+def run_concurrent(n: int, config: str, variant: str | None, device: str, seconds: float, threads: int,
+                   timeout: float | None = None) -> dict:
+    """N worker processes started together; aggregate and per-job img/s. Past `timeout` seconds (start-up
+    included) the workers are stopped and subprocess.TimeoutExpired is raised."""
+    end = None if timeout is None else time.monotonic() + timeout
+
+    def left(default: float) -> float:
+        return default if end is None else max(0.1, end - time.monotonic())
+
     cmd = [sys.executable, "-m", "cnnbench.gpusweep", "--config", str(config), "--device", device,
            "--seconds", str(seconds), "--threads", str(threads)] + (["--variant", variant] if variant else [])
     # stderr to files, not pipes: a job's warnings (compile's, say) could fill a pipe nobody reads yet
@@ -82,6 +90,8 @@ def run_concurrent(n: int, config: str, variant: str | None, device: str, second
 
     try:
         for i, p in enumerate(procs):
+            if end is not None and not select.select([p.stdout], [], [], left(0))[0]:
+                raise subprocess.TimeoutExpired(cmd, timeout)
             line = p.stdout.readline().strip()
             if line != "ready":
                 p.wait()
@@ -91,7 +101,7 @@ def run_concurrent(n: int, config: str, variant: str | None, device: str, second
             p.stdin.flush()
         results = []
         for i, p in enumerate(procs):
-            out, _ = p.communicate(timeout=seconds * 10 + 120)
+            out, _ = p.communicate(timeout=left(seconds * 10 + 120))
             if p.returncode != 0:
                 raise RuntimeError(f"a sweep job failed: {tail(i)}")
             results.append(json.loads(out.strip().splitlines()[-1]))
@@ -108,20 +118,30 @@ def run_concurrent(n: int, config: str, variant: str | None, device: str, second
 
 def sweep(config: str | Path, variant: str | None = None, counts=COUNTS, device: str = "cuda",
           seconds: float = 15.0, threads: int = 1, log=None, deadline: float | None = None) -> dict:
-    """Aggregate img/s of 1, 2, 4, ... concurrent jobs. With a `deadline` (time.monotonic()), a job count
-    that would likely end past it is not started: the counts measured so far are the result, and the
-    ones left out are named (on an H200, 16 jobs' start-up did not fit gpu-check's limit, and the whole
-    sweep's result was lost)."""
+    """Aggregate img/s of 1, 2, 4, ... concurrent jobs. With a `deadline` (time.monotonic()), the counts
+    measured before it are the result and the ones left out are named (on an H200, 16 jobs ran past
+    gpu-check's limit, and the sweep's whole result was lost): a count is not started when 1.5x the
+    previous count's wall time would pass the deadline, and one that runs past it is stopped. Only a
+    first count that cannot finish in time is an error."""
     rows, left_out = [], []
     for n in counts:
-        if rows and deadline is not None and time.monotonic() + 1.5 * rows[-1]["wall_s"] > deadline:
+        now = time.monotonic()
+        if rows and deadline is not None and now + 1.5 * rows[-1]["wall_s"] > deadline:
             left_out = [c for c in counts if c >= n]
             if log:
                 log(f"  {', '.join(map(str, left_out))} job(s): not started, too little time left")
             break
-        started = time.monotonic()
-        rows.append({**run_concurrent(n, str(config), variant, device, seconds, threads),
-                     "wall_s": time.monotonic() - started})
+        try:
+            row = run_concurrent(n, str(config), variant, device, seconds, threads,
+                                 timeout=None if deadline is None else deadline - now)
+        except subprocess.TimeoutExpired:
+            if not rows:
+                raise RuntimeError(f"the sweep's first count ({n} job(s)) did not finish before its deadline") from None
+            left_out = [c for c in counts if c >= n]
+            if log:
+                log(f"  {n} job(s): stopped at the deadline; left out: {', '.join(map(str, left_out))}")
+            break
+        rows.append({**row, "wall_s": time.monotonic() - now})
         if log:
             log(f"  {n} job(s): {rows[-1]['aggregate_img_per_s']:,.0f} img/s in all")
     best = max(rows, key=lambda r: r["aggregate_img_per_s"])

@@ -64,6 +64,9 @@ def test_the_sweep_step_measures_concurrent_jobs_then_stacked_folds_against_them
     stacked = gpucheck.step_stacked(REPO, tmp_path, device="cpu", steps=3)(60)
     best = max(result["aggregate_img_per_s"].values())
     assert stacked["stacked_vs_best_concurrent"] == pytest.approx(stacked["stacked_5_folds_img_per_s"] / best, rel=0.01)
+    (tmp_path / "steps" / "concurrency-sweep.json").write_text(json.dumps({"status": "failed", "why": "x"}))
+    after_failed = gpucheck.step_stacked(REPO, tmp_path, device="cpu", steps=3)(60)  # its own figure still counts
+    assert after_failed["stacked_5_folds_img_per_s"] > 0 and "stacked_vs_best_concurrent" not in after_failed
 
 
 def test_the_sweep_tries_16_jobs_only_where_the_node_has_16_cores():
@@ -305,8 +308,16 @@ def test_only_runs_the_steps_it_names_and_refuses_a_mix_with_skip(monkeypatch, c
 
     monkeypatch.setattr(gpucheck, "gpu_check", fake)
     assert main(["gpu-check", "--only", "concurrency sweep", "--only", "kernel suite"]) == 0
-    assert set(gpucheck.STEP_NAMES) - set(seen["skip"]) == {"concurrency sweep", "kernel suite"}
+    assert seen["only"] == ("concurrency sweep", "kernel suite") and seen["skip"] == ()
     assert main(["gpu-check", "--only", "sweep"]) == 2
     assert "gpu-check --only: no step 'sweep'" in capsys.readouterr().err
     assert main(["gpu-check", "--only", "kernel suite", "--skip", "environment"]) == 2
     assert "--skip or --only, not both" in capsys.readouterr().err
+
+
+def test_steps_left_out_by_only_say_so(tmp_path):
+    code, summary = gpucheck.gpu_check(tmp_path / "out" / "summary.json", budget_s=120, log=lambda m: None,
+                                       work=tmp_path / "work", device="cpu", only=("environment",))
+    status = {s["step"]: (s["status"], s.get("why")) for s in summary["steps"]}
+    assert code == 0 and status["environment"][0] == "passed"
+    assert all(v == ("skipped", "not in --only") for k, v in status.items() if k != "environment")

@@ -77,23 +77,59 @@ def test_the_concurrency_sweep_runs_separate_jobs_and_sums_their_speed(tmp_path)
 
 
 def test_a_sweep_near_its_deadline_keeps_what_it_measured_and_names_what_it_left_out(monkeypatch):
-    """gpu-check gives the sweep a deadline: a job count that would likely end past it is not started,
-    and the counts already measured are still the result (on an H200 16 jobs did not fit, and all was lost)."""
-    import time
+    """gpu-check gives the sweep a deadline (on an H200 16 jobs ran past it, and all was lost): a count
+    that would likely end past it is not started, one that runs past it is stopped, and the counts
+    already measured are the result. A fake clock: a count takes 10 s, 25 s from 4 jobs on."""
+    import subprocess
+    import types
 
     from cnnbench import gpusweep
 
-    def fake(n, *args):  # the scheduling under test, not the jobs (measured in the test above)
-        time.sleep(0.2)
+    clock = [0.0]
+    calls = []
+
+    def fake(n, config, variant, device, seconds, threads, timeout=None):  # the scheduling under test
+        calls.append((n, timeout))
+        cost = 10.0 if n < 4 else 25.0
+        if timeout is not None and cost > timeout:
+            clock[0] += timeout
+            raise subprocess.TimeoutExpired("sweep", timeout)
+        clock[0] += cost
         return {"jobs": n, "aggregate_img_per_s": 100.0 * n, "per_job_img_per_s": [100.0] * n,
                 "precision": "fp32", "compile": "off"}
 
+    def sweep(deadline):
+        clock[0] = 0.0
+        calls.clear()
+        return gpusweep.sweep("s.yaml", counts=(1, 2, 4, 8), device="cpu", deadline=deadline)
+
     monkeypatch.setattr(gpusweep, "run_concurrent", fake)
-    r = gpusweep.sweep("s.yaml", counts=(1, 2, 4, 8), device="cpu", seconds=0.1,
-                       deadline=time.monotonic() + 0.6)
-    assert [row["jobs"] for row in r["rows"]] == [1, 2] and r["left_out"] == [4, 8]
-    assert r["best_jobs_per_gpu"] == 2
-    assert [row["jobs"] for row in gpusweep.sweep("s.yaml", counts=(1, 2, 4), device="cpu")["rows"]] == [1, 2, 4]
+    monkeypatch.setattr(gpusweep, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    # at 20 s, 4 jobs would need ~1.5 x 10 s: past a 30-s deadline, so not started
+    r = sweep(30.0)
+    assert [row["jobs"] for row in r["rows"]] == [1, 2] and r["left_out"] == [4, 8] and len(calls) == 2
+    assert r["best_jobs_per_gpu"] == 2 and [row["wall_s"] for row in r["rows"]] == [10.0, 10.0]
+    # with 40 s, 4 jobs start with the 20 s that are left, run past them and are stopped
+    r = sweep(40.0)
+    assert [row["jobs"] for row in r["rows"]] == [1, 2] and r["left_out"] == [4, 8] and calls[-1] == (4, 20.0)
+    with pytest.raises(RuntimeError, match="first count"):
+        sweep(5.0)
+    assert [row["jobs"] for row in sweep(None)["rows"]] == [1, 2, 4, 8] and all(t is None for _, t in calls)
+
+
+def test_sweep_jobs_past_their_timeout_are_stopped(tmp_path):
+    """The real workers: a timeout shorter than their start-up (importing torch) stops them all."""
+    import subprocess
+    import time
+
+    from cnnbench.gpusweep import run_concurrent
+    from tests.helpers import tiny_study, write_yaml
+
+    cfg = write_yaml(tmp_path / "s.yaml", tiny_study())
+    started = time.monotonic()
+    with pytest.raises(subprocess.TimeoutExpired):
+        run_concurrent(2, str(cfg), None, "cpu", 30.0, 1, timeout=0.5)
+    assert time.monotonic() - started < 10
 
 
 def test_a_failing_sweep_job_is_reported(tmp_path):

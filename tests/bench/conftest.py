@@ -11,8 +11,8 @@ import pytest
 def pytest_configure(config):
     """`--benchmark-json results/bench/mine.json` (the README's command) on a fresh clone: pytest-benchmark
     writes the file only after every benchmark has run, and crashed then on the missing folder, losing
-    the results. The folder is made first. (pytest-benchmark releases that open the file when parsing the
-    option, as the H200 image's did, hand over a file object: its folder already exists.)"""
+    the results. The folder is made first. (Releases that open the file while parsing the option, as the
+    H200 image's did, hand over a file object; with those the folder must exist before pytest starts.)"""
     path = config.getoption("benchmark_json", default=None)
     if isinstance(path, (str, os.PathLike)):
         Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ from cnnbench.config import AA_CONTROL, load_study
 from cnnbench.config_yaml import with_typed_overrides
 from cnnbench.errors import ConfigError
 from cnnbench.env import (
+    local_gpu_memory_bytes,
     nvidia_gpus_visible,
     snakemake_takes_priority_functions,
     visible_gpu_count,
@@ -39,7 +40,15 @@ try:
         files=workflow.configfiles,
     )
     try:
-        _ESTIMATE = check_study(STUDY, detect_machine(STUDY.execution, cores=_workflow_cores()))
+        # the GPU memory of the host that runs Snakemake, where nvidia-smi tells (else 16 GB assumed)
+        _ESTIMATE = check_study(
+            STUDY,
+            detect_machine(
+                STUDY.execution,
+                cores=_workflow_cores(),
+                gpu_memory_bytes=local_gpu_memory_bytes() if nvidia_gpus_visible() else None,
+            ),
+        )
     except ConfigError as e:
         raise ConfigError(f"{_CONFIGFILE}: {e}") from None
 except ConfigError as e:
