@@ -101,9 +101,10 @@ def _cmd_time(a: argparse.Namespace) -> None:
     t = time_variant(spec, data_path=a.data, splits_path=a.splits, device=a.device, threads=a.threads,
                      jobs_per_gpu=a.jobs_per_gpu)
     write_json(a.out, t)
+    phases = ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in t["phases_s"].items())
     print(f"[{spec.study}/{spec.name}] measured alone: {t['train_img_per_s']:,.0f} img/s "
           f"(IQR {t['train_img_per_s_iqr']:,.0f}), {t['epoch_time_s']:.2f} s/epoch, latency b=1 "
-          f"{t['latency_b1_ms']:.3f} ms -> {a.out}", file=sys.stderr)
+          f"{t['latency_b1_ms']:.3f} ms -> {a.out} (job: {phases})", file=sys.stderr)
 
 
 def _args_time(sub) -> None:

@@ -472,13 +472,40 @@ def time_study(root: Path, config: Path, folder: Path, device: str, jobs_per_gpu
         code, seconds = run_study(root, derived, folder, limit)
     except subprocess.TimeoutExpired:
         return {**base, "status": "failed", "why": f"did not finish in {limit:.0f} s (stopped)",
-                "log_tail": _tail(folder / "snakemake.log")}
+                "where_the_time_went": study_breakdown(folder), "log_tail": _tail(folder / "snakemake.log")}
+    base["where_the_time_went"] = study_breakdown(folder)
     reports = sorted(folder.glob("reports/*/index.html"))
     if code != 0 or not reports:
         return {**base, "status": "failed", "why": f"snakemake exited with {code}",
                 "log_tail": _tail(folder / "snakemake.log")}
     return {**base, "status": "passed", "seconds_end_to_end": round(seconds, 1),
             "artifacts": {f"{folder.name}-report.html": str(reports[0])}}
+
+
+def study_breakdown(folder: Path) -> dict:
+    """Where a timed study's time went, from what its jobs left (a stopped study too): each kind of job's
+    count and wall times (Snakemake's benchmark files), and the timing jobs' phases (cnnbench.timing)."""
+    out: dict = {}
+    for kind in ("train", "time"):
+        walls = []
+        for path in sorted(folder.glob(f"results/*/benchmarks/{kind}/*.tsv")):
+            try:
+                walls.append(float(path.read_text().splitlines()[-1].split("\t")[0]))
+            except (OSError, IndexError, ValueError):
+                continue
+        if walls:
+            out[f"{kind}_jobs"] = {"finished": len(walls), "sum_s": round(sum(walls), 1),
+                                   "mean_s": round(sum(walls) / len(walls), 1), "max_s": round(max(walls), 1)}
+    phases: dict[str, list[float]] = {}
+    for path in sorted(folder.glob("results/*/timing/*.json")):
+        try:
+            for k, v in json.loads(path.read_text()).get("phases_s", {}).items():
+                phases.setdefault(k, []).append(v)
+        except (OSError, ValueError):
+            continue
+    if phases:
+        out["timing_job_phases_mean_s"] = {k: round(sum(v) / len(v), 2) for k, v in phases.items()}
+    return out
 
 
 def gpu_check(out: str | Path = "gpu-check/summary.json", budget_s: float = BUDGET_S,

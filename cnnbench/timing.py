@@ -38,20 +38,45 @@ def time_variant(spec: VariantSpec, *, data_path: str | Path, splits_path: str |
     from cnnbench.runtime import start_job
     from cnnbench.train import labels_per_class
 
+    phases = {"start_up": time.time() - process_started()}  # interpreter and imports, before this call
+    mark = time.perf_counter()
+
+    def phase(name: str) -> None:
+        nonlocal mark
+        phases[name] = time.perf_counter() - mark
+        mark = time.perf_counter()
+
     dev, gpu_slot = start_job(device, threads, jobs_per_gpu, deterministic=spec.numerics.get("deterministic", False),
                               exclusive=True, log=lambda m: print(m, file=sys.stderr))
+    phase("device")
     images = load_cache(data_path)
     train_idx, val_idx = load_fold(splits_path, 0, images.y)
+    phase("data")
     window_start = time.time()
     # the images the runs train on (labels_per_class: a few per class), so the epoch time is theirs
     trained = labels_per_class(train_idx, images.y, spec.train.get("labels_per_class"))
     speed = training_speed(spec, images, trained, dev, repeats)  # also warms the process up
+    phase("speed_and_latency")
     memory = training_memory(spec, images, train_idx, val_idx, dev)  # (fit draws the same subset itself)
+    phase("memory")
     return {"study": spec.study, "variant": spec.name, "spec_hash": spec.spec_hash, **speed,
             "train_mb": memory["train_mb"], "memory_kind": memory["kind"],
+            # where the job's time went: on a GPU the measured part is a fraction of each timing job, and
+            # timing jobs run one after another (each holds the GPU)
+            "phases_s": {k: round(v, 3) for k, v in phases.items()},
             "window": [window_start, time.time()],  # unix seconds: when the machine was held for this
             "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "env": {**environment(dev), **({"gpu_slot": gpu_slot} if gpu_slot else {})}}
+
+
+def process_started() -> float:
+    """This process's start, unix seconds (psutil, a Snakemake dependency; now if unavailable)."""
+    try:
+        import psutil
+
+        return psutil.Process().create_time()
+    except Exception:  # a missing figure, not a failed measurement
+        return time.time()
 
 
 def training_speed(spec: VariantSpec, images, train_idx: np.ndarray, dev, repeats: int) -> dict:

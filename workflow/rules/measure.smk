@@ -9,6 +9,8 @@ rule time:
         f"{RESULTS}/timing/{{variant}}.json",
     log:
         f"{RESULTS}/logs/time/{{variant}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/time/{{variant}}.tsv"
     conda:
         ENV
     threads: timing_threads
