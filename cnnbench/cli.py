@@ -171,8 +171,8 @@ def _args_describe(sub) -> None:
     s = sub.add_parser("describe", help="layer table (shapes, params, MACs, receptive field) of a variant or model")
     s.add_argument("name", help="a variant of --config, or a registered model")
     s.add_argument("--config", help="study config (default: config/config.yaml when it exists)")
-    s.add_argument("--input", type=_ints, help="input shape C,H,W or CxHxW (models only; default 1x28x28)")
-    s.add_argument("--classes", type=_positive, help="number of classes (models only; default 10)")
+    s.add_argument("--input", type=_ints, help="input shape C,H,W or CxHxW (default: the study's, or 1x28x28 for a model)")
+    s.add_argument("--classes", type=_positive, help="number of classes (default: the study's, or 10 for a model)")
     s.set_defaults(func=_cmd_describe)
 
 

@@ -24,17 +24,25 @@ def describe(name: str, config: str | Path | None = None, input_shape: tuple[int
         if name not in study.variants and not is_model(name):
             raise ConfigError(f"{config}: no variant {name!r}; variants: {', '.join(study.variants)}; "
                               f"models: {', '.join(list_models())}")
+    if input_shape is not None and len(input_shape) != 3:
+        raise ConfigError("--input: give channels, height and width, e.g. 3x32x32")
     if study is not None and name in study.variants:
         spec = study.variants[name]
         changes = study.changes(name)
         title = (f"variant {name!r} of study {study.name!r} (base chain: {' <- '.join(spec.chain)} <- {spec.arch})"
                  + (f"\nchanges vs {study.baseline}: {'; '.join(changes)}" if changes else ""))
+        if input_shape or num_classes:  # the variant on other images: what it would build there
+            from dataclasses import replace
+
+            asked = replace(spec, input_shape=tuple(input_shape or spec.input_shape),
+                            num_classes=num_classes or spec.num_classes)
+            title += (f"\nshown on {_shape(asked.input_shape)} images, {asked.num_classes} classes "
+                      f"(--input/--classes; the study's: {_shape(spec.input_shape)}, {spec.num_classes})")
+            spec = asked
         if spec.external:
             title += ("\nan external network: shapes and parameters from a forward pass with hooks; MACs of "
                       "convolutions and linear layers only; receptive fields not available")
         return title + "\n" + format_table(spec.layer_table(), spec.input_shape, rf_known=not spec.external)
-    if input_shape is not None and len(input_shape) != 3:
-        raise ConfigError("--input: give channels, height and width, e.g. 3x32x32")
     if study is not None:  # a model named with --config: on that study's images and classes
         some = next(iter(study.variants.values()))
         input_shape, num_classes = input_shape or some.input_shape, num_classes or some.num_classes

@@ -47,6 +47,16 @@ def test_describe_with_a_config_prefers_its_variant_and_uses_its_images(tmp_path
     assert out.startswith("model 'cnn'") and " 1x8x8 " in out and " 1x28x28 " not in out  # digits: 8x8
 
 
+def test_describe_a_variant_on_other_images_says_so(capsys):
+    """--input and --classes with a variant were ignored: the study's 1x28x28 table came back (trial)."""
+    assert main(["describe", "baseline", "--input", "3x32x32", "--classes", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "shown on 3x32x32 images, 100 classes (--input/--classes; the study's: 1x28x28, 10)" in out
+    assert "16x32x32" in out and "16x28x28" not in out
+    assert main(["describe", "stride2", "--input", "1x4x4"]) == 2
+    assert "shrinks below 1x1" in capsys.readouterr().err
+
+
 def test_errors_are_one_line_without_traceback(tmp_path):
     bad = write_yaml(tmp_path / "bad.yaml", tiny_study(variants={"baseline": {"base": "cnn", "pool": "mean"}}))
     out = cli("describe", "baseline", "--config", str(bad))
