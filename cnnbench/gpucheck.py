@@ -359,13 +359,22 @@ def sweep_counts(cpus: int | None = None) -> tuple[int, ...]:
     return (1, 2, 4, 8, 16) if cpus >= 16 else (1, 2, 4, 8)
 
 
+SWEEP_START_S = 25  # per job count: the workers' start-up and warm-up (~20 s on the H200 at 1-8 jobs)
+
+
+def sweep_seconds(limit: float, counts: int) -> float:
+    """Seconds each job count trains for, so that all counts with their start-up fit the step's limit:
+    on the H200 1-8 jobs at 7 s each with ~20 s of start-up each filled 110 s, and 16 did not fit."""
+    return max(1.0, min(10.0, (limit - SWEEP_START_S * counts) / counts))
+
+
 def step_sweep(root: Path, out_dir: Path, device: str = "cuda", counts: tuple[int, ...] | None = None
                ) -> Callable[[float], dict]:
     def run(limit: float) -> dict:
         from cnnbench.gpusweep import sweep
 
         jobs = counts or sweep_counts()
-        seconds = max(1.0, min(10.0, (limit - 40) / len(jobs) / 2))  # start-up and warm-up included
+        seconds = sweep_seconds(limit, len(jobs))
         progress = lambda m: print(m, flush=True)  # noqa: E731 - the step's log: a stopped sweep shows how far it got
         r = sweep(_sweep_config(root, out_dir, device), counts=jobs, device=device, seconds=seconds, log=progress,
                   deadline=time.monotonic() + limit - 5)
@@ -412,7 +421,7 @@ def _has_mlxtend() -> bool:
 # compiles), so a budget running short skips the least; a step left less than its minimum is skipped
 # rather than run to a certain time-out
 STEPS = (("environment", 45, 15), ("determinism", 75, 30), ("loop benchmark eager", 60, 30),
-         ("concurrency sweep", 110, 80), ("cuda tests", 150, 60), ("loop benchmark compiled", 100, 60),
+         ("concurrency sweep", 150, 80), ("cuda tests", 150, 60), ("loop benchmark compiled", 100, 60),
          ("study end to end", 150, 90), ("loop benchmark resnet20", 100, 60), ("kernel suite", 75, 45),
          ("stacked folds", 60, 30))
 STEP_NAMES = tuple(name for name, _, _ in STEPS)

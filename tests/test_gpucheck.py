@@ -74,6 +74,13 @@ def test_the_sweep_tries_16_jobs_only_where_the_node_has_16_cores():
     assert gpucheck.sweep_counts(16) == (1, 2, 4, 8, 16) and gpucheck.sweep_counts(2) == (1, 2, 4, 8)
 
 
+def test_each_job_count_trains_for_what_leaves_room_for_every_counts_start_up():
+    limit = dict((n, lim) for n, lim, _ in gpucheck.STEPS)["concurrency sweep"]
+    seconds = gpucheck.sweep_seconds(limit, 5)  # 1, 2, 4, 8 and 16 jobs
+    assert 3 <= seconds and 5 * (seconds + gpucheck.SWEEP_START_S) <= limit
+    assert gpucheck.sweep_seconds(70, 2) == 10.0 and gpucheck.sweep_seconds(30, 4) == 1.0  # clamped
+
+
 @pytest.mark.slow
 def test_the_loop_step_compares_compiled_and_eager_loops_with_the_tuned_one(tmp_path):
     (tmp_path / "steps").mkdir()
