@@ -81,7 +81,8 @@ def load_records(paths: Iterable[str | Path], data_path: str | Path | None = Non
         _quarantine(bad)
         first, why = bad[0]
         raise CnnbenchError(f"{len(bad)} run record(s) unusable, e.g. {why}; moved to "
-                            f"{first.parents[2] / 'quarantine'}; run snakemake again: it retrains only these runs")
+                            f"{first.parents[2] / 'quarantine'}; run snakemake again: it restores only these runs "
+                            "from the run store, or retrains those whose stored copy is unusable too")
     return [records[p] for p in paths]
 
 
@@ -187,13 +188,41 @@ def predictions_table(records: list[dict], split_path: str | Path, labels) -> pd
     return df.assign(correct=df["true"] == df["pred"])
 
 
+TIMING_KEYS = ("variant", "train_img_per_s", "epoch_time_s", "latency_b1_ms", "env")
+
+
+def read_timing(path: Path) -> dict:
+    t = read_json(path, "timing record")
+    missing = [k for k in TIMING_KEYS if not isinstance(t, dict) or k not in t]
+    if missing:
+        raise CnnbenchError(f"{path}: a timing record without {', '.join(missing)}; the file was changed or cut short")
+    return t
+
+
 def timing_table(paths: Iterable[str | Path]) -> pd.DataFrame:
-    """One row per variant: speed measured alone (cnnbench.timing), with the device it ran on."""
-    rows = []
-    for path in paths:
-        t = read_json(path)
+    """One row per variant: speed measured alone (cnnbench.timing), with the device it ran on. Unusable
+    records are moved aside to `quarantine/timing/` and named in one error, so the next `snakemake`
+    times exactly those variants again (a corrupt file left in place was trusted by Snakemake as done)."""
+    import shutil
+
+    rows, bad = [], []
+    for path in map(Path, paths):
+        try:
+            t = read_timing(path)
+        except CnnbenchError as e:
+            bad.append((path, str(e)))
+            continue
         rows.append({**{k: v for k, v in t.items() if not isinstance(v, (dict, list))}, **t.get("numerics", {}),
                      "device_name": t["env"].get("device_name"), "threads": t["env"].get("threads")})
+    if bad:
+        for path, _ in bad:  # results/<study>/timing/<variant>.json
+            target = path.parents[1] / "quarantine" / "timing" / path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if path.exists():
+                shutil.move(path, target)
+        raise CnnbenchError(f"{len(bad)} timing record(s) unusable, e.g. {bad[0][1]}; moved to "
+                            f"{bad[0][0].parents[1] / 'quarantine' / 'timing'}; run snakemake again: it times only "
+                            "these variants again")
     return pd.DataFrame(rows) if rows else pd.DataFrame(columns=["variant"])
 
 

@@ -113,6 +113,36 @@ def test_a_truncated_record_is_named_moved_aside_and_healed(uninterrupted, tmp_p
     assert run_numbers(workdir) == run_numbers(uninterrupted)
 
 
+def test_a_truncated_timing_record_is_moved_aside_and_measured_again_alone(uninterrupted, tmp_path):
+    """A trial: a cut-short timing file failed collect, Snakemake deleted collect's tables with it, and
+    every later run said 'Nothing to be done' over a stale report and the corrupt file."""
+    import shutil
+
+    workdir = tmp_path / "study"
+    shutil.copytree(uninterrupted, workdir, symlinks=True)
+    timing = workdir / RESULTS / "timing" / "baseline.json"
+    timing.write_text(timing.read_text()[:200])
+    report = workdir / "reports" / "crash" / "index.html"
+    report_before = report.stat().st_mtime_ns
+
+    out = snakemake(workdir)
+    text = out.stdout + out.stderr
+    assert out.returncode != 0 and "timing record(s) unusable" in text and "baseline.json" in text
+    assert "it times only these variants again" in text and "Traceback" not in text
+    assert (workdir / RESULTS / "quarantine" / "timing" / "baseline.json").exists() and not timing.exists()
+
+    out = snakemake(workdir)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "rule train" not in out.stdout + out.stderr  # nothing retrained: only timed, collected, reported
+    assert timing.is_file() and (workdir / RESULTS / "runs.parquet").is_file()
+    assert report.stat().st_mtime_ns > report_before
+    assert run_numbers(workdir) == run_numbers(uninterrupted)
+    lost = workdir / RESULTS / "runs.parquet"  # a table lost by hand (or with a failed collect) is made again
+    lost.unlink()
+    out = snakemake(workdir)
+    assert out.returncode == 0 and lost.is_file(), out.stdout + out.stderr
+
+
 def test_a_deleted_record_is_retrained_alone(uninterrupted, tmp_path):
     import shutil
 
