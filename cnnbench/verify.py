@@ -53,8 +53,9 @@ def verify(record_path: str | Path, data: str | Path | None = None, splits: str 
             raise CnnbenchError(f"{record_path}: not inside results/<study>/runs/<variant>/, so the data cache and "
                                 "split it used are unknown; pass --data and --splits")
         study_dir = parents[2]
-        data = Path(data or study_dir / "data.npz")
-        splits = Path(splits or study_dir / "splits.json")
+        data = data or study_dir / "data.npz"
+        splits = splits or study_dir / "splits.json"
+    data, splits = Path(data), Path(splits)
     for path, key in ((data, "data_sha256"), (splits, "split_sha256")):
         if not path.exists():
             raise CnnbenchError(f"{path}: not found; pass --data/--splits with the files this run used, or run the "

@@ -88,6 +88,21 @@ def test_a_code_change_fails(recorded, monkeypatch):
     assert not verdict.match and "epoch 1" in str(verdict)
 
 
+def test_a_record_outside_its_study_folder_verifies_with_data_and_splits_given(recorded, tmp_path, capsys):
+    """What the 'not inside results/<study>/runs/' error tells a user to do crashed on the CLI's strings
+    (a trial: AttributeError: 'str' object has no attribute 'exists')."""
+    from cnnbench.cli import main
+
+    copy = tmp_path / "mine.json"
+    copy.write_text(recorded.read_text())
+    study_dir = recorded.parents[2]
+    assert main(["verify", str(copy)]) == 2
+    assert "pass --data and --splits" in capsys.readouterr().err
+    assert main(["verify", str(copy), "--data", str(study_dir / "data.npz"),
+                 "--splits", str(study_dir / "splits.json")]) == 0
+    assert "MATCH" in capsys.readouterr().out
+
+
 def test_other_inputs_are_refused(recorded, tmp_path):
     from cnnbench.errors import CnnbenchError
 
