@@ -219,9 +219,16 @@ def _args_loop_bench(sub) -> None:
 
 
 def _cmd_gpu_sweep(a: argparse.Namespace) -> None:
+    from cnnbench.gpucheck import no_gpu_reason
     from cnnbench.gpusweep import format_sweep, sweep
 
-    r = sweep(a.config, a.variant, a.jobs, a.device, a.seconds, a.threads,
+    device = a.device
+    if device == "auto":
+        device = "cpu" if no_gpu_reason() else "cuda"
+    elif device == "cuda" and (why := no_gpu_reason()):
+        raise CnnbenchError(f"gpu-sweep: no CUDA GPU here ({why}); run it on the GPU node, or pass --device cpu "
+                            "to try the mechanics on the CPU")
+    r = sweep(a.config, a.variant, a.jobs, device, a.seconds, a.threads,
               log=lambda m: print(m, file=sys.stderr, flush=True))
     print(format_sweep(r))
     if a.json:
@@ -235,7 +242,8 @@ def _args_gpu_sweep(sub) -> None:
     s.add_argument("--config", default="config/config.yaml")
     s.add_argument("--variant", help="variant to train (default: the study's baseline)")
     s.add_argument("--jobs", type=_positive, nargs="+", default=[1, 2, 4, 8], help="concurrent job counts")
-    s.add_argument("--device", default="cuda", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--device", default="cuda", choices=["auto", "cpu", "cuda"],
+                   help="cuda (default: what the sweep is for), cpu (its mechanics only), auto (cuda if present)")
     s.add_argument("--seconds", type=_positive_number, default=15.0, help="timed seconds per job count")
     s.add_argument("--threads", type=_positive, default=1, help="torch threads per job")
     s.add_argument("--json", help="also write the result to this JSON file")

@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from cnnbench.errors import CnnbenchError
+
 COUNTS = (1, 2, 4, 8)
 CHUNK_STEPS = 20  # optimiser steps between clock checks (train_epoch synchronises at its end)
 
@@ -84,9 +86,10 @@ def run_concurrent(n: int, config: str, variant: str | None, device: str, second
                               stderr=errs[i], text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
              for i in range(n)]
 
-    def tail(i: int) -> str:
+    def tail(i: int) -> str:  # the worker's own last line (its error), not its traceback
         errs[i].seek(0)
-        return errs[i].read().strip()[-500:]
+        lines = errs[i].read().strip().splitlines()
+        return lines[-1][-500:] if lines else "(nothing on its stderr)"
 
     try:
         for i, p in enumerate(procs):
@@ -95,7 +98,7 @@ def run_concurrent(n: int, config: str, variant: str | None, device: str, second
             line = p.stdout.readline().strip()
             if line != "ready":
                 p.wait()
-                raise RuntimeError(f"a sweep job failed before it started: {tail(i)}")
+                raise CnnbenchError(f"a sweep job failed before it started: {tail(i)}")
         for p in procs:  # go, all at once
             p.stdin.write("go\n")
             p.stdin.flush()
@@ -103,7 +106,7 @@ def run_concurrent(n: int, config: str, variant: str | None, device: str, second
         for i, p in enumerate(procs):
             out, _ = p.communicate(timeout=left(seconds * 10 + 120))
             if p.returncode != 0:
-                raise RuntimeError(f"a sweep job failed: {tail(i)}")
+                raise CnnbenchError(f"a sweep job failed: {tail(i)}")
             results.append(json.loads(out.strip().splitlines()[-1]))
     finally:
         for p in procs:
@@ -157,7 +160,11 @@ def format_sweep(r: dict) -> str:
     for row in r["rows"]:
         lines.append(f"  {row['jobs']} job(s): {row['aggregate_img_per_s']:10,.0f} img/s in all "
                      f"({row['aggregate_img_per_s'] / base:.2f}x one job)")
-    lines.append(f"  best: execution.jobs_per_gpu: {r['best_jobs_per_gpu']} ({r['speedup_best_vs_1']:.2f}x)")
+    if r["device"] == "cuda":
+        lines.append(f"  best: execution.jobs_per_gpu: {r['best_jobs_per_gpu']} ({r['speedup_best_vs_1']:.2f}x)")
+    else:  # jobs_per_gpu is a GPU setting: a CPU sweep only shows the mechanics
+        lines.append(f"  best: {r['best_jobs_per_gpu']} jobs ({r['speedup_best_vs_1']:.2f}x); measured on the "
+                     f"{r['device']}, so no execution.jobs_per_gpu advice (run it with --device cuda on the GPU)")
     return "\n".join(lines)
 
 

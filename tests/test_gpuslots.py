@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from cnnbench.errors import CnnbenchError
 from cnnbench.gpuslots import acquire, try_acquire
 
 GPUS = ["GPU-aaaa", "GPU-bbbb"]
@@ -73,7 +74,8 @@ def test_the_concurrency_sweep_runs_separate_jobs_and_sums_their_speed(tmp_path)
     assert (one["jobs"], two["jobs"]) == (1, 2) and len(two["per_job_img_per_s"]) == 2
     assert two["aggregate_img_per_s"] == pytest.approx(sum(two["per_job_img_per_s"]))
     assert all(v > 0 for row in r["rows"] for v in row["per_job_img_per_s"])
-    assert r["best_jobs_per_gpu"] in (1, 2) and "best: execution.jobs_per_gpu" in format_sweep(r)
+    assert r["best_jobs_per_gpu"] in (1, 2) and "no execution.jobs_per_gpu advice" in format_sweep(r)  # a CPU sweep
+    assert "best: execution.jobs_per_gpu: 2" in format_sweep({**r, "device": "cuda", "best_jobs_per_gpu": 2})
 
 
 def test_a_sweep_near_its_deadline_keeps_what_it_measured_and_names_what_it_left_out(monkeypatch):
@@ -135,8 +137,17 @@ def test_sweep_jobs_past_their_timeout_are_stopped(tmp_path):
 def test_a_failing_sweep_job_is_reported(tmp_path):
     from cnnbench.gpusweep import run_concurrent
 
-    with pytest.raises(RuntimeError, match="failed before it started"):
+    with pytest.raises(CnnbenchError, match="failed before it started: .*(missing.yaml|no such)"):
         run_concurrent(1, str(tmp_path / "missing.yaml"), None, "cpu", 1.0, 1)
+
+
+def test_gpu_sweep_without_a_gpu_says_so_in_one_line(capsys):
+    """A trial: `cnnbench gpu-sweep` (cuda by default) on a CPU machine ended in a nested traceback."""
+    from cnnbench.cli import main
+
+    assert main(["gpu-sweep"]) == 2
+    err = capsys.readouterr().err
+    assert "no CUDA GPU here" in err and "--device cpu" in err and "Traceback" not in err
 
 
 def test_stacked_fold_models_train_as_one_vmapped_computation(tmp_path):
