@@ -144,3 +144,26 @@ def test_the_metrics_table_reads_each_figure_from_its_own_table():
     time = METRICS["epoch_time_s"]
     assert metric_cell(time, 1.5, 0.25) == ("1.50 (0.25)", 1.5) and metric_cell(time, np.nan) == ("n/a", -1)
     assert metric_cell(METRICS["val_acc"], 0.85) == ("85.00", 0.85) and METRICS["macs"].text(2.5e6) == "2.5M"
+
+
+def test_a_design_with_few_resamples_is_called_a_pilot_and_an_impossible_mde_is_not_printed():
+    """A trial: 2 folds (J = 2) gave 'could detect |Δ| ≥ 55.67 pts' and no word that the design is too
+    small; cnnbench plan warned, the report did not."""
+    from types import SimpleNamespace
+
+    from cnnbench.config import load_study
+    from cnnbench.report.format import verdict_html
+    from cnnbench.report.overview import small_design_note
+    from tests.helpers import tiny_study
+
+    def ctx(folds: int, repeats: int = 1):
+        study = load_study(tiny_study(protocol={"folds": folds, "repeats": repeats}, variants={"baseline": {"base": "cnn"}}))
+        return SimpleNamespace(specs=study.variants, baseline="baseline")
+
+    note = small_design_note(ctx(2))
+    assert "Only J = 2 paired resamples" in note and "1 degree of freedom" in note and "cnnbench plan" in note
+    assert "J = 4" in small_design_note(ctx(2, 2)) and "3 degrees" in small_design_note(ctx(2, 2))
+    assert small_design_note(ctx(5)) == "" and small_design_note(ctx(3, 2)) == ""
+    row = pd.Series({"verdict": "no detectable difference", "mde": 1.7})
+    assert "&ge; &gt;100 pts" in verdict_html(row)
+    assert "&ge; 2.50 pts" in verdict_html(row.copy().replace(1.7, 0.025))

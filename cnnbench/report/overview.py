@@ -33,6 +33,24 @@ def synthetic_note(ctx) -> str:
     return f'<div class="alarm"><p><b>{SYNTHETIC_NOTICE}</b></p></div>'
 
 
+FEW_RESAMPLES = 5  # as cnnbench plan: below this the corrected t test's variance has too few degrees of freedom
+
+
+def small_design_note(ctx) -> str:
+    """With fewer than FEW_RESAMPLES paired resamples the tests can only detect very large differences: the
+    report says so up front rather than leave it to the per-verdict notes (a trial: 2 folds, J = 2, "could
+    detect |Δ| ≥ 55.67 pts" and nothing more)."""
+    split = ctx.specs[ctx.baseline].split
+    j = split["repeats"] * split["folds"]
+    if j >= FEW_RESAMPLES:
+        return ""
+    return (f'<div class="alarm"><p><b>Only J = {j} paired resamples</b> ({split["repeats"]} &times; '
+            f'{split["folds"]}-fold): the corrected t test has {j - 1} degree{"s" * (j != 2)} of freedom, so the '
+            "intervals are very wide and only very large differences can be detected; read this study as a "
+            f"pilot. Use at least {FEW_RESAMPLES} folds &times; repeats, and <code>cnnbench plan</code> for the "
+            "runs a given difference needs.</p></div>")
+
+
 def findings(ctx) -> Section:
     """The first screen: the measured noise floor, then every variant's effect, how sure we are, what it
     could have detected and what it costs."""
@@ -61,7 +79,8 @@ def findings(ctx) -> Section:
             "that just excludes 0 can still be 'no detectable difference'. Where there is none, the note says "
             "the smallest difference this study could have detected with 80% power at Holm's strictest level "
             "(run <code>cnnbench plan</code> for the runs a smaller one needs).</p>")
-    return Section("findings", "Findings", synthetic_note(ctx) + aa_finding(ctx) + diverged_note(ctx) + lead
+    return Section("findings", "Findings", synthetic_note(ctx) + small_design_note(ctx) + aa_finding(ctx)
+                   + diverged_note(ctx) + lead
                    + (f"<ul>{''.join(items)}</ul>" if items else ""))
 
 
