@@ -250,8 +250,9 @@ def _schema_message(error) -> str:
 
 
 def _short(value: Any) -> str:
-    """repr, cut to fit a one-line message (a 400-digit number, a long list)."""
-    text = repr(value)
+    """The value as the config spells it (YAML's true/false/null, not Python's True/None), cut to fit a
+    one-line message (a 400-digit number, a long list)."""
+    text = {True: "true", False: "false"}[value] if isinstance(value, bool) else "null" if value is None else repr(value)
     return text if len(text) <= 60 else f"{text[:40]}...({len(text)} characters)"
 
 

@@ -88,8 +88,8 @@ CASES = [
     Case("lr_text", with_changes(protocol={"lr": "fast"}), ("protocol.lr", "'fast'", "number")),
     Case("epochs_quoted", with_changes(protocol={"epochs": "10"}), ("protocol.epochs", "'10' is text, not an integer")),
     Case("bn_text", with_changes(variant={"bn": "yes please"}), ("variant 'x', field 'bn'", "is text, not true or false")),
-    Case("epochs_bool", with_changes(protocol={"epochs": True}), ("protocol.epochs", "True is true/false, not an integer")),
-    Case("width_bool", with_changes(variant={"width": True}), ("variant 'x', field 'width'", "True")),
+    Case("epochs_bool", with_changes(protocol={"epochs": True}), ("protocol.epochs", "true is true/false, not an integer")),  # YAML's spelling
+    Case("width_bool", with_changes(variant={"width": True}), ("variant 'x', field 'width'", "true")),
     Case("folds_list", with_changes(protocol={"folds": [2]}), ("protocol.folds", "[2]", "integer")),
     Case("lr_list", with_changes(variant={"lr": [0.1]}), ("variant 'x', field 'lr'", "[0.1]")),
     Case("base_list", with_changes(variant={"base": ["cnn"]}), ("variant 'x', field 'base'", "is a list, not text")),
@@ -169,6 +169,8 @@ CASES = [
          ("execution.jobs_per_gpu: 'many' is not allowed; expected 'auto' or an integer",)),
     Case("jobs_per_gpu_quoted", with_changes(execution={"jobs_per_gpu": "8"}),
          ("execution.jobs_per_gpu: '8' is text, not a number; write it without quotes",)),
+    Case("jobs_per_gpu_bool", with_changes(execution={"jobs_per_gpu": True}),
+         ("execution.jobs_per_gpu: true is not allowed; expected 'auto' or an integer",)),
     Case("runs_per_job_word", with_changes(execution={"runs_per_job": "each"}),
          ("execution.runs_per_job: 'each' is not allowed; expected 'all' or an integer",)),
     # --- keys written twice ---

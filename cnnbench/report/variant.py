@@ -176,8 +176,8 @@ def confusion_and_gallery(ctx, variant: str) -> str:
     for ax in list(axes.flat)[len(shown):]:
         ax.axis("off")
     fig.tight_layout()
-    gallery = figure_html(fig, "misclassified examples", f"{len(shown)} of the {len(wrong)} validation images "
-                          "misclassified in the first repeat (each image is validated once per repeat), "
+    gallery = figure_html(fig, "misclassified examples", f"{len(shown)} shown of the {len(wrong)} validation "
+                          "images it misclassified in the first repeat (each image is validated once per repeat), "
                           "true → predicted.")
     return f'<div class="grid">{confusion}{gallery}</div>'
 
