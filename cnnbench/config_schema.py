@@ -231,14 +231,15 @@ def _schema_message(error) -> str:
         missing = re.findall(r"'([^']+)' is a required property", error.message)
         return f"{where}: {missing[0]!r} is missing; add it" if missing else f"{where}: {error.message}"
     if error.validator == "enum":
-        return f"{where}: {_short(error.instance)} is not allowed; choose one of {', '.join(map(str, error.validator_value))}"
+        choices = ", ".join(_short(v) if isinstance(v, bool) or v is None else str(v) for v in error.validator_value)
+        return f"{where}: {_short(error.instance)} is not allowed; choose one of {choices}"
     if error.validator in ("oneOf", "anyOf"):
         options = []
         for branch in map(_deref, error.validator_value):
             if "enum" in branch:
-                options += [repr(v) for v in branch["enum"]]
+                options += [_short(v) for v in branch["enum"]]
             elif "const" in branch:
-                options.append(repr(branch["const"]))
+                options.append(_short(branch["const"]))
             else:
                 t = branch.get("type", "value")
                 options += [_TYPE_WORDS.get(x, x) for x in ([t] if isinstance(t, str) else t)]

@@ -359,13 +359,14 @@ def sweep_counts(cpus: int | None = None) -> tuple[int, ...]:
     return (1, 2, 4, 8, 16) if cpus >= 16 else (1, 2, 4, 8)
 
 
-SWEEP_START_S = 25  # per job count: the workers' start-up and warm-up (~20 s on the H200 at 1-8 jobs)
+SWEEP_START_S = 22  # per job count: the workers' start-up and warm-up (~19 s on the H200 at 1-8 jobs)
+SWEEP_MARGIN_S = 15  # the step's own start-up, and the 5 s its deadline keeps before the limit
 
 
 def sweep_seconds(limit: float, counts: int) -> float:
     """Seconds each job count trains for, so that all counts with their start-up fit the step's limit:
-    on the H200 1-8 jobs at 7 s each with ~20 s of start-up each filled 110 s, and 16 did not fit."""
-    return max(1.0, min(10.0, (limit - SWEEP_START_S * counts) / counts))
+    on the H200 1-8 jobs at 7 s each with ~19 s of start-up each filled 110 s, and 16 did not fit."""
+    return max(1.0, min(10.0, (limit - SWEEP_MARGIN_S - SWEEP_START_S * counts) / counts))
 
 
 def step_sweep(root: Path, out_dir: Path, device: str = "cuda", counts: tuple[int, ...] | None = None

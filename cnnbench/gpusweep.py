@@ -89,7 +89,7 @@ def run_concurrent(n: int, config: str, variant: str | None, device: str, second
     def tail(i: int) -> str:  # the worker's own last line (its error), not its traceback
         errs[i].seek(0)
         lines = errs[i].read().strip().splitlines()
-        return lines[-1][-500:] if lines else "(nothing on its stderr)"
+        return lines[-1][:500] if lines else "(nothing on its stderr)"  # the head names the error
 
     try:
         for i, p in enumerate(procs):

@@ -194,6 +194,8 @@ TIMING_KEYS = ("variant", "train_img_per_s", "epoch_time_s", "latency_b1_ms", "e
 def read_timing(path: Path) -> dict:
     t = read_json(path, "timing record")
     missing = [k for k in TIMING_KEYS if not isinstance(t, dict) or k not in t]
+    if not missing and not isinstance(t["env"], dict):
+        missing = ["a mapping under env"]
     if missing:
         raise CnnbenchError(f"{path}: a timing record without {', '.join(missing)}; the file was changed or cut short")
     return t

@@ -169,6 +169,8 @@ CASES = [
          ("execution.jobs_per_gpu: 'many' is not allowed; expected 'auto' or an integer",)),
     Case("jobs_per_gpu_quoted", with_changes(execution={"jobs_per_gpu": "8"}),
          ("execution.jobs_per_gpu: '8' is text, not a number; write it without quotes",)),
+    Case("compile_word", with_changes(execution={"compile": "fast"}),
+         ("execution.compile: 'fast' is not allowed; choose one of false, true, max-autotune",)),
     Case("jobs_per_gpu_bool", with_changes(execution={"jobs_per_gpu": True}),
          ("execution.jobs_per_gpu: true is not allowed; expected 'auto' or an integer",)),
     Case("runs_per_job_word", with_changes(execution={"runs_per_job": "each"}),

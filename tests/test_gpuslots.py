@@ -141,9 +141,12 @@ def test_a_failing_sweep_job_is_reported(tmp_path):
         run_concurrent(1, str(tmp_path / "missing.yaml"), None, "cpu", 1.0, 1)
 
 
-def test_gpu_sweep_without_a_gpu_says_so_in_one_line(capsys):
+def test_gpu_sweep_without_a_gpu_says_so_in_one_line(capsys, monkeypatch):
     """A trial: `cnnbench gpu-sweep` (cuda by default) on a CPU machine ended in a nested traceback."""
+    from cnnbench import gpucheck
     from cnnbench.cli import main
+
+    monkeypatch.setattr(gpucheck, "no_gpu_reason", lambda: "no driver (test)")  # also on a GPU machine
 
     assert main(["gpu-sweep"]) == 2
     err = capsys.readouterr().err

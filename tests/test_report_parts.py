@@ -165,5 +165,38 @@ def test_a_design_with_few_resamples_is_called_a_pilot_and_an_impossible_mde_is_
     assert "J = 4" in small_design_note(ctx(2, 2)) and "3 degrees" in small_design_note(ctx(2, 2))
     assert small_design_note(ctx(5)) == "" and small_design_note(ctx(3, 2)) == ""
     row = pd.Series({"verdict": "no detectable difference", "mde": 1.7})
-    assert "&ge; &gt;100 pts" in verdict_html(row)
+    assert "no possible difference is detectable with 80% power: it would take &gt;100 pts" in verdict_html(row)
     assert "&ge; 2.50 pts" in verdict_html(row.copy().replace(1.7, 0.025))
+
+
+def test_an_unusable_timing_record_is_moved_aside_and_named(tmp_path):
+    """Cut short, or with something other than a mapping under env: quarantined, one error, no traceback."""
+    import json
+
+    from cnnbench.errors import CnnbenchError
+    from cnnbench.results import timing_table
+
+    timing = tmp_path / "results" / "s" / "timing"
+    timing.mkdir(parents=True)
+    good = {"variant": "a", "train_img_per_s": 1.0, "epoch_time_s": 1.0, "latency_b1_ms": 1.0, "env": {}}
+    (timing / "a.json").write_text(json.dumps(good))
+    (timing / "b.json").write_text(json.dumps({**good, "variant": "b", "env": "cpu"}))
+    (timing / "c.json").write_text(json.dumps(good)[:30])
+    with pytest.raises(CnnbenchError, match=r"2 timing record\(s\) unusable.*times only these variants again"):
+        timing_table(sorted(timing.glob("*.json")))
+    assert sorted(p.name for p in (timing.parent / "quarantine" / "timing").iterdir()) == ["b.json", "c.json"]
+    assert timing_table([timing / "a.json"])["variant"].tolist() == ["a"]
+
+
+def test_the_pilot_warning_counts_the_resamples_actually_compared():
+    """A diverged run drops its fold from the pairs: 5 folds can compare on J = 4."""
+    from types import SimpleNamespace
+
+    from cnnbench.config import load_study
+    from cnnbench.report.overview import small_design_note
+    from tests.helpers import tiny_study
+
+    study = load_study(tiny_study(protocol={"folds": 5}, variants={"baseline": {"base": "cnn"}}))
+    ctx = SimpleNamespace(specs=study.variants, baseline="baseline", comparison=pd.DataFrame({"resamples": [5, 4]}))
+    assert "Only J = 4 paired resamples</b> (of 1 &times; 5-fold)" in small_design_note(ctx)
+    assert small_design_note(SimpleNamespace(**{**vars(ctx), "comparison": pd.DataFrame({"resamples": [5]})})) == ""

@@ -40,9 +40,10 @@ def verdict_html(row: pd.Series) -> str:
     css = {"better": "better", "worse": "worse"}.get(row["verdict"], "nodiff")
     text = html.escape(row["verdict"])
     if css == "nodiff" and np.isfinite(row.get("mde", np.nan)):
-        # beyond 100 points no accuracy difference is possible: as cnnbench plan prints it
-        mde = pts(row["mde"], False) if row["mde"] <= 1 else "&gt;100"
-        text += f' <span class="note">(could detect |&Delta;| &ge; {mde} pts with 80% power)</span>'
+        if row["mde"] <= 1:
+            text += f' <span class="note">(could detect |&Delta;| &ge; {pts(row["mde"], False)} pts with 80% power)</span>'
+        else:  # more than accuracy can differ by (cnnbench plan prints >100)
+            text += ' <span class="note">(no possible difference is detectable with 80% power: it would take &gt;100 pts)</span>'
     return f'<span class="{css}">{text}</span>'
 
 

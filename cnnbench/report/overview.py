@@ -42,9 +42,12 @@ def small_design_note(ctx) -> str:
     detect |Δ| ≥ 55.67 pts" and nothing more)."""
     split = ctx.specs[ctx.baseline].split
     j = split["repeats"] * split["folds"]
+    compared = getattr(ctx, "comparison", None)
+    if compared is not None and "resamples" in compared and len(compared):  # a diverged run's fold drops out
+        j = min(j, int(compared["resamples"].min()))
     if j >= FEW_RESAMPLES:
         return ""
-    return (f'<div class="alarm"><p><b>Only J = {j} paired resamples</b> ({split["repeats"]} &times; '
+    return (f'<div class="alarm"><p><b>Only J = {j} paired resamples</b> (of {split["repeats"]} &times; '
             f'{split["folds"]}-fold): the corrected t test has {j - 1} degree{"s" * (j != 2)} of freedom, so the '
             "intervals are very wide and only very large differences can be detected; read this study as a "
             f"pilot. Use at least {FEW_RESAMPLES} folds &times; repeats, and <code>cnnbench plan</code> for the "
