@@ -377,9 +377,10 @@ def step_sweep(root: Path, out_dir: Path, device: str = "cuda", counts: tuple[in
         jobs = counts or sweep_counts()
         seconds = sweep_seconds(limit, len(jobs))
         progress = lambda m: print(m, flush=True)  # noqa: E731 - the step's log: a stopped sweep shows how far it got
-        r = sweep(_sweep_config(root, out_dir, device), counts=jobs, device=device, seconds=seconds, log=progress,
+        config = _sweep_config(root, out_dir, device)
+        r = sweep(config, counts=jobs, device=device, seconds=seconds, log=progress,
                   deadline=time.monotonic() + limit - 5)
-        return {"config": str(_sweep_config(root, out_dir, device)), "seconds_each": seconds,
+        return {"config": str(config), "seconds_each": seconds,
                 "aggregate_img_per_s": {row["jobs"]: round(row["aggregate_img_per_s"]) for row in r["rows"]},
                 "wall_s": {row["jobs"]: round(row["wall_s"], 1) for row in r["rows"]},
                 "not_run_for_time": r["left_out"],

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pandas as pd
@@ -78,7 +78,7 @@ def load_records(paths: Iterable[str | Path], data_path: str | Path | None = Non
         except CnnbenchError as e:
             bad.append((p, str(e)))
     if bad:
-        _quarantine(bad)
+        _quarantine(bad, lambda p: p.parents[2] / "quarantine" / p.parent.name / p.name)
         first, why = bad[0]
         raise CnnbenchError(f"{len(bad)} run record(s) unusable, e.g. {why}; moved to "
                             f"{first.parents[2] / 'quarantine'}; run snakemake again: it restores only these runs "
@@ -86,13 +86,13 @@ def load_records(paths: Iterable[str | Path], data_path: str | Path | None = Non
     return [records[p] for p in paths]
 
 
-def _quarantine(bad: list[tuple[Path, str]]) -> None:
-    """Move unusable records aside; the training job that reruns for them restores each one from the
-    run store (runner.py), or retrains it when the stored copy is unusable too."""
+def _quarantine(bad: list[tuple[Path, str]], target_of: Callable[[Path], Path]) -> None:
+    """Move unusable records aside (to `target_of(path)`), so that the job that made them reruns: a run
+    record is restored from the run store (runner.py) or retrained, a timing record measured again."""
     import shutil
 
-    for path, _ in bad:  # results/<study>/runs/<variant>/<run>.json
-        target = path.parents[2] / "quarantine" / path.parent.name / path.name
+    for path, _ in bad:
+        target = target_of(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         if path.exists():
             shutil.move(path, target)
@@ -205,8 +205,6 @@ def timing_table(paths: Iterable[str | Path]) -> pd.DataFrame:
     """One row per variant: speed measured alone (cnnbench.timing), with the device it ran on. Unusable
     records are moved aside to `quarantine/timing/` and named in one error, so the next `snakemake`
     times exactly those variants again (a corrupt file left in place was trusted by Snakemake as done)."""
-    import shutil
-
     rows, bad = [], []
     for path in map(Path, paths):
         try:
@@ -216,12 +214,8 @@ def timing_table(paths: Iterable[str | Path]) -> pd.DataFrame:
             continue
         rows.append({**{k: v for k, v in t.items() if not isinstance(v, (dict, list))}, **t.get("numerics", {}),
                      "device_name": t["env"].get("device_name"), "threads": t["env"].get("threads")})
-    if bad:
-        for path, _ in bad:  # results/<study>/timing/<variant>.json
-            target = path.parents[1] / "quarantine" / "timing" / path.name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if path.exists():
-                shutil.move(path, target)
+    if bad:  # results/<study>/timing/<variant>.json -> results/<study>/quarantine/timing/
+        _quarantine(bad, lambda p: p.parents[1] / "quarantine" / "timing" / p.name)
         raise CnnbenchError(f"{len(bad)} timing record(s) unusable, e.g. {bad[0][1]}; moved to "
                             f"{bad[0][0].parents[1] / 'quarantine' / 'timing'}; run snakemake again: it times only "
                             "these variants again")
