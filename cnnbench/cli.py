@@ -94,27 +94,34 @@ def _args_pretrain(sub) -> None:
 
 
 def _cmd_time(a: argparse.Namespace) -> None:
-    from cnnbench.io import write_json
-    from cnnbench.timing import time_variant
+    from pathlib import Path
 
-    spec = _spec(a.spec)
-    t = time_variant(spec, data_path=a.data, splits_path=a.splits, device=a.device, threads=a.threads,
-                     jobs_per_gpu=a.jobs_per_gpu)
-    write_json(a.out, t)
-    phases = ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in t["phases_s"].items())
-    print(f"[{spec.study}/{spec.name}] measured alone: {t['train_img_per_s']:,.0f} img/s "
-          f"(IQR {t['train_img_per_s_iqr']:,.0f}), {t['epoch_time_s']:.2f} s/epoch, latency b=1 "
-          f"{t['latency_b1_ms']:.3f} ms -> {a.out} (job: {phases})", file=sys.stderr)
+    from cnnbench.io import read_json, write_json
+    from cnnbench.timing import time_study
+
+    specs = read_json(a.specs, "specs file")
+    specs = list(specs.values()) if isinstance(specs, dict) else specs  # collect's specs.json: name -> spec
+    if not isinstance(specs, list) or not specs or not all(isinstance(d, dict) for d in specs):
+        raise CnnbenchError(f"--specs {a.specs}: a JSON list of resolved variant specs is expected (the workflow "
+                            "writes results/<study>/timing-specs.json), or collect's results/<study>/specs.json")
+    specs = [_spec(d, f"--specs {a.specs}: spec {i + 1}") for i, d in enumerate(specs)]
+    out_dir = Path(a.out_dir)
+    time_study(specs, data_path=a.data, splits_path=a.splits, device=a.device, threads=a.threads,
+               jobs_per_gpu=a.jobs_per_gpu, on_record=lambda t: write_json(out_dir / f"{t['variant']}.json", t))
+    print(f"[{specs[0].study}] {len(specs)} variant(s) timed alone -> {out_dir}/<variant>.json", file=sys.stderr)
 
 
 def _args_time(sub) -> None:
-    s = sub.add_parser("time", help="[step] measure a variant's speed alone (training img/s, s/epoch, latency)")
-    s.add_argument("--spec", required=True, type=_json_object, help="resolved variant spec as JSON (from the workflow)")
+    s = sub.add_parser("time", help="[step] measure the variants' speed alone, one after another (training img/s, "
+                                    "s/epoch, latency, training memory)")
+    s.add_argument("--specs", required=True,
+                   help="JSON file: the resolved specs of the variants to time, in order (from the workflow), or a "
+                        "study's specs.json")
     s.add_argument("--data", required=True)
     s.add_argument("--splits", required=True)
     _execution_args(s, threads="torch threads (as the training jobs use)",
                     jobs_per_gpu="slots per GPU; timing takes all of one GPU")
-    s.add_argument("--out", required=True)
+    s.add_argument("--out-dir", required=True, help="one <variant>.json timing record per variant goes here")
     s.set_defaults(func=_cmd_time)
 
 
@@ -377,13 +384,13 @@ def _json_object(text: str) -> dict:
     return value
 
 
-def _spec(d: dict):
+def _spec(d: dict, where: str = "--spec"):
     from cnnbench.config import VariantSpec
 
     try:
         return VariantSpec.from_dict(d)
     except (TypeError, KeyError) as e:
-        raise CnnbenchError(f"--spec: not a resolved variant spec ({e}); the workflow passes it, see "
+        raise CnnbenchError(f"{where}: not a resolved variant spec ({e}); the workflow passes it, see "
                             "results/<study>/specs.json for one") from None
 
 

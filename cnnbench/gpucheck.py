@@ -495,11 +495,13 @@ def time_study(root: Path, config: Path, folder: Path, device: str, jobs_per_gpu
 
 def study_breakdown(folder: Path) -> dict:
     """Where a timed study's time went, from what its jobs left (a stopped study too): each kind of job's
-    count and wall times (Snakemake's benchmark files), and the timing jobs' phases (cnnbench.timing)."""
+    count and wall times (Snakemake's benchmark files), and the timing job's set-up (process start,
+    device, data: once per process, shared by `set_up_shared_by` variants) and per-variant phases."""
     out: dict = {}
     for kind in ("train", "time"):
         walls = []
-        for path in sorted(folder.glob(f"results/*/benchmarks/{kind}/*.tsv")):
+        for path in sorted([*folder.glob(f"results/*/benchmarks/{kind}/*.tsv"),
+                            *folder.glob(f"results/*/benchmarks/{kind}.tsv")]):
             try:
                 walls.append(float(path.read_text().splitlines()[-1].split("\t")[0]))
             except (OSError, IndexError, ValueError):
@@ -508,14 +510,20 @@ def study_breakdown(folder: Path) -> dict:
             out[f"{kind}_jobs"] = {"finished": len(walls), "sum_s": round(sum(walls), 1),
                                    "mean_s": round(sum(walls) / len(walls), 1), "max_s": round(max(walls), 1)}
     phases: dict[str, list[float]] = {}
+    set_up: dict[str, float] = {}
     for path in sorted(folder.glob("results/*/timing/*.json")):
         try:
-            for k, v in json.loads(path.read_text()).get("phases_s", {}).items():
+            record = json.loads(path.read_text())
+            for k, v in record.get("phases_s", {}).items():
                 phases.setdefault(k, []).append(v)
-        except (OSError, ValueError):
+            for k, v in record.get("set_up_s", {}).items():
+                set_up[k] = set_up.get(k, 0.0) + v / max(1, record.get("set_up_shared_by", 1))
+        except (OSError, ValueError, TypeError, AttributeError):
             continue
     if phases:
-        out["timing_job_phases_mean_s"] = {k: round(sum(v) / len(v), 2) for k, v in phases.items()}
+        out["timing"] = {"variants": len(next(iter(phases.values()))),
+                         "set_up_sum_s": {k: round(v, 2) for k, v in set_up.items()},
+                         "per_variant_mean_s": {k: round(sum(v) / len(v), 2) for k, v in phases.items()}}
     return out
 
 

@@ -204,7 +204,7 @@ def read_timing(path: Path) -> dict:
 def timing_table(paths: Iterable[str | Path]) -> pd.DataFrame:
     """One row per variant: speed measured alone (cnnbench.timing), with the device it ran on. Unusable
     records are moved aside to `quarantine/timing/` and named in one error, so the next `snakemake`
-    times exactly those variants again (a corrupt file left in place was trusted by Snakemake as done)."""
+    times the study again (a corrupt file left in place was trusted by Snakemake as done)."""
     rows, bad = [], []
     for path in map(Path, paths):
         try:
@@ -217,8 +217,8 @@ def timing_table(paths: Iterable[str | Path]) -> pd.DataFrame:
     if bad:  # results/<study>/timing/<variant>.json -> results/<study>/quarantine/timing/
         _quarantine(bad, lambda p: p.parents[1] / "quarantine" / "timing" / p.name)
         raise CnnbenchError(f"{len(bad)} timing record(s) unusable, e.g. {bad[0][1]}; moved to "
-                            f"{bad[0][0].parents[1] / 'quarantine' / 'timing'}; run snakemake again: it times only "
-                            "these variants again")
+                            f"{bad[0][0].parents[1] / 'quarantine' / 'timing'}; run snakemake again: it times the "
+                            "study's variants again (one job, so that their speeds stay comparable)")
     return pd.DataFrame(rows) if rows else pd.DataFrame(columns=["variant"])
 
 

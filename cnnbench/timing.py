@@ -2,12 +2,12 @@
 
 Training jobs run side by side (`--cores all` runs two at once on two cores), so the speed a training
 job sees depends on which variant happened to run beside it. The numbers the report compares come from
-this measurement instead: the workflow's `time` rule holds every core of the machine (and the GPU
-slot), so no other job of the workflow runs meanwhile. Warm-up steps are not timed; each figure is the
-median over repeated blocks, with the IQR as its spread.
+this measurement instead: the workflow's one `time` job times every variant of the study, back to back,
+and holds every core of the machine (and a whole GPU), so no other job of the workflow runs meanwhile.
+Warm-up steps are not timed; each figure is the median over repeated blocks, with the IQR as its spread.
 
 Training memory is measured here too, after the speed: one epoch of a real run (same data copies,
-optimiser, evaluation) in this fresh process, with a steady heap (`measure.steady_heap`). In a training
+optimiser, evaluation); on the CPU in a fresh process of the variant's own, with a steady heap (`measure.steady_heap`). In a training
 job an earlier run's freed memory hides part of the next run's, and steadying the heap there would cost
 every training job ~25% of its speed (width64: 4.4 vs 3.5 s/epoch).
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -29,45 +30,111 @@ BLOCK_S = 0.25  # target length of one timed block of training steps
 WARMUP_STEPS = 5
 
 
-def time_variant(spec: VariantSpec, *, data_path: str | Path, splits_path: str | Path, device: str = "auto",
-                 threads: int = 1, jobs_per_gpu: int = 1, repeats: int = REPEATS) -> dict:
+def time_study(specs: Sequence[VariantSpec], *, data_path: str | Path, splits_path: str | Path,
+               device: str = "auto", threads: int = 1, jobs_per_gpu: int = 1, repeats: int = REPEATS,
+               own_processes: bool | None = None, on_record: Callable[[dict], None] | None = None,
+               log: Callable[[str], None] | None = None) -> list[dict]:
+    """Time every variant of a study in one job, back to back: one machine (one node on a cluster) and one
+    stretch of time, so their speeds compare; each record is passed to `on_record` as soon as it is made.
+
+    On the CPU each variant is measured in a fresh process of its own (`own_processes`), as one job per
+    variant did: memory is the process's RSS there, and measured one variant after another in one process
+    the later variants read 6-18 MB off their fresh-process figures (2-vCPU Xeon, default study). On CUDA
+    the allocator measures memory exactly, so one process times them all and torch, CUDA and the data
+    start once instead of once per variant (on an H200 a timing job took 12.6 s, most of it start-up)."""
+    from cnnbench.runtime import resolve_device
+
+    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    if own_processes is None:
+        own_processes = resolve_device(device).type != "cuda"
+    where = dict(data_path=data_path, splits_path=splits_path, device=device, threads=threads,
+                 jobs_per_gpu=jobs_per_gpu, repeats=repeats)
+    measured = _each_in_own_process(specs, where) if own_processes else _in_this_process(specs, **where)
+    started, records = time.monotonic(), []
+    for record in measured:
+        records.append(record)
+        if on_record:
+            on_record(record)
+        done, elapsed = len(records), time.monotonic() - started
+        log(f"[{done}/{len(specs)}] {record['variant']} measured alone: {record['train_img_per_s']:,.0f} img/s "
+            f"(IQR {record['train_img_per_s_iqr']:,.0f}), {record['epoch_time_s']:.2f} s/epoch, latency b=1 "
+            f"{record['latency_b1_ms']:.3f} ms, training memory {record['train_mb']:.0f} MB; {elapsed:.0f} s so "
+            f"far, about {elapsed / done * (len(specs) - done):.0f} s left")
+    return records
+
+
+def time_variant(spec: VariantSpec, **where) -> dict:
+    """One variant timed in this process (the unit `time_study` runs in a fresh process on the CPU)."""
+    return next(_in_this_process([spec], **where))
+
+
+def _each_in_own_process(specs: Sequence[VariantSpec], where: dict) -> Iterator[dict]:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    from cnnbench.errors import CnnbenchError
+
+    for spec in specs:  # a new pool each time: one fresh process per variant
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            try:
+                yield pool.submit(time_variant, spec, **where).result()
+            except BrokenProcessPool:
+                raise CnnbenchError(f"timing {spec.name!r}: its measuring process died (killed, or out of memory: "
+                                    "see the job's log and the machine's memory)") from None
+
+
+def _in_this_process(specs: Sequence[VariantSpec], *, data_path: str | Path, splits_path: str | Path,
+                     device: str = "auto", threads: int = 1, jobs_per_gpu: int = 1,
+                     repeats: int = REPEATS) -> Iterator[dict]:
     """Training throughput (the real step: augmentation, forward, backward, optimiser, at the run's
     precision) on fold 0's training images, eval-mode latency at batch 1 and at the training batch size,
-    then training memory. On CUDA the job takes every slot of one GPU (cnnbench.gpuslots)."""
+    then training memory, for each variant in turn. On CUDA the process takes every slot of one GPU
+    (cnnbench.gpuslots). Execution settings (determinism among them) are study-wide: the first spec's hold."""
     from cnnbench.data import load_cache, load_fold
     from cnnbench.env import environment
     from cnnbench.runtime import start_job
     from cnnbench.train import labels_per_class
 
-    phases = {"start_up": time.time() - process_started()}  # interpreter and imports, before this call
+    set_up = {"start_up": time.time() - process_started()}  # interpreter and imports, before this call
     mark = time.perf_counter()
 
-    def phase(name: str) -> None:
+    def lap() -> float:
         nonlocal mark
-        phases[name] = time.perf_counter() - mark
-        mark = time.perf_counter()
+        seconds, mark = time.perf_counter() - mark, time.perf_counter()
+        return seconds
 
-    dev, gpu_slot = start_job(device, threads, jobs_per_gpu, deterministic=spec.numerics.get("deterministic", False),
+    dev, gpu_slot = start_job(device, threads, jobs_per_gpu,
+                              deterministic=specs[0].numerics.get("deterministic", False),
                               exclusive=True, log=lambda m: print(m, file=sys.stderr))
-    phase("device")
+    set_up["device"] = lap()
     images = load_cache(data_path)
     train_idx, val_idx = load_fold(splits_path, 0, images.y)
-    phase("data")
-    window_start = time.time()
-    # the images the runs train on (labels_per_class: a few per class), so the epoch time is theirs
-    trained = labels_per_class(train_idx, images.y, spec.train.get("labels_per_class"))
-    speed = training_speed(spec, images, trained, dev, repeats)  # also warms the process up
-    phase("speed_and_latency")
-    memory = training_memory(spec, images, train_idx, val_idx, dev)  # (fit draws the same subset itself)
-    phase("memory")
-    return {"study": spec.study, "variant": spec.name, "spec_hash": spec.spec_hash, **speed,
-            "train_mb": memory["train_mb"], "memory_kind": memory["kind"],
-            # where the job's time went: on a GPU the measured part is a fraction of each timing job, and
-            # timing jobs run one after another (each holds the GPU)
-            "phases_s": {k: round(v, 3) for k, v in phases.items()},
-            "window": [window_start, time.time()],  # unix seconds: when the machine was held for this
-            "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "env": {**environment(dev), **({"gpu_slot": gpu_slot} if gpu_slot else {})}}
+    set_up["data"] = lap()
+    env = {**environment(dev), **({"gpu_slot": gpu_slot} if gpu_slot else {})}
+    for spec in specs:
+        if spec.numerics.get("compile") and len(specs) > 1:
+            import torch._dynamo
+
+            # each variant compiled afresh, as in a process of its own: variants share the network class's
+            # forward code, and past torch's recompile limit (8) dynamo would quietly run the rest eager
+            torch._dynamo.reset()
+        window_start = time.time()
+        lap()
+        # the images the runs train on (labels_per_class: a few per class), so the epoch time is theirs
+        trained = labels_per_class(train_idx, images.y, spec.train.get("labels_per_class"))
+        speed = training_speed(spec, images, trained, dev, repeats)  # also warms the process up
+        phases = {"speed_and_latency": lap()}
+        memory = training_memory(spec, images, train_idx, val_idx, dev)  # (fit draws the same subset itself)
+        phases["memory"] = lap()
+        yield {"study": spec.study, "variant": spec.name, "spec_hash": spec.spec_hash, **speed,
+               "train_mb": memory["train_mb"], "memory_kind": memory["kind"],
+               # where the job's time went: this variant's measurement, and the process's set-up, which
+               # `set_up_shared_by` variants shared (one on the CPU, all of them on CUDA)
+               "phases_s": {k: round(v, 3) for k, v in phases.items()},
+               "set_up_s": {k: round(v, 3) for k, v in set_up.items()}, "set_up_shared_by": len(specs),
+               "window": [window_start, time.time()],  # unix seconds: when the machine was held for this
+               "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "env": env}
 
 
 def process_started() -> float:
@@ -148,7 +215,8 @@ def training_memory(spec: VariantSpec, images, train_idx: np.ndarray, val_idx: n
     from cnnbench.seeds import run_seed
     from cnnbench.train import fit, init_model, warm_up
 
-    steady_heap()
+    if device.type != "cuda":  # RSS is measured here; on CUDA the allocator, which needs no help
+        steady_heap()
     warm_up(spec, device)  # the heap's first allocations under the new thresholds (measured: +11% otherwise)
     one_epoch = replace(spec, train={**spec.train, "epochs": 1})
     # a transfer variant's memory does not depend on its weights' values: its own initial ones stand in

@@ -63,7 +63,7 @@ def test_describe_refuses_impossible_numbers():
     (["bench-report", "x.json", "--threshold", "nan"], "--threshold", "give a finite number"),
     (["bench-report", "x.json", "--threshold", "-0.1"], "--threshold", "give a number of at least 0"),
     (["loop-bench", "--threads", "0"], "--threads", "must be at least 1"),
-    (["time", "--spec", "{}", "--data", "d", "--splits", "s", "--out", "o", "--threads", "-2"], "--threads",
+    (["time", "--specs", "s.json", "--data", "d", "--splits", "s", "--out-dir", "o", "--threads", "-2"], "--threads",
      "must be at least 1"),
 ])
 def test_numbers_that_parse_but_mean_nothing_are_refused_by_name(args, flag, message):
@@ -78,8 +78,16 @@ def test_workflow_commands_on_missing_inputs(files):
     assert_one_line_error(cli("split", "--data", f"{missing}.npz", "--folds", "2", "--out", str(files / "s.json")),
                           "no data cache")
     spec = json.dumps(json.loads((files / "outside.json").read_text())["spec"])
-    assert_one_line_error(cli("time", "--spec", spec, "--data", f"{missing}.npz", "--splits", f"{missing}.json",
-                              "--out", str(files / "t.json")), "no data cache")
+    (files / "specs.json").write_text(json.dumps({"baseline": json.loads(spec)}))
+    assert_one_line_error(cli("time", "--specs", str(files / "specs.json"), "--data", f"{missing}.npz", "--splits",
+                              f"{missing}.json", "--out-dir", str(files / "t")), "no data cache")
+    assert_one_line_error(cli("time", "--specs", f"{missing}.json", "--data", "d", "--splits", "s", "--out-dir",
+                              str(files / "t")), "no such specs file")
+    assert_one_line_error(cli("time", "--specs", str(files / "list.json"), "--data", "d", "--splits", "s",
+                              "--out-dir", str(files / "t")), "a JSON list of resolved variant specs")
+    (files / "bad-specs.json").write_text(json.dumps([{"name": "x"}]))
+    assert_one_line_error(cli("time", "--specs", str(files / "bad-specs.json"), "--data", "d", "--splits", "s",
+                              "--out-dir", str(files / "t")), "spec 1: not a resolved variant spec")
     assert_one_line_error(cli("report", "--results", missing, "--data", "d", "--splits", "s", "--models", "m",
                               "--baseline", "b", "--title", "t", "--out", str(files / "r.html")), "not found")
     assert_one_line_error(cli("plan", missing), "not found")

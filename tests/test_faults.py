@@ -113,7 +113,7 @@ def test_a_truncated_record_is_named_moved_aside_and_healed(uninterrupted, tmp_p
     assert run_numbers(workdir) == run_numbers(uninterrupted)
 
 
-def test_a_truncated_timing_record_is_moved_aside_and_measured_again_alone(uninterrupted, tmp_path):
+def test_a_truncated_timing_record_is_moved_aside_and_the_study_timed_again(uninterrupted, tmp_path):
     """A trial: a cut-short timing file failed collect, Snakemake deleted collect's tables with it, and
     every later run said 'Nothing to be done' over a stale report and the corrupt file."""
     import shutil
@@ -128,7 +128,7 @@ def test_a_truncated_timing_record_is_moved_aside_and_measured_again_alone(unint
     out = snakemake(workdir)
     text = out.stdout + out.stderr
     assert out.returncode != 0 and "timing record(s) unusable" in text and "baseline.json" in text
-    assert "it times only these variants again" in text and "Traceback" not in text
+    assert "it times the study's variants again" in text and "Traceback" not in text
     assert (workdir / RESULTS / "quarantine" / "timing" / "baseline.json").exists() and not timing.exists()
 
     out = snakemake(workdir)

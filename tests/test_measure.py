@@ -220,3 +220,74 @@ def test_timing_job_measures_speed_with_spread(recorded):
     assert 0 < t["latency_b1_ms"] < t["latency_bN_ms"] and t["latency_batch"] == 32
     assert t["window"][0] < t["window"][1] and t["spec_hash"] == spec.spec_hash
     assert t["train_mb"] > 0 and t["memory_kind"] == "process_rss"
+
+
+@pytest.mark.parametrize("own_processes", [True, False], ids=["a-process-each (CPU)", "one-process (CUDA)"])
+def test_one_timing_job_times_every_variant_back_to_back(recorded, own_processes):
+    """The workflow's single timing job: records come out in the study's order, each as soon as it is made,
+    in consecutive windows; the process set-up is paid once per variant on the CPU (RSS needs a fresh
+    process) and once in all where the allocator measures memory (CUDA)."""
+    from cnnbench.timing import time_study
+
+    root = recorded.parents[2]
+    study = load_study(tiny_study(protocol={"folds": 2, "epochs": 2, "batch_size": 32}))
+    specs = [study.variants[v] for v in ("dropout", "baseline")]
+    seen, lines = [], []
+    records = time_study(specs, data_path=root / "data.npz", splits_path=root / "splits.json", device="cpu",
+                         repeats=2, own_processes=own_processes, on_record=lambda r: seen.append(r["variant"]),
+                         log=lines.append)
+    assert seen == [r["variant"] for r in records] == ["dropout", "baseline"]
+    assert [r["spec_hash"] for r in records] == [s.spec_hash for s in specs]
+    assert records[0]["window"][1] <= records[1]["window"][0]
+    assert all(r["train_img_per_s"] > 0 and r["train_mb"] > 0 and r["blocks"] == 2 for r in records)
+    assert all(set(r["phases_s"]) == {"speed_and_latency", "memory"} for r in records)
+    assert all(set(r["set_up_s"]) == {"start_up", "device", "data"} for r in records)
+    assert [r["set_up_shared_by"] for r in records] == ([1, 1] if own_processes else [2, 2])
+    assert lines[0].startswith("[1/2] dropout measured alone: ") and "s left" in lines[-1] and lines[1].startswith("[2/2]")
+
+
+def test_compiled_variants_timed_in_one_process_each_compile_afresh(recorded, monkeypatch):
+    """Variants share their network class's forward code: past dynamo's recompile limit (8) the rest would
+    quietly run eager, so the one-process (CUDA) path resets dynamo before each compiled variant."""
+    import torch._dynamo
+
+    from cnnbench import timing
+
+    root = recorded.parents[2]
+    study = load_study(tiny_study(execution={"device": "cpu", "threads": 1, "compile": True}))
+    resets = []
+    monkeypatch.setattr(torch._dynamo, "reset", lambda: resets.append(1))
+    speed = {"train_img_per_s": 1.0, "train_img_per_s_iqr": 0.0, "epoch_time_s": 1.0, "latency_b1_ms": 1.0}
+    monkeypatch.setattr(timing, "training_speed", lambda *a: speed)  # no compiling here: only the resets
+    monkeypatch.setattr(timing, "training_memory", lambda *a: {"train_mb": 1.0, "kind": "process_rss"})
+    specs = [study.variants[v] for v in ("baseline", "batchnorm", "dropout")]
+    timing.time_study(specs, data_path=root / "data.npz", splits_path=root / "splits.json", device="cpu",
+                      own_processes=False, log=lambda m: None)
+    assert len(resets) == 3
+
+
+def test_a_timing_process_that_dies_is_one_error_naming_the_variant(recorded, monkeypatch):
+    from cnnbench import timing
+    from cnnbench.errors import CnnbenchError
+
+    root = recorded.parents[2]
+    spec = load_study(tiny_study()).variants["baseline"]
+
+    class Dead:
+        def __init__(self, *a, **k):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+        def submit(self, *a, **k):
+            from concurrent.futures.process import BrokenProcessPool
+
+            raise BrokenProcessPool("killed")
+
+    monkeypatch.setattr("concurrent.futures.ProcessPoolExecutor", Dead)
+    with pytest.raises(CnnbenchError, match=r"timing 'baseline': its measuring process died"):
+        timing.time_study([spec], data_path=root / "data.npz", splits_path=root / "splits.json", device="cpu")

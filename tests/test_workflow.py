@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -32,6 +33,12 @@ def planned_train_jobs(workdir: Path) -> list[str]:
     return sorted(re.findall(r"rule train(?:_\d+)?:\n(?:\s+\S.*\n)*?\s+wildcards: variant=(\S+)", out.stdout + out.stderr))
 
 
+def plans_timing(workdir: Path) -> bool:
+    out = snakemake(workdir, "-n")
+    assert out.returncode == 0, out.stderr
+    return bool(re.search(r"^rule time:$", out.stdout + out.stderr, re.M))
+
+
 def held_out_study(**changes) -> dict:
     """The tiny study on 300 digits for the folds, as everywhere else, plus 75 held out of every fold for
     the ensembles: the `finished` study, and what the tests that change it start from."""
@@ -60,9 +67,10 @@ def test_study_produces_results_and_report(finished):
     assert set(per_example.variant) == {"batchnorm", "dropout", "aa_control"} and per_example["mcnemar_p"].between(0, 1).all()
     html = (finished / "reports" / "tiny" / "index.html").read_text()
     assert "batchnorm" in html and "bn: no -&gt; yes" in html and "data:image/png;base64," in html
-    for rule in ("prepare_data", "split", "collect", "report", "train/baseline", "train/batchnorm", "time/baseline"):
+    for rule in ("prepare_data", "split", "collect", "report", "train/baseline", "train/batchnorm", "time"):
         assert (results / "logs" / f"{rule}.log").exists(), rule
     assert "epoch 1/1" in (results / "logs" / "train" / "baseline.log").read_text()
+    assert "[3/3] dropout measured alone" in (results / "logs" / "time.log").read_text()  # progress, in study order
     assert (results / "benchmarks" / "train" / "baseline.tsv").exists()
     assert not list(results.rglob("*.tmp*"))  # atomic writes leave no temporaries
     assert planned_train_jobs(finished) == []  # nothing left to do
@@ -189,9 +197,9 @@ def test_report_numbers_come_from_the_runs(finished):
     assert "Friedman test over" not in html and "critical difference" not in html
 
 
-def test_timing_jobs_hold_every_core(tmp_path):
-    """The DAG runs each variant's timing alone: a `time` job needs all the cores the workflow has, so
-    Snakemake starts no other job beside it."""
+def test_the_timing_job_holds_every_core(tmp_path):
+    """The DAG times the variants alone: one `time` job for all of them needs all the cores the workflow
+    has, so Snakemake starts no other job beside it."""
     write_yaml(tmp_path / "study.yaml", TINY_STUDY)
     for cores in ("2", "5"):
         out = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
@@ -200,7 +208,23 @@ def test_timing_jobs_hold_every_core(tmp_path):
         assert out.returncode == 0, out.stderr
         jobs = re.findall(r"rule (\w+):\n(?:\s+\S.*\n)*?\s+threads: (\d+)", out.stdout + out.stderr)
         timed = [int(t) for rule, t in jobs if rule == "time"]
-        assert len(timed) == 3 and set(timed) == {int(cores)}, jobs
+        assert timed == [int(cores)], jobs
+
+
+def test_a_big_studys_specs_reach_the_timing_job_in_a_file(tmp_path):
+    """150 variants' specs are ~170 KB of JSON: on the command line (one argument) they would pass Linux's
+    128 KiB limit, so the timing job reads them from a file, in the study's order."""
+    variants = {"baseline": {"base": "cnn"}, **{f"v{i:03d}": {"base": "cnn", "width": 4 + i} for i in range(149)}}
+    write_yaml(tmp_path / "study.yaml", tiny_study(variants=variants, aa_control=False))
+    printed = snakemake(tmp_path, "-n", "-p")
+    assert printed.returncode == 0, printed.stderr
+    [command] = [line for line in printed.stdout.splitlines() if "cnnbench time " in line]
+    assert len(command) < 1000 and "--specs results/tiny/timing-specs.json" in command, command
+    out = snakemake(tmp_path, "results/tiny/timing-specs.json")
+    assert out.returncode == 0, out.stderr
+    text = (tmp_path / "results" / "tiny" / "timing-specs.json").read_text()
+    assert len(text.encode()) > 128 * 1024
+    assert [s["name"] for s in json.loads(text)] == list(variants)
 
 
 def test_snakemake_report_collects_the_marked_outputs(finished):
@@ -242,10 +266,14 @@ def test_adding_a_variant_trains_only_that_variant(finished):
     before = {p: p.stat().st_mtime_ns for p in (finished / "results" / "tiny" / "runs").rglob("*.json")}
     study = held_out_study(variants={**TINY_STUDY["variants"], "wide": {"base": "baseline", "width": 12}})
     write_yaml(finished / "study.yaml", study)
-    assert planned_train_jobs(finished) == ["wide"]
+    assert planned_train_jobs(finished) == ["wide"] and plans_timing(finished)
     out = snakemake(finished)
     assert out.returncode == 0, out.stderr
     assert all(p.stat().st_mtime_ns == t for p, t in before.items())  # finished runs untouched
+    # timed again together, one after another in one job, so that the speeds compare
+    windows = sorted(json.loads(p.read_text())["window"] for p in (finished / "results" / "tiny" / "timing").glob("*.json"))
+    assert len(windows) == 4 and all(a[1] <= b[0] for a, b in zip(windows, windows[1:]))
+    assert windows[-1][1] - windows[0][0] < 120
     runs = pd.read_parquet(finished / "results" / "tiny" / "runs.parquet")
     assert set(runs.variant) == {"baseline", "batchnorm", "dropout", "wide", "aa_control"}
     assert "width: 16 -&gt; 12" in (finished / "reports" / "tiny" / "index.html").read_text()
@@ -255,11 +283,11 @@ def test_changing_a_variant_reruns_exactly_that_variant(finished):
     study = held_out_study(variants={**TINY_STUDY["variants"], "wide": {"base": "baseline", "width": 12}})
     study["variants"]["batchnorm"] = {"base": "baseline", "bn": True, "width": 10}
     write_yaml(finished / "study.yaml", study)
-    assert planned_train_jobs(finished) == ["batchnorm"]
+    assert planned_train_jobs(finished) == ["batchnorm"] and plans_timing(finished)
     study["variants"]["batchnorm"]["description"] = "words only"  # not part of the spec hash
     study["variants"]["batchnorm"].pop("width")
     write_yaml(finished / "study.yaml", study)
-    assert planned_train_jobs(finished) == []
+    assert planned_train_jobs(finished) == [] and not plans_timing(finished)
 
 
 def test_bad_config_stops_before_any_job(tmp_path):

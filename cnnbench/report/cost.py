@@ -69,7 +69,8 @@ def measurements(ctx) -> Section:
     header = ["variant", *(labels.get(m, METRICS[m].label) + (" (IQR)" if METRICS[m].spread else "") for m in MEASURED)]
     note = (f'<p class="note">FLOPs: {html.escape(ctx.runs["flop_counter"].iloc[0])}, per image; a training '
             "step is forward + backward. <b>Alone</b>: measured by the workflow's <code>time</code> job, which "
-            "holds every core (and the GPU) so that no other job runs meanwhile: training steps on fold 0's "
+            "times every variant one after another on one machine and holds every core (and the GPU) so that "
+            "no other job runs meanwhile: training steps on fold 0's "
             "images after untimed warm-up steps, median and IQR over 9 timed blocks; latency in eval mode, "
             "median (IQR) over 25 timed blocks after an untimed warm-up. <b>Under load</b>: what the training "
             "jobs saw while other jobs shared the machine; kept for reference, not for comparison. Training "
@@ -78,7 +79,7 @@ def measurements(ctx) -> Section:
             "process whose heap returns freed memory. Dead ReLU: channels that "
             f"output zero for every validation image, final model."
             + (f" The A/A control is {html.escape(ctx.baseline)}'s network: its timing columns repeat the "
-               "baseline's (one timing job for both)." if ctx.has_aa_control else "")
+               "baseline's (the same network, timed once)." if ctx.has_aa_control else "")
             + f" {device_note(ctx)}</p>")
     return Section("measurements", "Cost, speed, memory",
                    html_table(header, rows, numeric=set(range(1, len(header))), sortable=True) + note)

@@ -1,7 +1,7 @@
 rule collect:
     input:
         runs=[f for v in STUDY.variants for f in run_files(v)],
-        timings=expand(rules.time.output[0], variant=TIMED),
+        timings=rules.time.output,
         splits=ancient(rules.split.output[0]),
     output:
         runs=f"{RESULTS}/runs.parquet",

@@ -1,10 +1,12 @@
 # Validate and resolve the study once (one clear error naming the variant and field, before any job),
 # check its memory and compute budget, and define the paths every rule shares. The logic lives in the
 # cnnbench library.
+import hashlib
 import json
 import math
 import os
 import sys
+from pathlib import Path
 
 from cnnbench.budget import check_study, detect_machine
 from cnnbench.config import AA_CONTROL, load_study
@@ -145,6 +147,17 @@ def job_minutes(variant, runs):
     return max(10, math.ceil(3 * v.macs / v.runs * runs / _ESTIMATE.machine.macs_per_s / 60))
 
 
+def timing_minutes():
+    """Slurm runtime request of the timing job: per variant, one epoch (its memory figure) and ~10 s of
+    timed blocks and start-up, x 3; at least 10 min."""
+    seconds = sum(
+        v.macs / v.runs / STUDY.variants[name].train["epochs"] / _ESTIMATE.machine.macs_per_s + 10
+        for name, v in _ESTIMATE.variants.items()
+        if name in TIMED
+    )
+    return max(10, math.ceil(3 * seconds / 60))
+
+
 def job_mem_mb(variant):
     """Slurm memory request of a training job: the budget's estimate (already 2x on model and activations)."""
     return max(2000, math.ceil(_ESTIMATE.variants[variant].memory_bytes / 2**20))
@@ -195,6 +208,13 @@ TRAIN_PRIORITY = (lambda w: PRIORITY[w.variant]) if snakemake_takes_priority_fun
 
 
 TIMED = [v for v in STUDY.variants if v != AA_CONTROL]  # the A/A control shares the baseline's network
+TIMING_SPECS = json.dumps([STUDY.variants[v].run_dict() for v in TIMED], sort_keys=True)  # in study order
+
+
+def write_timing_specs(specs, path, log):
+    """The timing job's input (measure.smk): the specs of the variants it times, as JSON."""
+    Path(path).write_text(specs)
+    Path(log).write_text(f"{len(TIMED)} variant specs -> {path}\n")
 
 
 def run_files(variant):
