@@ -242,7 +242,8 @@ def job_overhead(runs: pd.DataFrame, benchmark_dir: str | Path) -> pd.DataFrame:
 
 def write_test_probs(records: list[dict], images, path: Path) -> None:
     """Every run's test-image probabilities (`<variant>/fold<k>-seed<s>` keys) and the true labels, for
-    the report's ensembles; no file when the runs have none (no test split and no held-out part)."""
+    the report's ensembles. Written even when the runs have none (no test split and no held-out part):
+    an output the workflow declares, so that a lost file is made again rather than its section dropped."""
     import numpy as np
 
     from cnnbench.runner import decode_array, run_name
@@ -251,12 +252,11 @@ def write_test_probs(records: list[dict], images, path: Path) -> None:
     probs = {f"{r['variant']}/{run_name(r['fold'], r['seed'])}": decode_array(r["test_prob"])
              for r in records if "test_prob" in r and r.get("status", "ok") != "diverged"}
     probs = {k: p for k, p in probs.items() if np.isfinite(p).all()}
-    if not probs or images.y_test is None:
-        path.unlink(missing_ok=True)
-        return
+    if images.y_test is None:
+        probs = {}
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
-            np.savez(f, y_test=images.y_test, **probs)
+            np.savez(f, y_test=np.empty(0, np.int64) if images.y_test is None else images.y_test, **probs)
 
 
 def write_table(df: pd.DataFrame, path_stem: str | Path) -> list[Path]:

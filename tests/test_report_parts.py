@@ -122,6 +122,9 @@ def test_a_variant_with_a_diverged_run_is_named_not_ensembled(tmp_path):
     html = ensembles(ctx).html
     assert "<td>baseline</td>" in html.replace(' class="num"', "")
     assert "Left out, as some of their runs diverged: huge_lr." in html
+    # without held-out images the file is still written (a declared output), with no runs: no section
+    write_test_probs(records, SimpleNamespace(y_test=None), tmp_path / "test_probs.npz")
+    assert np.load(tmp_path / "test_probs.npz").files == ["y_test"] and ensembles(ctx) is None
 
 
 def test_the_metrics_table_reads_each_figure_from_its_own_table():

@@ -227,6 +227,26 @@ def test_a_big_studys_specs_reach_the_timing_job_in_a_file(tmp_path):
     assert [s["name"] for s in json.loads(text)] == list(variants)
 
 
+def test_collects_lost_tables_are_made_again_with_their_report_sections(finished, tmp_path):
+    """The translation probe's table and the ensembles' probabilities are declared outputs of collect: lost,
+    they are made again (nothing retrained), rather than the report dropping their sections unsaid."""
+    import shutil
+
+    workdir = tmp_path / "study"
+    shutil.copytree(finished, workdir, symlinks=True)
+    results = workdir / "results" / "tiny"
+    html = (workdir / "reports" / "tiny" / "index.html").read_text()
+    assert '<section id="translation">' in html and '<section id="ensembles">' in html
+    for name in ("probe.parquet", "probe.csv", "test_probs.npz"):
+        (results / name).unlink()
+    out = snakemake(workdir)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "rule train" not in out.stdout + out.stderr and "rule collect" in out.stdout + out.stderr
+    assert all((results / name).is_file() for name in ("probe.parquet", "probe.csv", "test_probs.npz"))
+    html = (workdir / "reports" / "tiny" / "index.html").read_text()
+    assert '<section id="translation">' in html and '<section id="ensembles">' in html
+
+
 def test_snakemake_report_collects_the_marked_outputs(finished):
     out = snakemake(finished, "--report", str(finished / "reports" / "tiny" / "snakemake.html"))
     assert out.returncode == 0, out.stderr

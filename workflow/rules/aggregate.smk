@@ -16,6 +16,9 @@ rule collect:
         predictions_csv=f"{RESULTS}/predictions.csv",
         timing=f"{RESULTS}/timing.parquet",
         timing_csv=f"{RESULTS}/timing.csv",
+        probe=f"{RESULTS}/probe.parquet",
+        probe_csv=f"{RESULTS}/probe.csv",
+        test_probs=f"{RESULTS}/test_probs.npz",  # for the ensembles; without runs where no images are held out
         specs=f"{RESULTS}/specs.json",
         study=f"{RESULTS}/study.json",
     log:

@@ -10,6 +10,8 @@ rule report:
         weights=[f"{RESULTS}/models/{v}{group_suffix(0)}.pt" for v in STUDY.variants],  # the first run's
         benchmarks=[f for v in STUDY.variants for f in job_files("benchmarks/train", v, "tsv")],
         timing=rules.collect.output.timing,
+        probe=rules.collect.output.probe,
+        test_probs=rules.collect.output.test_probs,
     output:
         html=report(REPORT, caption="../report/study.rst", category="Study report"),
         per_example=f"reports/{STUDY.name}/per_example.csv",
