@@ -24,7 +24,8 @@ onstart:
     cluster_notes()
     print(
         f"cnnbench: each training job's progress (run, epoch, time left): {RESULTS}/logs/train/<variant>"
-        + (".g<k>.log (k: the job's group of runs)" if len(RUN_GROUPS) > 1 else ".log"),
+        + (".g<k>.log (k: the job's group of runs)" if len(RUN_GROUPS) > 1 else ".log")
+        + f"; the timing job's (variant, time left): {RESULTS}/logs/time.log",
         file=sys.stderr,
     )
 

@@ -96,6 +96,7 @@ def _args_pretrain(sub) -> None:
 def _cmd_time(a: argparse.Namespace) -> None:
     from pathlib import Path
 
+    from cnnbench.config import AA_CONTROL
     from cnnbench.io import read_json, write_json
     from cnnbench.timing import time_study
 
@@ -105,6 +106,11 @@ def _cmd_time(a: argparse.Namespace) -> None:
         raise CnnbenchError(f"--specs {a.specs}: a JSON list of resolved variant specs is expected (the workflow "
                             "writes results/<study>/timing-specs.json), or collect's results/<study>/specs.json")
     specs = [_spec(d, f"--specs {a.specs}: spec {i + 1}") for i, d in enumerate(specs)]
+    names = [s.name for s in specs]
+    if twice := sorted({n for n in names if names.count(n) > 1}):
+        raise CnnbenchError(f"--specs {a.specs}: variant(s) {', '.join(twice)} given twice; each variant's record "
+                            "is <out-dir>/<variant>.json, so give each once")
+    specs = [s for s in specs if s.name != AA_CONTROL] or specs  # collect's specs.json: the baseline's network
     out_dir = Path(a.out_dir)
     time_study(specs, data_path=a.data, splits_path=a.splits, device=a.device, threads=a.threads,
                jobs_per_gpu=a.jobs_per_gpu, on_record=lambda t: write_json(out_dir / f"{t['variant']}.json", t))

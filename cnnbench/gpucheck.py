@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import subprocess
@@ -493,15 +494,18 @@ def time_study(root: Path, config: Path, folder: Path, device: str, jobs_per_gpu
             "artifacts": {f"{folder.name}-report.html": str(reports[0])}}
 
 
+TIMING_PROGRESS = re.compile(r"\[\d+/\d+\] \S+ measured alone: ")  # cnnbench.timing.time_study's progress
+
+
 def study_breakdown(folder: Path) -> dict:
     """Where a timed study's time went, from what its jobs left (a stopped study too): each kind of job's
     count and wall times (Snakemake's benchmark files), and the timing job's set-up (process start,
-    device, data: once per process, shared by `set_up_shared_by` variants) and per-variant phases."""
+    device, data: counted once per process, which on CUDA all variants share) and per-variant phases.
+    A timing job stopped midway leaves no records (Snakemake removes them): its log's progress stands in."""
     out: dict = {}
-    for kind in ("train", "time"):
+    for kind, pattern in (("train", "results/*/benchmarks/train/*.tsv"), ("time", "results/*/benchmarks/time.tsv")):
         walls = []
-        for path in sorted([*folder.glob(f"results/*/benchmarks/{kind}/*.tsv"),
-                            *folder.glob(f"results/*/benchmarks/{kind}.tsv")]):
+        for path in sorted(folder.glob(pattern)):
             try:
                 walls.append(float(path.read_text().splitlines()[-1].split("\t")[0]))
             except (OSError, IndexError, ValueError):
@@ -510,20 +514,25 @@ def study_breakdown(folder: Path) -> dict:
             out[f"{kind}_jobs"] = {"finished": len(walls), "sum_s": round(sum(walls), 1),
                                    "mean_s": round(sum(walls) / len(walls), 1), "max_s": round(max(walls), 1)}
     phases: dict[str, list[float]] = {}
-    set_up: dict[str, float] = {}
+    set_up: dict[str, dict] = {}  # process -> its set-up, once
     for path in sorted(folder.glob("results/*/timing/*.json")):
         try:
             record = json.loads(path.read_text())
             for k, v in record.get("phases_s", {}).items():
                 phases.setdefault(k, []).append(v)
-            for k, v in record.get("set_up_s", {}).items():
-                set_up[k] = set_up.get(k, 0.0) + v / max(1, record.get("set_up_shared_by", 1))
+            set_up[record.get("process", str(path))] = record.get("set_up_s", {})
         except (OSError, ValueError, TypeError, AttributeError):
             continue
     if phases:
-        out["timing"] = {"variants": len(next(iter(phases.values()))),
-                         "set_up_sum_s": {k: round(v, 2) for k, v in set_up.items()},
+        out["timing"] = {"variants": len(next(iter(phases.values()))), "processes": len(set_up),
+                         "set_up_sum_s": {k: round(sum(p.get(k, 0.0) for p in set_up.values()), 2)
+                                          for k in ("start_up", "device", "data")},
                          "per_variant_mean_s": {k: round(sum(v) / len(v), 2) for k, v in phases.items()}}
+    else:
+        progress = [line for path in folder.glob("results/*/logs/time.log")
+                    for line in path.read_text(errors="replace").splitlines() if TIMING_PROGRESS.match(line)]
+        if progress:
+            out["timing"] = {"stopped_at": progress[-1]}
     return out
 
 

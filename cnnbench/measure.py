@@ -147,6 +147,9 @@ class PeakMemory:
 
     def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
+            import gc
+
+            gc.collect()  # an earlier run's (or variant's) cyclic garbage may still hold device tensors
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(self.device)
             self.start_mb = torch.cuda.memory_allocated(self.device) / 2**20

@@ -45,21 +45,23 @@ def time_study(specs: Sequence[VariantSpec], *, data_path: str | Path, splits_pa
     from cnnbench.runtime import resolve_device
 
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
-    if own_processes is None:
-        own_processes = resolve_device(device).type != "cuda"
+    if own_processes is None:  # (no torch import in this process for a plain CPU study)
+        own_processes = device == "cpu" or resolve_device(device).type != "cuda"
     where = dict(data_path=data_path, splits_path=splits_path, device=device, threads=threads,
                  jobs_per_gpu=jobs_per_gpu, repeats=repeats)
     measured = _each_in_own_process(specs, where) if own_processes else _in_this_process(specs, **where)
-    started, records = time.monotonic(), []
+    started, records = time.time(), []
     for record in measured:
         records.append(record)
         if on_record:
             on_record(record)
-        done, elapsed = len(records), time.monotonic() - started
+        done, now = len(records), time.time()
+        # the pace from the first measurement on: a shared process's set-up is paid once, not per variant
+        pace = (now - records[0]["window"][0]) / done
         log(f"[{done}/{len(specs)}] {record['variant']} measured alone: {record['train_img_per_s']:,.0f} img/s "
             f"(IQR {record['train_img_per_s_iqr']:,.0f}), {record['epoch_time_s']:.2f} s/epoch, latency b=1 "
-            f"{record['latency_b1_ms']:.3f} ms, training memory {record['train_mb']:.0f} MB; {elapsed:.0f} s so "
-            f"far, about {elapsed / done * (len(specs) - done):.0f} s left")
+            f"{record['latency_b1_ms']:.3f} ms, training memory {record['train_mb']:.0f} MB; {now - started:.0f} s "
+            f"so far, about {pace * (len(specs) - done):.0f} s left")
     return records
 
 
@@ -81,7 +83,8 @@ def _each_in_own_process(specs: Sequence[VariantSpec], where: dict) -> Iterator[
                 yield pool.submit(time_variant, spec, **where).result()
             except BrokenProcessPool:
                 raise CnnbenchError(f"timing {spec.name!r}: its measuring process died (killed, or out of memory: "
-                                    "see the job's log and the machine's memory)") from None
+                                    "see the job's log; on Slurm give the job more with --set-resources "
+                                    "time:mem_mb=N)") from None
 
 
 def _in_this_process(specs: Sequence[VariantSpec], *, data_path: str | Path, splits_path: str | Path,
@@ -96,7 +99,8 @@ def _in_this_process(specs: Sequence[VariantSpec], *, data_path: str | Path, spl
     from cnnbench.runtime import start_job
     from cnnbench.train import labels_per_class
 
-    set_up = {"start_up": time.time() - process_started()}  # interpreter and imports, before this call
+    started = process_started()
+    set_up = {"start_up": time.time() - started}  # interpreter and imports, before this call
     mark = time.perf_counter()
 
     def lap() -> float:
@@ -117,7 +121,8 @@ def _in_this_process(specs: Sequence[VariantSpec], *, data_path: str | Path, spl
             import torch._dynamo
 
             # each variant compiled afresh, as in a process of its own: variants share the network class's
-            # forward code, and past torch's recompile limit (8) dynamo would quietly run the rest eager
+            # forward code, and past torch's recompile limit (8) dynamo would quietly run the rest eager. (The
+            # first one still pays the process's one-time compiler set-up: compile_time_s is not comparable.)
             torch._dynamo.reset()
         window_start = time.time()
         lap()
@@ -133,6 +138,7 @@ def _in_this_process(specs: Sequence[VariantSpec], *, data_path: str | Path, spl
                # `set_up_shared_by` variants shared (one on the CPU, all of them on CUDA)
                "phases_s": {k: round(v, 3) for k, v in phases.items()},
                "set_up_s": {k: round(v, 3) for k, v in set_up.items()}, "set_up_shared_by": len(specs),
+               "process": f"{os.getpid()}@{started:.2f}",  # which records share one process (and its set-up)
                "window": [window_start, time.time()],  # unix seconds: when the machine was held for this
                "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "env": env}
 

@@ -85,6 +85,9 @@ def test_workflow_commands_on_missing_inputs(files):
                               str(files / "t")), "no such specs file")
     assert_one_line_error(cli("time", "--specs", str(files / "list.json"), "--data", "d", "--splits", "s",
                               "--out-dir", str(files / "t")), "a JSON list of resolved variant specs")
+    (files / "twice.json").write_text(json.dumps([json.loads(spec)] * 2))
+    assert_one_line_error(cli("time", "--specs", str(files / "twice.json"), "--data", "d", "--splits", "s",
+                              "--out-dir", str(files / "t")), "given twice")
     (files / "bad-specs.json").write_text(json.dumps([{"name": "x"}]))
     assert_one_line_error(cli("time", "--specs", str(files / "bad-specs.json"), "--data", "d", "--splits", "s",
                               "--out-dir", str(files / "t")), "spec 1: not a resolved variant spec")

@@ -106,6 +106,24 @@ def test_the_timing_job_takes_a_whole_gpu_and_uses_cuda_events(prepared, tmp_pat
     assert t["numerics"]["precision"] == resolve_precision("auto", GPU)
 
 
+def test_the_timing_job_times_every_variant_in_one_process_on_cuda(prepared, tmp_path, monkeypatch):
+    """One process for all variants (torch and CUDA start once): the allocator's figure of the same
+    network measured before and after a larger one agrees, so nothing of a variant leaks into the next."""
+    from cnnbench.timing import time_study
+
+    monkeypatch.setenv("CNNBENCH_GPU_LOCK_DIR", str(tmp_path / "locks"))
+    root, *_ = prepared
+    study = load_study(tiny_study(protocol={"folds": 2, "epochs": 3, "batch_size": 32}, execution={"device": "cuda"},
+                                  variants={"baseline": {"base": "cnn"}, "wide": {"base": "baseline", "width": 64},
+                                            "again": {"base": "baseline"}}))
+    records = time_study([study.variants[v] for v in ("baseline", "wide", "again")], data_path=root / "data.npz",
+                         splits_path=root / "splits.json", device="cuda", repeats=3, log=lambda m: None)
+    assert len({r["process"] for r in records}) == 1 and [r["set_up_shared_by"] for r in records] == [3, 3, 3]
+    assert all(r["memory_kind"] == "cuda_allocator" and r["timer"] == "cuda_events" for r in records)
+    first, wide, again = (r["train_mb"] for r in records)
+    assert wide > first and again == pytest.approx(first, rel=0.1), (first, wide, again)
+
+
 def test_a_training_job_records_its_gpu_slot(prepared, tmp_path, monkeypatch):
     import json
 

@@ -306,6 +306,7 @@ def test_a_timed_study_runs_from_an_empty_folder_at_the_sweeps_setting_and_bring
     assert 0 < where["time_jobs"]["sum_s"] < timed["seconds_end_to_end"]
     timing = where["timing"]
     assert timing["variants"] == runs["variant"].nunique() - 1  # the A/A control is not timed
+    assert timing["processes"] == timing["variants"]  # on the CPU: a fresh process per variant
     assert set(timing["set_up_sum_s"]) == {"start_up", "device", "data"}  # on the CPU: once per variant's process
     assert set(timing["per_variant_mean_s"]) == {"speed_and_latency", "memory"}
     assert all(v >= 0 for v in [*timing["set_up_sum_s"].values(), *timing["per_variant_mean_s"].values()])
@@ -339,3 +340,25 @@ def test_steps_left_out_by_only_say_so(tmp_path):
     status = {s["step"]: (s["status"], s.get("why")) for s in summary["steps"]}
     assert code == 0 and status["environment"][0] == "passed"
     assert all(v == ("skipped", "not in --only") for k, v in status.items() if k != "environment")
+
+
+def test_where_a_stopped_studys_time_went_counts_a_shared_set_up_once_or_reads_the_log(tmp_path):
+    """One CUDA process times every variant: its set-up is counted once, not per record; a timing job
+    stopped midway has no records (Snakemake removes them), so its log's last progress line stands in."""
+    timing = tmp_path / "results" / "s" / "timing"
+    timing.mkdir(parents=True)
+    for name in ("a", "b"):
+        (timing / f"{name}.json").write_text(json.dumps({
+            "phases_s": {"speed_and_latency": 2.0, "memory": 1.0}, "process": "7@1.00", "set_up_shared_by": 3,
+            "set_up_s": {"start_up": 4.0, "device": 1.5, "data": 0.5}}))
+    where = gpucheck.study_breakdown(tmp_path)["timing"]
+    assert where == {"variants": 2, "processes": 1, "set_up_sum_s": {"start_up": 4.0, "device": 1.5, "data": 0.5},
+                     "per_variant_mean_s": {"speed_and_latency": 2.0, "memory": 1.0}}
+    for path in timing.iterdir():
+        path.unlink()
+    (tmp_path / "results" / "s" / "logs").mkdir()
+    (tmp_path / "results" / "s" / "logs" / "time.log").write_text(
+        "claimed GPU 0\n[1/9] a measured alone: 9 img/s; 12 s so far, about 40 s left\n"
+        "[2/9] b measured alone: 9 img/s; 17 s so far, about 35 s left\n")
+    assert gpucheck.study_breakdown(tmp_path)["timing"] == {
+        "stopped_at": "[2/9] b measured alone: 9 img/s; 17 s so far, about 35 s left"}

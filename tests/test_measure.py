@@ -227,6 +227,8 @@ def test_one_timing_job_times_every_variant_back_to_back(recorded, own_processes
     """The workflow's single timing job: records come out in the study's order, each as soon as it is made,
     in consecutive windows; the process set-up is paid once per variant on the CPU (RSS needs a fresh
     process) and once in all where the allocator measures memory (CUDA)."""
+    import os
+
     from cnnbench.timing import time_study
 
     root = recorded.parents[2]
@@ -243,6 +245,9 @@ def test_one_timing_job_times_every_variant_back_to_back(recorded, own_processes
     assert all(set(r["phases_s"]) == {"speed_and_latency", "memory"} for r in records)
     assert all(set(r["set_up_s"]) == {"start_up", "device", "data"} for r in records)
     assert [r["set_up_shared_by"] for r in records] == ([1, 1] if own_processes else [2, 2])
+    processes = {r["process"] for r in records}
+    here = {p for p in processes if p.startswith(f"{os.getpid()}@")}
+    assert (len(processes), len(here)) == ((2, 0) if own_processes else (1, 1)), processes  # fresh ones, or this
     assert lines[0].startswith("[1/2] dropout measured alone: ") and "s left" in lines[-1] and lines[1].startswith("[2/2]")
 
 

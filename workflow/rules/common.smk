@@ -148,14 +148,17 @@ def job_minutes(variant, runs):
 
 
 def timing_minutes():
-    """Slurm runtime request of the timing job: per variant, one epoch (its memory figure) and ~10 s of
-    timed blocks and start-up, x 3; at least 10 min."""
+    """Slurm runtime request of the timing job, which times every variant: per variant one epoch (its
+    memory figure), a minute for the timed blocks and a process start (10 s here, slower from a cluster's
+    shared file system), two more when compiling; x 3, at least 30 min (the profile's default for a job).
+    A timing job that runs out of time loses every variant's figure, so the request errs long."""
+    per_variant_s = 60 + (120 if STUDY.execution["compile"] else 0)
     seconds = sum(
-        v.macs / v.runs / STUDY.variants[name].train["epochs"] / _ESTIMATE.machine.macs_per_s + 10
+        v.macs / v.runs / STUDY.variants[name].train["epochs"] / _ESTIMATE.machine.macs_per_s + per_variant_s
         for name, v in _ESTIMATE.variants.items()
         if name in TIMED
     )
-    return max(10, math.ceil(3 * seconds / 60))
+    return max(30, math.ceil(3 * seconds / 60))
 
 
 def job_mem_mb(variant):
@@ -209,6 +212,10 @@ TRAIN_PRIORITY = (lambda w: PRIORITY[w.variant]) if snakemake_takes_priority_fun
 
 TIMED = [v for v in STUDY.variants if v != AA_CONTROL]  # the A/A control shares the baseline's network
 TIMING_SPECS = json.dumps([STUDY.variants[v].run_dict() for v in TIMED], sort_keys=True)  # in study order
+# what the timing records depend on: the specs, and (as for training) the networks the code builds from them
+TIMING_SPECS_SHA256 = hashlib.sha256(
+    json.dumps([TIMING_SPECS, [STUDY.variants[v].spec_hash for v in TIMED]]).encode()
+).hexdigest()
 
 
 def write_timing_specs(specs, path, log):
