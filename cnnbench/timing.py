@@ -39,7 +39,7 @@ def time_study(specs: Sequence[VariantSpec], *, data_path: str | Path, splits_pa
 
     On the CPU each variant is measured in a fresh process of its own (`own_processes`), as one job per
     variant did: memory is the process's RSS there, and measured one variant after another in one process
-    the later variants read 6-18 MB off their fresh-process figures (2-vCPU Xeon, default study). On CUDA
+    the default study's variants read 1-21 MB off their fresh-process figures (2-vCPU Xeon). On CUDA
     the allocator measures memory exactly, so one process times them all and torch, CUDA and the data
     start once instead of once per variant (on an H200 a timing job took 12.6 s, most of it start-up)."""
     from cnnbench.runtime import resolve_device
