@@ -112,6 +112,10 @@ def _cmd_time(a: argparse.Namespace) -> None:
                             "is <out-dir>/<variant>.json, so give each once")
     specs = [s for s in specs if s.name != AA_CONTROL] or specs  # collect's specs.json: the baseline's network
     out_dir = Path(a.out_dir)
+    try:  # before any measurement, not after the first variant's
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CnnbenchError(f"--out-dir {out_dir}: cannot make this folder ({e.strerror}); give a folder") from None
     time_study(specs, data_path=a.data, splits_path=a.splits, device=a.device, threads=a.threads,
                jobs_per_gpu=a.jobs_per_gpu, on_record=lambda t: write_json(out_dir / f"{t['variant']}.json", t))
     print(f"[{specs[0].study}] {len(specs)} variant(s) timed alone -> {out_dir}/<variant>.json", file=sys.stderr)
@@ -485,6 +489,10 @@ def main(argv: list[str] | None = None) -> int:
     except CnnbenchError as e:
         print(f"cnnbench {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C, or Snakemake stopping its jobs: one line, not a traceback
+        print(f"cnnbench {args.command}: interrupted; what it had not finished is redone on the next run",
+              file=sys.stderr)
+        return 130
     return status or 0
 
 

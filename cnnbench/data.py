@@ -100,6 +100,12 @@ def load_cache(path: str | Path) -> ImageData:
         z = np.load(path)
     except FileNotFoundError:
         raise DataError(f"{path}: no data cache; run `cnnbench prepare-data` (the workflow does)") from None
+    except (ValueError, OSError) as e:  # e.g. a JSON file given for the cache: numpy calls it pickled data
+        raise DataError(f"{path}: not a data cache ({type(e).__name__}); give the .npz that `cnnbench "
+                        "prepare-data` writes (results/<study>/data.npz)") from None
+    if not hasattr(z, "files") or not {"name", "x", "y", "classes"} <= set(z.files):
+        raise DataError(f"{path}: not a data cache (no x, y, name and classes in it); give the .npz that "
+                        "`cnnbench prepare-data` writes (results/<study>/data.npz)")
     test = ("x_test" in z.files)
     return ImageData(str(z["name"]), z["x"], z["y"].astype(np.int64), [str(c) for c in z["classes"]],
                      z["x_test"] if test else None, z["y_test"].astype(np.int64) if test else None)

@@ -56,8 +56,9 @@ def time_study(specs: Sequence[VariantSpec], *, data_path: str | Path, splits_pa
         if on_record:
             on_record(record)
         done, now = len(records), time.time()
-        # the pace from the first measurement on: a shared process's set-up is paid once, not per variant
-        pace = (now - records[0]["window"][0]) / done
+        # on the CPU every variant pays its process's start-up: the pace from the job's start; a shared
+        # (CUDA) process pays it once: the pace from its first measurement
+        pace = (now - (started if own_processes else records[0]["window"][0])) / done
         log(f"[{done}/{len(specs)}] {record['variant']} measured alone: {record['train_img_per_s']:,.0f} img/s "
             f"(IQR {record['train_img_per_s_iqr']:,.0f}), {record['epoch_time_s']:.2f} s/epoch, latency b=1 "
             f"{record['latency_b1_ms']:.3f} ms, training memory {record['train_mb']:.0f} MB; {now - started:.0f} s "

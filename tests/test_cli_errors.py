@@ -85,6 +85,11 @@ def test_workflow_commands_on_missing_inputs(files):
                               str(files / "t")), "no such specs file")
     assert_one_line_error(cli("time", "--specs", str(files / "list.json"), "--data", "d", "--splits", "s",
                               "--out-dir", str(files / "t")), "a JSON list of resolved variant specs")
+    (files / "afile").write_text("")  # refused before the first variant is measured, not after it
+    assert_one_line_error(cli("time", "--specs", str(files / "specs.json"), "--data", f"{missing}.npz", "--splits",
+                              f"{missing}.json", "--out-dir", str(files / "afile")), "--out-dir", "give a folder")
+    assert_one_line_error(cli("time", "--specs", str(files / "specs.json"), "--data", str(files / "specs.json"),
+                              "--splits", f"{missing}.json", "--out-dir", str(files / "t")), "not a data cache")
     (files / "twice.json").write_text(json.dumps([json.loads(spec)] * 2))
     assert_one_line_error(cli("time", "--specs", str(files / "twice.json"), "--data", "d", "--splits", "s",
                               "--out-dir", str(files / "t")), "given twice")

@@ -203,3 +203,20 @@ def test_the_pilot_warning_counts_the_resamples_actually_compared():
     ctx = SimpleNamespace(specs=study.variants, baseline="baseline", comparison=pd.DataFrame({"resamples": [5, 4]}))
     assert "Only J = 4 paired resamples</b> (of 1 &times; 5-fold)" in small_design_note(ctx)
     assert small_design_note(SimpleNamespace(**{**vars(ctx), "comparison": pd.DataFrame({"resamples": [5]})})) == ""
+
+
+def test_a_speed_alone_below_the_speed_under_load_is_flagged(tmp_path):
+    """Alone a variant has the machine to itself: slower there than its training jobs under load means the
+    machine slowed down while the timing job ran, which the timing job's own IQR cannot show (a trial)."""
+    from types import SimpleNamespace
+
+    from cnnbench.report.cost import slower_alone_warning
+
+    s = pd.DataFrame({"train_img_per_s": [16_000.0, 10_964.0, 16_000.0],
+                      "train_img_per_s_under_load": [12_000.0, 11_719.0, 17_000.0]},
+                     index=["baseline", "wide", "aa_control"])
+    ctx = SimpleNamespace(variants=["baseline", "wide", "aa_control"], results_dir=tmp_path / "results" / "s")
+    html = slower_alone_warning(s, ctx)
+    assert "wide (10,964 alone vs 11,719 under load)" in html and "baseline" not in html
+    assert "aa_control" not in html  # the baseline's timing, repeated: not measured for it
+    assert slower_alone_warning(s.drop(index="wide"), SimpleNamespace(variants=["baseline"], results_dir=tmp_path)) == ""

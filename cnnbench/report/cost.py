@@ -7,6 +7,7 @@ import html
 import numpy as np
 import pandas as pd
 
+from cnnbench.config import AA_CONTROL
 from cnnbench.metrics import METRICS
 from cnnbench.report.figures import BASELINE_COLOR, VARIANT_COLOR, figure_html, plt
 from cnnbench.report.format import device_note, metric_cell, si
@@ -82,4 +83,20 @@ def measurements(ctx) -> Section:
                "baseline's (the same network, timed once)." if ctx.has_aa_control else "")
             + f" {device_note(ctx)}</p>")
     return Section("measurements", "Cost, speed, memory",
-                   html_table(header, rows, numeric=set(range(1, len(header))), sortable=True) + note)
+                   html_table(header, rows, numeric=set(range(1, len(header))), sortable=True) + note
+                   + slower_alone_warning(s, ctx))
+
+
+def slower_alone_warning(s, ctx) -> str:
+    """Alone, a variant has the machine to itself, so its speed should not fall below what its training jobs
+    saw while sharing it; where it does, the machine was slower while the timing job ran (another program,
+    throttling) and the IQR within that job cannot show it."""
+    alone, shared = s["train_img_per_s"], s["train_img_per_s_under_load"]
+    slow = [v for v in ctx.variants if v != AA_CONTROL and alone.get(v, float("nan")) < shared.get(v, float("nan"))]
+    if not slow:
+        return ""
+    named = ", ".join(f"{html.escape(v)} ({alone[v]:,.0f} alone vs {shared[v]:,.0f} under load)" for v in slow)
+    return (f'<div class="alarm"><p>Measured alone slower than under load: {named}. The machine was slower while '
+            "the timing job ran (another program, throttling), so these speeds understate the variant: compare "
+            f"them with care, or time the study again (delete {html.escape(str(ctx.results_dir))}/timing/ and "
+            "run snakemake).</p></div>")
