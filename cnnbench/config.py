@@ -5,8 +5,8 @@ the variant and the field:
 
 1. reading: `StrictLoader` refuses a key written twice in one mapping (with both line numbers) and reads
    YAML 1.2 floats (`1e-3`) as floats, which PyYAML's YAML 1.1 rules leave as strings;
-2. numbers (`normalise`, also applied to the dict Snakemake parsed itself): an integer field takes 2 or
-   2.0 (-> 2) but refuses 2.5; every number must be finite; `'1e-3'` strings become floats;
+2. numbers (`normalise`, also applied to the dict Snakemake parsed itself): an integer field takes 2 and
+   refuses 2.0 and 2.5 alike; every number must be finite; `'1e-3'` strings become floats;
 3. types, ranges and upper bounds come from the JSON schema (the one in workflow/schemas);
 4. cross-field rules: data folders, bases and cycles, padding within the kernel's span, and each
    variant's network walked with the shape formulas, so an impossible geometry stops the workflow

@@ -1,9 +1,10 @@
 """Config checks driven by the JSON schema: numbers read exactly, then types, ranges and bounds.
 
-`normalise` walks the raw config beside the schema: an integral float in an integer field becomes an
-int (2.0 -> 2) and a non-integral one is refused, every number must be finite, and a YAML 1.2 float that
-arrived as a string ('1e-3', Snakemake's own parse) becomes a float. `check_schema` then validates the
-result and turns the most useful jsonschema error into one line naming the variant and the field.
+`normalise` walks the raw config beside the schema: a float in an integer field is refused, 2.0 as much
+as 2.5 (the field counts something, and a decimal there is most often a value typed into the wrong
+field); every number must be finite; and a YAML 1.2 float that arrived as a string ('1e-3', Snakemake's
+own parse) becomes a float. `check_schema` then validates the result and turns the most useful
+jsonschema error into one line naming the variant and the field.
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ EXP_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE]
 
 
 def normalise(raw: Any) -> Any:
-    """Numbers read exactly, guided by the schema: an integral float in an integer field becomes an int
-    (2.0 -> 2) and a non-integral one is refused; every number must be finite; a YAML 1.2 float left as
-    a string by YAML 1.1 ('1e-3') becomes a float in a number field. Also every key must be a name.
+    """Numbers read exactly, guided by the schema: a float in an integer field is refused, 2.0 as much as
+    2.5; every number must be finite; a YAML 1.2 float left as a string by YAML 1.1 ('1e-3') becomes a
+    float in a number field. Also every key must be a name.
     The same function serves a file read here and the dict Snakemake parsed itself."""
     return _normalise(raw, schema(), [])
 
@@ -66,7 +67,8 @@ def _normalise(value: Any, node: dict | None, path: list) -> Any:
             raise ConfigError(f"{where}: {written} is not a finite number; give a finite number{hint}")
         if "integer" in types and "number" not in types:
             if value.is_integer():
-                return int(value)
+                raise ConfigError(f"{where}: {value!r} is a decimal number, but this field counts something; "
+                                  f"write the integer {int(value)} (no decimal point or exponent)")
             raise ConfigError(f"{where}: {value!r} is not a whole number; this field counts something, so write "
                               f"an integer such as {math.floor(value)} or {math.ceil(value)}")
     return value

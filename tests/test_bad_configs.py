@@ -28,7 +28,7 @@ GPU16 = B.detect_machine({"device": "cuda"})  # the assumed 16 GB card
 
 
 def raw(text: str) -> str:
-    """A value written into the YAML as is (1e9, .nan, 2.0), not as Python's dump of it."""
+    """A value written into the YAML as is (1e-3, .nan, 2.0), not as Python's dump of it."""
     return f"@@{text}@@"
 
 
@@ -82,6 +82,15 @@ CASES = [
     Case("stride_list_2.5", with_changes(variant={"stride": [1, raw("2.5")]}),
          ("variant 'x', field 'stride.1'", "whole number")),
     Case("subset_float", with_changes(data={"name": "digits", "subset": raw("300.5")}), ("data.subset", "whole number")),
+    # 10.0 in an integer field: a decimal where a count goes is a slip (often a value in the wrong field)
+    Case("epochs_10.0", with_changes(protocol={"epochs": raw("10.0")}),
+         ("protocol.epochs: 10.0 is a decimal number, but this field counts something; write the integer 10",)),
+    Case("folds_1e1", with_changes(protocol={"folds": raw("1e1")}), ("protocol.folds: 10.0 is a decimal number", "10")),
+    Case("kernel_size_3.0_in_variant", with_changes(variant={"kernel_size": raw("3.0")}),
+         ("variant 'x', field 'kernel_size'", "decimal number", "write the integer 3")),
+    Case("widths_entry_8.0", with_changes(variant={"widths": [raw("8.0"), 16]}),
+         ("variant 'x', field 'widths.0'", "write the integer 8")),
+    Case("seed_0.0", with_changes(protocol={"seeds": [raw("0.0"), 1]}), ("protocol.seeds.0", "write the integer 0")),
     Case("width_text", with_changes(variant={"width": "sixty"}), ("variant 'x', field 'width'", "'sixty'")),
     Case("width_quoted", with_changes(variant={"width": "64"}),
          ("variant 'x', field 'width': '64' is text, not a number; write it without quotes",)),
@@ -210,7 +219,7 @@ CASES = [
          ("variant 'x', field 'width'", "upper bound of 8192", "use at most 8192")),
     Case("padding_1000", with_changes(variant={"padding": 1000}),
          ("variant 'x', field 'padding'", "upper bound of 256", "use at most 256")),
-    Case("epochs_1e9", with_changes(protocol={"epochs": raw("1e9")}),
+    Case("epochs_1e9", with_changes(protocol={"epochs": 1000000000}),
          ("protocol.epochs", "1000000000", "upper bound of 10000", "use at most 10000")),
     Case("widths_100000", with_changes(variant={"widths": [16, 100000]}),
          ("variant 'x', field 'widths.1'", "upper bound of 8192")),
@@ -218,7 +227,7 @@ CASES = [
          ("variant 'x', field 'hidden.0'", "upper bound of 65536")),
     Case("kernel_size_101", with_changes(variant={"kernel_size": 101}),
          ("variant 'x', field 'kernel_size'", "upper bound of 63")),
-    Case("batch_size_1e6", with_changes(variant={"batch_size": raw("1e6")}),
+    Case("batch_size_1e6", with_changes(variant={"batch_size": 1000000}),
          ("variant 'x', field 'batch_size'", "upper bound of 65536")),
     Case("blocks_10000", with_changes(variant={"blocks": 10000}), ("variant 'x', field 'blocks'", "upper bound of 512")),
     Case("seeds_101", with_changes(protocol={"seeds": list(range(101))}), ("protocol.seeds", "101 entries", "at most 100")),
@@ -271,7 +280,7 @@ CASES = [
     Case("synthetic_classes_1", with_changes(data={"name": "synthetic", "classes": 1}),
          ("data.classes", "minimum of 2")),
     Case("synthetic_n_10", with_changes(data={"name": "synthetic", "n": 10}), ("data.n", "minimum of 20")),
-    Case("synthetic_n_1e12", with_changes(data={"name": "synthetic", "n": raw("1e12")}),
+    Case("synthetic_n_1e12", with_changes(data={"name": "synthetic", "n": 10**12}),
          ("data.n", "upper bound of 100000000")),
     Case("synthetic_n_below_2_folds", with_changes(data={"name": "synthetic", "n": 20, "classes": 2},
                                                    protocol={"folds": 11}),
@@ -366,30 +375,15 @@ def test_yaml_1_2_floats_are_numbers(tmp_path: Path):
     assert isinstance(x.train["lr"], float)
 
 
-def test_integral_floats_become_ints(tmp_path: Path):
-    path = tmp_path / "study.yaml"
-    path.write_text(with_changes(protocol={"folds": raw("2.0"), "epochs": raw("2.0"), "batch_size": raw("32.0"),
-                                           "seeds": [raw("0.0"), raw("1e0")]},
-                                 variant={"kernel_size": raw("3.0"), "widths": [raw("8.0"), 16], "stride": raw("1.0"),
-                                          "hidden": [raw("3.2e1")]}))
-    study = load_study(path)
-    x = study.variants["x"]
-    assert study.split["folds"] == 2 and type(study.split["folds"]) is int and study.fold_ids == [0, 1]
-    assert study.seeds == [0, 1] and all(type(s) is int for s in study.seeds)
-    assert (x.train["epochs"], x.train["batch_size"], x.model["kernel_size"]) == (2, 32, 3)
-    assert all(type(v) is int for v in (x.train["epochs"], x.train["batch_size"], x.model["kernel_size"], x.model["stride"]))
-    assert x.model["widths"] == [8, 16] and x.model["hidden"] == [32] and type(x.model["hidden"][0]) is int
-
-
 def test_same_study_from_snakemakes_parser(tmp_path: Path):
     """Snakemake parses YAML itself (YAML 1.1: '1e-3' is a string); its dict gives the same specs."""
     from snakemake.common.configfile import load_configfile
 
     path = tmp_path / "study.yaml"
-    path.write_text(with_changes(protocol={"lr": raw("1e-3"), "folds": raw("2.0"), "epochs": raw("1e0")},
-                                 variant={"kernel_size": raw("3.0"), "weight_decay": raw("5e-4")}))
+    path.write_text(with_changes(protocol={"lr": raw("1e-3"), "folds": 2, "epochs": 1},
+                                 variant={"kernel_size": 3, "weight_decay": raw("5e-4")}))
     parsed = load_configfile(str(path))
-    assert parsed["protocol"]["lr"] == "1e-3" and parsed["protocol"]["folds"] == 2.0  # what Snakemake hands over
+    assert parsed["protocol"]["lr"] == "1e-3" and parsed["variants"]["x"]["weight_decay"] == "5e-4"  # as Snakemake hands over
     from_dict, from_file = load_study(parsed, name_hint=str(path)), load_study(path)
     assert from_dict.variants["x"].train["lr"] == 0.001 and from_dict.split["folds"] == 2
     assert {v: s.spec_hash for v, s in from_dict.variants.items()} == {v: s.spec_hash for v, s in from_file.variants.items()}
@@ -483,7 +477,7 @@ def test_machine_detection():
 
 # --- through the real workflow ---------------------------------------------------------------------
 
-WORKFLOW_CASES = ["duplicate_variant", "duplicate_knob_in_variant", "folds_2.5", "imagefolder_missing_root",
+WORKFLOW_CASES = ["duplicate_variant", "duplicate_knob_in_variant", "folds_2.5", "epochs_10.0", "imagefolder_missing_root",
                   "cifar10_without_root", "lr_nan", "width_1000000", "cycle_of_two",
                   "epochs_quoted"]  # Snakemake also lists a config file's values among --config's overrides
 
@@ -550,9 +544,8 @@ def test_workflow_refuses_a_study_over_its_budget(tmp_path: Path):
 
 @pytest.mark.slow
 def test_workflow_reads_numbers_exactly_and_prints_the_estimate(tmp_path: Path):
-    """folds: 2.0 crashed while the DAG was built; 1e-3 was "not a number". Now both plan jobs."""
-    (tmp_path / "study.yaml").write_text(with_changes(protocol={"folds": raw("2.0"), "epochs": raw("2.0"),
-                                                                "lr": raw("1e-3")}))
+    """1e-3 was "not a number" in the workflow (Snakemake reads YAML 1.1). Now it plans jobs."""
+    (tmp_path / "study.yaml").write_text(with_changes(protocol={"folds": 2, "epochs": 2, "lr": raw("1e-3")}))
     out = snakemake_dry_run(tmp_path, "--printshellcmds")
     text = out.stdout + out.stderr
     assert out.returncode == 0, text
