@@ -133,7 +133,10 @@ def save_splits(path: str | Path, val_folds: list[np.ndarray], y: np.ndarray, fo
 
 def load_fold(path: str | Path, fold: int, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(train, val) indices of `fold`, checked against the data they were made for."""
-    s = read_json(path)
+    s = read_json(path, "splits file (the workflow writes results/<study>/splits.json)")
+    if not isinstance(s, dict) or not {"n", "labels_sha256", "val"} <= s.keys():
+        raise DataError(f"{path}: not a splits file (it lacks n, labels_sha256 or val); give the splits.json that "
+                        "the workflow wrote beside the data cache")
     if s["n"] != len(y) or s["labels_sha256"] != labels_hash(y):
         raise DataError(f"{path}: the split was made for other data; delete it and rerun the workflow")
     if not 0 <= fold < len(s["val"]):

@@ -14,7 +14,8 @@ def resolve_device(setting: str = "auto") -> torch.device:
     if setting == "cuda" and not torch.cuda.is_available():
         from cnnbench.errors import ConfigError
 
-        raise ConfigError("execution.device: 'cuda' but torch sees no CUDA device; use auto or cpu")
+        raise ConfigError("execution.device (--device on the command line): 'cuda' but torch sees no CUDA device; "
+                          "use auto or cpu")
     if setting == "auto":
         setting = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(setting)

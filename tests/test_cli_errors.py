@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.test_cli import cli
 
@@ -114,6 +115,28 @@ def test_collect_names_a_corrupt_record(files, recorded):
     out = cli("collect", str(files / "truncated.json"), "--data", str(study / "data.npz"), "--splits",
               str(study / "splits.json"), "--out-dir", str(files / "out"))
     assert_one_line_error(out, "truncated.json", "not valid JSON", "run snakemake again")
+
+
+def test_a_missing_or_foreign_splits_file_is_named_as_such(files, recorded):
+    """A trial: a missing --splits said "no such JSON file"; a JSON file of another kind gave a KeyError."""
+    study = recorded.parents[2]
+    spec = json.loads((files / "outside.json").read_text())["spec"]
+    (files / "specs.json").write_text(json.dumps([spec]))
+    for splits, words in ((files / "nothing.json", ("nothing.json: no such splits file", "splits.json")),
+                          (files / "list.json", ("list.json: not a splits file", "splits.json"))):
+        assert_one_line_error(cli("time", "--specs", str(files / "specs.json"), "--data", str(study / "data.npz"),
+                                  "--splits", str(splits), "--out-dir", str(files / "t"), "--device", "cpu"), *words)
+    assert not list((files / "t").glob("*.json"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="asks for CUDA where there is none")
+def test_a_step_asked_for_cuda_without_one_names_the_flag_too(files, recorded):
+    """A trial: `cnnbench time --device cuda` said only execution.device, a field the user never wrote."""
+    study = recorded.parents[2]
+    (files / "specs.json").write_text(json.dumps([json.loads((files / "outside.json").read_text())["spec"]]))
+    assert_one_line_error(cli("time", "--specs", str(files / "specs.json"), "--data", str(study / "data.npz"),
+                              "--splits", str(study / "splits.json"), "--out-dir", str(files / "t"), "--device",
+                              "cuda"), "--device", "no CUDA device", "use auto or cpu")
 
 
 def test_an_unwritable_results_folder():

@@ -107,26 +107,32 @@ study = load_study(json.loads(sys.argv[1]))
 images = load_source(study.data, 0)
 val = make_splits(images.y, 2, 1, 0)[0]
 train = np.setdiff1d(np.arange(len(images.y)), val)
-warm_up(study.variants["baseline"], torch.device("cpu"))
-out = [training_memory(study.variants[v], images, train, val, torch.device("cpu"))["train_mb"]
-       for v in ("baseline", "width64", "baseline")]
-print(json.dumps(out))
+warm_up(study.variants[sys.argv[2]], torch.device("cpu"))
+print(json.dumps(training_memory(study.variants[sys.argv[2]], images, train, val, torch.device("cpu"))["train_mb"]))
 """
 
 
 def test_training_memory_is_the_runs_own_and_repeatable():
-    """As the timing job measures it (after a warm-up): the same run measured first and third in one
-    process agrees within 10%, so earlier runs do not hide a later run's memory; width64 needs more."""
+    """As the timing job measures it on the CPU (a fresh process per variant, after a warm-up): the same
+    variant measured in two processes agrees within 15%, and width64 needs more. Within one process
+    the figures drift by 1-21 MB with what ran before (measured on the default study), which is why the
+    CPU timing job spawns a process per variant; this test once asserted the one-process figures and
+    failed under load (70.4 vs 59.7 MB)."""
     import subprocess
     import sys
 
     study = tiny_study(data={"name": "mnist5k", "subset": 1000}, protocol={"folds": 2, "epochs": 1, "batch_size": 64},
                        variants={"baseline": {"base": "cnn"}, "width64": {"base": "baseline", "width": 64}})
-    out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, json.dumps(study)], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    first, wide, third = json.loads(out.stdout)
-    # repeatable within 15%: alone it repeats within a few %, but under CI's load (the Slurm daemons and
-    # other test processes) one run measured 61.6 vs 54.0 MB (12%); the width-64 net is still far apart
+
+    def measured(variant: str) -> float:
+        out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, json.dumps(study), variant], capture_output=True,
+                             text=True)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    first, wide, third = measured("baseline"), measured("width64"), measured("baseline")
+    # repeatable within 15%: alone it repeats within a few %; CI's load (the Slurm daemons and other
+    # test processes) adds noise; the width-64 net is still far apart
     assert abs(third - first) <= 0.15 * first, (first, third)
     assert wide > 1.5 * max(first, third) and first > 10
 

@@ -20,6 +20,16 @@ def si(x: float) -> str:
     return f"{x:.3g}"
 
 
+def significant(x: float) -> str:
+    """Three significant digits without an exponent, for times that span 0.004 s (a tiny net's epoch on
+    a GPU) to 1,500 s: .2f showed the first as 0.00, .3g the second as 1.5e+03."""
+    if abs(x) >= 100:
+        return f"{x:,.0f}"
+    if x != 0 and abs(x) < 1e-4:
+        return f"{x:.1e}"
+    return f"{x:.3g}"
+
+
 def metric_cell(metric, value: float, spread: float | None = None) -> tuple[str, float]:
     """A table cell of a cnnbench.metrics.Metric: its value as shown, with the spread in brackets where
     measured, sortable by the value; n/a (sorting first) where not measured."""
