@@ -1,7 +1,7 @@
 """Malformed study configs: each one stops at validation with one line that names the file, the variant
 (where there is one) and the field, and never with a traceback. Most cases call `load_study(path)` (fast);
 a representative subset goes through the real workflow with `snakemake -n`. Also the positive side:
-YAML 1.2 floats, integral floats, and the shipped studies within their budget."""
+YAML 1.2 floats and the shipped studies within their budget."""
 
 from __future__ import annotations
 
