@@ -67,11 +67,25 @@ def _normalise(value: Any, node: dict | None, path: list) -> Any:
             raise ConfigError(f"{where}: {written} is not a finite number; give a finite number{hint}")
         if "integer" in types and "number" not in types:
             if value.is_integer():
-                raise ConfigError(f"{where}: {value!r} is a decimal number, but this field counts something; "
-                                  f"write the integer {int(value)} (no decimal point or exponent)")
+                raise ConfigError(_decimal_in_integer_field(where, value, node))
             raise ConfigError(f"{where}: {value!r} is not a whole number; this field counts something, so write "
                               f"an integer such as {math.floor(value)} or {math.ceil(value)}")
     return value
+
+
+def _decimal_in_integer_field(where: str, value: float, node: dict) -> str:
+    """The refusal of 10.0 where a count goes, with the integer to write; where the value is also out of
+    the field's range (epochs: 1e9), the range's end, so that the fix it gives is one that passes."""
+    low = max((b["minimum"] for b in _branches(node) if "minimum" in b), default=None)
+    high = min((b["maximum"] for b in _branches(node) if "maximum" in b), default=None)
+    if high is not None and value > high:
+        return (f"{where}: {_short(value)} is a decimal number and above the upper bound of {high}; write an "
+                f"integer of at most {high}")
+    if low is not None and value < low:
+        return (f"{where}: {_short(value)} is a decimal number and below the minimum of {low}; write an integer "
+                f"of at least {low}")
+    return (f"{where}: {value!r} is a decimal number, but this field counts something; write the integer "
+            f"{int(value)} (no decimal point or exponent)")
 
 
 def _default_of(path: list) -> Any:

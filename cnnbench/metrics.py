@@ -25,7 +25,7 @@ class Metric:
     combine: str = "first"  # how a variant's runs become one value: first (the same in every run) | mean | std | median
     trained_only: bool = False  # from runs that trained only: diverged runs are left out of accuracy (stats.usable)
     scale: float = 1.0  # shown value = scale x stored value (fractions as percent)
-    fmt: str = ".3g"  # format of the shown value; "si" for k/M/G, "sig" for 3 significant digits, no exponent
+    fmt: str = ".3g"  # format of the shown value; "si" for k/M/G, "sig": 3 significant digits in fixed point
     higher_is_better: bool = True
     spread: str | None = None  # the timing table's column with its IQR
 
@@ -34,7 +34,7 @@ class Metric:
         if value is None or not np.isfinite(value):
             return "n/a"
         if self.fmt in ("si", "sig"):
-            from cnnbench.report.format import si, significant
+            from cnnbench.numtext import si, significant
 
             return (si if self.fmt == "si" else significant)(self.scale * value)
         return f"{self.scale * value:{self.fmt}}"
@@ -57,7 +57,7 @@ METRICS = _metrics(
            spread="train_img_per_s_iqr"),
     Metric("epoch_time_s", "s/epoch alone", "epoch_time_s", "timing", fmt="sig", higher_is_better=False,
            spread="epoch_time_s_iqr"),
-    Metric("latency_b1_ms", "latency b=1 ms", "latency_b1_ms", "timing", fmt=".3f", higher_is_better=False,
+    Metric("latency_b1_ms", "latency b=1 ms", "latency_b1_ms", "timing", fmt="sig", higher_is_better=False,
            spread="latency_b1_iqr_ms"),
     Metric("latency_bN_ms", "latency b=N ms", "latency_bN_ms", "timing", fmt="sig", higher_is_better=False,
            spread="latency_bN_iqr_ms"),

@@ -21,6 +21,7 @@ from cnnbench.config import VariantSpec
 from cnnbench.data import file_hash, load_cache, load_fold
 from cnnbench.errors import CnnbenchError
 from cnnbench.io import atomic_path, read_json, write_json
+from cnnbench.numtext import significant
 from cnnbench.seeds import run_seed
 
 RECORD_SCHEMA = 5  # bump when a record gains or changes fields: the workflow then retrains (a param)
@@ -65,7 +66,7 @@ class Progress:
                  f"epoch {row['epoch']}/{self.spec.train['epochs']}  "
                  f"train loss {row['train_loss']:.3f} acc {row['train_acc']:.1%}  "
                  f"val loss {row['val_loss']:.3f} acc {row['val_acc']:.1%}  "
-                 f"{row['train_time_s']:.1f}s/epoch  job left ~{_duration(left)}")
+                 f"{significant(row['train_time_s'])}s/epoch  job left ~{_duration(left)}")
 
 
 def train_variant(spec: VariantSpec, *, data_path: str | Path, splits_path: str | Path,

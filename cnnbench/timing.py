@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from cnnbench.config import VariantSpec
+from cnnbench.numtext import significant
 
 REPEATS = 9  # timed blocks per figure
 BLOCK_S = 0.25  # target length of one timed block of training steps
@@ -60,8 +61,8 @@ def time_study(specs: Sequence[VariantSpec], *, data_path: str | Path, splits_pa
         # (CUDA) process pays it once: the pace from its first measurement
         pace = (now - (started if own_processes else records[0]["window"][0])) / done
         log(f"[{done}/{len(specs)}] {record['variant']} measured alone: {record['train_img_per_s']:,.0f} img/s "
-            f"(IQR {record['train_img_per_s_iqr']:,.0f}), {record['epoch_time_s']:.2f} s/epoch, latency b=1 "
-            f"{record['latency_b1_ms']:.3f} ms, training memory {record['train_mb']:.0f} MB; {now - started:.0f} s "
+            f"(IQR {record['train_img_per_s_iqr']:,.0f}), {significant(record['epoch_time_s'])} s/epoch, latency b=1 "
+            f"{significant(record['latency_b1_ms'])} ms, training memory {record['train_mb']:.0f} MB; {now - started:.0f} s "
             f"so far, about {pace * (len(specs) - done):.0f} s left")
     return records
 

@@ -118,12 +118,14 @@ def test_collect_names_a_corrupt_record(files, recorded):
 
 
 def test_a_missing_or_foreign_splits_file_is_named_as_such(files, recorded):
-    """A trial: a missing --splits said "no such JSON file"; a JSON file of another kind gave a KeyError."""
+    """A trial: a missing --splits said "no such JSON file"; a JSON file of another kind (a record, a list)
+    gave a KeyError or TypeError traceback."""
     study = recorded.parents[2]
     spec = json.loads((files / "outside.json").read_text())["spec"]
     (files / "specs.json").write_text(json.dumps([spec]))
     for splits, words in ((files / "nothing.json", ("nothing.json: no such splits file", "splits.json")),
-                          (files / "list.json", ("list.json: not a splits file", "splits.json"))):
+                          (files / "list.json", ("list.json: not a splits file", "splits.json")),
+                          (files / "partial.json", ("partial.json: not a splits file", "splits.json"))):
         assert_one_line_error(cli("time", "--specs", str(files / "specs.json"), "--data", str(study / "data.npz"),
                                   "--splits", str(splits), "--out-dir", str(files / "t"), "--device", "cpu"), *words)
     assert not list((files / "t").glob("*.json"))

@@ -145,9 +145,9 @@ def test_the_metrics_table_reads_each_figure_from_its_own_table():
     assert s.loc["a", "epoch_time_s"] == 1.5 and s.loc["a", "epoch_time_s_spread"] == 0.25
     assert np.isnan(s.loc["b", "epoch_time_s"]) and s.loc["c"].isna().all()
     time = METRICS["epoch_time_s"]
-    assert metric_cell(time, 1.5, 0.25) == ("1.5 (0.25)", 1.5) and metric_cell(time, np.nan) == ("n/a", -1)
-    # a tiny net's epoch on a GPU is not 0.00 s, a long one is not 1.53e+03 s
-    assert [time.text(t) for t in (0.00432, 0.0000271, 12.345, 1534.2)] == ["0.00432", "2.7e-05", "12.3", "1,534"]
+    assert metric_cell(time, 1.5, 0.25) == ("1.50 (0.250)", 1.5) and metric_cell(time, np.nan) == ("n/a", -1)
+    # a tiny net's epoch on a GPU (and its spread) is not 0.00 s, a long one is not 1.53e+03 s
+    assert [time.text(t) for t in (0.00432, 0.0000271, 12.345, 1534.2)] == ["0.00432", "0.0000271", "12.3", "1,534"]
     assert metric_cell(METRICS["val_acc"], 0.85) == ("85.00", 0.85) and METRICS["macs"].text(2.5e6) == "2.5M"
 
 

@@ -103,6 +103,18 @@ def test_a_record_outside_its_study_folder_verifies_with_data_and_splits_given(r
     assert "MATCH" in capsys.readouterr().out
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_gpu_record_on_a_machine_without_one_says_how_to_compare(recorded, tmp_path):
+    """Before, it said execution.device: 'cuda', a setting the user of verify never wrote."""
+    from cnnbench.errors import CnnbenchError
+
+    def on_gpu(r):
+        r["env"].update(device="cuda", device_name="NVIDIA H200")
+
+    with pytest.raises(CnnbenchError, match=r"recorded on CUDA \(NVIDIA H200\).*pass --device cpu"):
+        verify_changed(recorded, tmp_path, on_gpu)
+
+
 def test_other_inputs_are_refused(recorded, tmp_path):
     from cnnbench.errors import CnnbenchError
 

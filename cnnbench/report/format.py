@@ -7,27 +7,12 @@ import html
 import numpy as np
 import pandas as pd
 
+from cnnbench.numtext import si, significant  # noqa: F401 (the sections' formatting in one place)
+
 
 def pts(x: float, sign: bool = True) -> str:
     """A fraction as percentage points."""
     return f"{100 * x:+.2f}" if sign else f"{100 * x:.2f}"
-
-
-def si(x: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(x) >= scale:
-            return f"{x / scale:.3g}{unit}"
-    return f"{x:.3g}"
-
-
-def significant(x: float) -> str:
-    """Three significant digits without an exponent, for times that span 0.004 s (a tiny net's epoch on
-    a GPU) to 1,500 s: .2f showed the first as 0.00, .3g the second as 1.5e+03."""
-    if abs(x) >= 100:
-        return f"{x:,.0f}"
-    if x != 0 and abs(x) < 1e-4:
-        return f"{x:.1e}"
-    return f"{x:.3g}"
 
 
 def metric_cell(metric, value: float, spread: float | None = None) -> tuple[str, float]:
