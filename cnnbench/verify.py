@@ -40,6 +40,7 @@ class Verdict:
 
 def verify(record_path: str | Path, data: str | Path | None = None, splits: str | Path | None = None,
            device: str | None = None) -> Verdict:
+    import torch
 
     from cnnbench.results import check_record
     from cnnbench.runtime import resolve_device, set_determinism
@@ -73,8 +74,6 @@ def verify(record_path: str | Path, data: str | Path | None = None, splits: str 
         mismatches.append(f"spec hash now {spec.spec_hash}, recorded {record['spec_hash']}: this code builds a "
                           "different network or protocol from the same knobs")
     env = record["env"]
-    import torch
-
     if not device and env["device"] == "cuda" and not torch.cuda.is_available():
         raise CnnbenchError(f"{record_path}: this run was recorded on CUDA ({env.get('device_name') or 'a GPU'}) and "
                             "torch sees no CUDA device here; verify it on a GPU, or pass --device cpu to compare "
