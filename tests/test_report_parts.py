@@ -208,17 +208,21 @@ def test_the_pilot_warning_counts_the_resamples_actually_compared():
 
 
 def test_a_speed_alone_below_the_speed_under_load_is_flagged(tmp_path):
-    """Alone a variant has the machine to itself: slower there than its training jobs under load means the
-    machine slowed down while the timing job ran, which the timing job's own IQR cannot show (a trial)."""
+    """Alone a variant has the machine to itself: slower there than its training jobs under load, by more
+    than the spread of its timed blocks, means the machine slowed down while the timing job ran, which the
+    timing job's own IQR cannot show (a trial). Within that spread it is noise and no alarm: gelu's figures
+    are architectures.yaml's on the 2-vCPU VM, where the first version of this alarm cried wolf."""
     from types import SimpleNamespace
 
     from cnnbench.report.cost import slower_alone_warning
 
-    s = pd.DataFrame({"train_img_per_s": [16_000.0, 10_964.0, 16_000.0],
-                      "train_img_per_s_under_load": [12_000.0, 11_719.0, 17_000.0]},
-                     index=["baseline", "wide", "aa_control"])
-    ctx = SimpleNamespace(variants=["baseline", "wide", "aa_control"], results_dir=tmp_path / "results" / "s")
+    s = pd.DataFrame({"train_img_per_s": [16_000.0, 10_964.0, 6_236.0, 16_000.0],
+                      "train_img_per_s_spread": [300.0, 120.0, 756.0, 300.0],
+                      "train_img_per_s_under_load": [12_000.0, 11_719.0, 6_649.0, 17_000.0]},
+                     index=["baseline", "wide", "gelu", "aa_control"])
+    ctx = SimpleNamespace(variants=["baseline", "wide", "gelu", "aa_control"], results_dir=tmp_path / "results" / "s")
     html = slower_alone_warning(s, ctx)
-    assert "wide (10,964 alone vs 11,719 under load)" in html and "baseline" not in html
+    assert "wide: 10,964 img/s alone (IQR 120) vs 11,719 under load." in html and "baseline" not in html
+    assert "gelu" not in html  # 6,236 + 756 > 6,649
     assert "aa_control" not in html  # the baseline's timing, repeated: not measured for it
     assert slower_alone_warning(s.drop(index="wide"), SimpleNamespace(variants=["baseline"], results_dir=tmp_path)) == ""
