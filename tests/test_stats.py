@@ -159,7 +159,7 @@ def test_corrected_ttest_formula():
     assert r.p == pytest.approx(2 * sps.t.sf(d.mean() / se, 4))
     plain = plain_ttest(d)
     assert plain.p == pytest.approx(sps.ttest_1samp(d, 0).pvalue)
-    assert corrected_ttest(np.zeros(4), 800, 200).p == 1.0 and corrected_ttest(np.ones(4), 800, 200).p == 0.0
+    assert corrected_ttest(np.zeros(4), 800, 200).p == 1.0 and np.isnan(corrected_ttest(np.ones(4), 800, 200).p)
 
 
 def table(effects: dict[str, float], j=10, sd=0.004, seed=0, seeds=1) -> pd.DataFrame:
@@ -252,3 +252,18 @@ def test_mcnemar_false_positive_rate_under_the_null():
     var = ~(hard & (rng.random((sims, n)) < 0.8)) & (rng.random((sims, n)) > 0.02)
     rate = np.mean([mcnemar(b, v)["p"] < 0.05 for b, v in zip(base, var)])
     assert rate <= 0.06
+
+
+def test_the_same_difference_in_every_pair_is_untestable_not_better():
+    """A trial: +4 of 539 validation images on all 3 folds read '+0.74 pts [+0.74, +0.74], p Holm = 1.6e-10
+    -> better' from three numbers with no variance. No interval, no p, no verdict; all-zero stays p = 1."""
+    step = 4 / 539
+    r = corrected_ttest(np.array([step, step, step]), 1078, 539)
+    assert r.mean == pytest.approx(step) and np.isnan(r.p) and np.isnan(r.ci_low) and np.isnan(r.ci_high)
+    assert corrected_ttest(np.zeros(3), 1078, 539).p == 1.0
+    folds = [0, 1, 2]
+    runs = pd.DataFrame({"variant": ["base"] * 3 + ["v"] * 3, "fold": folds * 2, "seed": 0,
+                         "val_acc": [0.90, 0.92, 0.91] + [0.90 + step, 0.92 + step, 0.91 + step],
+                         "status": "ok", "data_n_train": 1078, "data_n_val": 539})
+    row = compare(runs, "base").iloc[0]
+    assert row["verdict"] == "no detectable difference" and np.isnan(row["p_holm"]), row.to_dict()
