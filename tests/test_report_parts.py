@@ -226,3 +226,14 @@ def test_a_speed_alone_below_the_speed_under_load_is_flagged(tmp_path):
     assert "gelu" not in html  # 6,236 + 756 > 6,649
     assert "aa_control" not in html  # the baseline's timing, repeated: not measured for it
     assert slower_alone_warning(s.drop(index="wide"), SimpleNamespace(variants=["baseline"], results_dir=tmp_path)) == ""
+
+
+def test_an_untestable_comparison_prints_no_nan():
+    """A comparison with the same difference in every pair has no interval (cnnbench.stats): the findings
+    said nothing of it before, and a NaN interval would have printed as [+nan, +nan]."""
+    import numpy as np
+
+    from cnnbench.report.format import interval, pts, pvalue
+
+    assert pts(np.nan) == "n/a" and pvalue(np.nan) == "n/a" and interval(0.001, 0.02) == "[+0.10, +2.00]"
+    assert interval(np.nan, np.nan).startswith("[no interval: the same difference in every pair")

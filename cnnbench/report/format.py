@@ -11,8 +11,18 @@ from cnnbench.numtext import si, significant  # noqa: F401 (the sections' format
 
 
 def pts(x: float, sign: bool = True) -> str:
-    """A fraction as percentage points."""
+    """A fraction as percentage points (n/a where there is none, never 'nan')."""
+    if not np.isfinite(x):
+        return "n/a"
     return f"{100 * x:+.2f}" if sign else f"{100 * x:.2f}"
+
+
+def interval(low: float, high: float) -> str:
+    """A 95% CI in points; where the test had nothing to test against (the same difference in every pair,
+    or fewer than 2 resamples) it says so instead of [nan, nan]."""
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return "[no interval: the same difference in every pair, or under 2 resamples]"
+    return f"[{pts(low)}, {pts(high)}]"
 
 
 def metric_cell(metric, value: float, spread: float | None = None) -> tuple[str, float]:

@@ -7,7 +7,7 @@ import html
 import numpy as np
 
 from cnnbench.metrics import METRICS
-from cnnbench.report.format import device_note, metric_cell, pts, pvalue, verdict_html
+from cnnbench.report.format import device_note, interval, metric_cell, pts, pvalue, verdict_html
 from cnnbench.report.section import Section
 from cnnbench.report.tables import html_table
 
@@ -69,7 +69,7 @@ def findings(ctx) -> Section:
         if np.isfinite(s.loc[ref, "epoch_time_s"]):
             cost += f", {s.loc[v, 'epoch_time_s'] / s.loc[ref, 'epoch_time_s']:.2g}&times; time per epoch"
         items.append(f"<li><b>{html.escape(v)}</b>{vs} ({changed}): &Delta; accuracy <b>{pts(row['diff'])} pts</b> "
-                     f"[{pts(row['ci_low'])}, {pts(row['ci_high'])}], p<sub>Holm</sub> = {pvalue(row['p_holm'])} "
+                     f"{interval(row['ci_low'], row['ci_high'])}, p<sub>Holm</sub> = {pvalue(row['p_holm'])} "
                      f"&rarr; {verdict_html(row)}; {cost}{diverged_here(ctx, v, ref)}</li>")
     base = s.loc[ctx.baseline]
     lead = (f"<p>Every variant against <b>{html.escape(ctx.baseline)}</b> (validation accuracy "
@@ -127,7 +127,7 @@ def summary_table(ctx) -> Section:
         changed = "baseline" if v == ctx.baseline else html.escape("; ".join(ctx.changes(v)) or "(same knobs)")
         if v in cmp.index:
             c = cmp.loc[v]
-            delta = (f"{pts(c['diff'])} [{pts(c['ci_low'])}, {pts(c['ci_high'])}]", c["diff"])
+            delta = (f"{pts(c['diff'])} {interval(c['ci_low'], c['ci_high'])}", c["diff"])
             ref = (html.escape(c["reference"]), 0.0)
             p, verdict = (pvalue(c["p_holm"]), c["p_holm"]), verdict_html(c)
         else:
