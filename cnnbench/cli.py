@@ -255,10 +255,11 @@ def _cmd_gpu_sweep(a: argparse.Namespace) -> None:
 
 
 def _args_gpu_sweep(sub) -> None:
-    s = sub.add_parser("gpu-sweep", help="aggregate img/s of 1, 2, 4, 8 training jobs sharing one GPU")
+    s = sub.add_parser("gpu-sweep", help="aggregate img/s of 1, 2, 4, 8 (16) training jobs sharing one GPU")
     s.add_argument("--config", default="config/config.yaml")
     s.add_argument("--variant", help="variant to train (default: the study's baseline)")
-    s.add_argument("--jobs", type=_positive, nargs="+", default=[1, 2, 4, 8], help="concurrent job counts")
+    s.add_argument("--jobs", type=_positive, nargs="+", help="concurrent job counts (default: 1 2 4 8, and 16 on a "
+                                                            "node with 16 cores or more)")
     s.add_argument("--device", default="cuda", choices=["auto", "cpu", "cuda"],
                    help="cuda (default: what the sweep is for), cpu (its mechanics only), auto (cuda if present)")
     s.add_argument("--seconds", type=_positive_number, default=15.0, help="timed seconds per job count")

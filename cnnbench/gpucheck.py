@@ -353,27 +353,21 @@ def _sweep_config(root: Path, out_dir: Path, device: str) -> Path:
     return root / "config" / "config.yaml" if _has_mlxtend() else _tiny_config(out_dir / "sweep.yaml", device)
 
 
-def sweep_counts(cpus: int | None = None) -> tuple[int, ...]:
-    """1, 2, 4, 8 jobs, and 16 where the node has the cores for it: each job's Python loop needs a core of
-    its own, and on an H200 8 jobs still scaled almost linearly (5.9-6.6x one job)."""
-    cpus = cpus or len(os.sched_getaffinity(0))  # the cores this process may use (Slurm, cgroups)
-    return (1, 2, 4, 8, 16) if cpus >= 16 else (1, 2, 4, 8)
-
-
-SWEEP_START_S = 22  # per job count: the workers' start-up and warm-up (~19 s on the H200 at 1-8 jobs)
+SWEEP_START_S = 28  # per job count: the workers' start-up and warm-up (14-28 s on the H200 at 1-16 jobs)
 SWEEP_MARGIN_S = 15  # the step's own start-up, and the 5 s its deadline keeps before the limit
 
 
 def sweep_seconds(limit: float, counts: int) -> float:
-    """Seconds each job count trains for, so that all counts with their start-up fit the step's limit:
-    on the H200 1-8 jobs at 7 s each with ~19 s of start-up each filled 110 s, and 16 did not fit."""
+    """Seconds each job count trains for, so that all counts with their start-up fit the step's limit. On
+    the H200 at 5 s each, 1-8 jobs took 27-34 s per count inside gpu-check (116 s for four counts), so
+    the 150-s limit had no room left for 16; 180 s has."""
     return max(1.0, min(10.0, (limit - SWEEP_MARGIN_S - SWEEP_START_S * counts) / counts))
 
 
 def step_sweep(root: Path, out_dir: Path, device: str = "cuda", counts: tuple[int, ...] | None = None
                ) -> Callable[[float], dict]:
     def run(limit: float) -> dict:
-        from cnnbench.gpusweep import sweep
+        from cnnbench.gpusweep import sweep, sweep_counts
 
         jobs = counts or sweep_counts()
         seconds = sweep_seconds(limit, len(jobs))
@@ -424,7 +418,7 @@ def _has_mlxtend() -> bool:
 # compiles), so a budget running short skips the least; a step left less than its minimum is skipped
 # rather than run to a certain time-out
 STEPS = (("environment", 45, 15), ("determinism", 75, 30), ("loop benchmark eager", 60, 30),
-         ("concurrency sweep", 150, 80), ("cuda tests", 150, 60), ("loop benchmark compiled", 100, 60),
+         ("concurrency sweep", 180, 80), ("cuda tests", 150, 60), ("loop benchmark compiled", 100, 60),
          ("study end to end", 150, 90), ("loop benchmark resnet20", 100, 60), ("kernel suite", 75, 45),
          ("stacked folds", 60, 30))
 STEP_NAMES = tuple(name for name, _, _ in STEPS)

@@ -78,6 +78,22 @@ def test_the_concurrency_sweep_runs_separate_jobs_and_sums_their_speed(tmp_path)
     assert "best: execution.jobs_per_gpu: 2" in format_sweep({**r, "device": "cuda", "best_jobs_per_gpu": 2})
 
 
+def test_speed_ups_are_against_the_fewest_jobs_measured_and_say_so():
+    """`gpu-sweep --jobs 16 8 16 8` (a paired re-measurement on an H200) printed "1.00x one job" for 16
+    jobs: the first row was taken for one job. The base is the fewest jobs measured, averaged over its
+    repeats, and the text names it."""
+    from cnnbench.gpusweep import baseline_rate, format_sweep
+
+    row = lambda n, rate: {"jobs": n, "aggregate_img_per_s": rate, "precision": "bf16", "compile": "off"}  # noqa: E731
+    paired = [row(16, 206.0), row(8, 193.0), row(16, 207.0), row(8, 185.0)]
+    assert baseline_rate(paired) == (8, 189.0)
+    r = {"device": "cuda", "seconds": 5, "rows": paired, "best_jobs_per_gpu": 16, "speedup_best_vs_1": 207 / 189}
+    text = format_sweep(r)
+    assert "(1.09x 8 jobs)" in text and "one job" not in text and "best: execution.jobs_per_gpu: 16 (1.10x 8 jobs)" in text
+    assert baseline_rate([row(2, 50.0), row(1, 30.0), row(16, 210.0)]) == (1, 30.0)
+    assert "(7.00x one job)" in format_sweep({**r, "rows": [row(1, 30.0), row(16, 210.0)]})
+
+
 def test_a_sweep_near_its_deadline_keeps_what_it_measured_and_names_what_it_left_out(monkeypatch):
     """gpu-check gives the sweep a deadline (on an H200 16 jobs ran past it, and all was lost): a count
     that would likely end past it is not started, one that runs past it is stopped, and the counts
