@@ -54,13 +54,16 @@ CPU_MACS_PER_S_PER_CORE = 3.9e10
 # CUDA: one GPU at 1e12 training MACs/s, i.e. ResNet-20 on CIFAR-10 (40.8 M MACs) at ~8,000 img/s.
 # Measured on one H200 (bf16, README "On a GPU"): ResNet-20 at 10,690 img/s in one job (1.3e12); the
 # default study's small baseline is launch-bound, 24,400 img/s in one job (7.6e10) and 162,000 in 8
-# concurrent jobs (5.0e11), so small studies take longer than this estimate says.
+# concurrent jobs (5.0e11), so small studies take longer than this estimate says. Wide networks run far
+# faster: config/cifar10-synthetic.yaml's timing job measured resnet20_wide and resnet18 at ~9,800 img/s
+# in one job (~2e13), so its 9.8 h estimate is ~4x its measured one-job training time (2.4 h).
 CUDA_MACS_PER_S_PER_GPU = 1e12
 # execution.jobs_per_gpu: auto = this many training jobs per GPU, fewer where the largest job's memory
-# estimate does not fit that many times into the GPU's memory. Measured on one H200 with the default
-# study's baseline: 2, 4, 8 jobs gave 1.7-2.0, 3.2-3.6, 5.9-6.6x one job's img/s in two sweeps (README);
-# more were not measured, nor other networks or cards.
-AUTO_JOBS_PER_GPU = 8
+# estimate does not fit that many times into the GPU's memory. Measured on one H200 (16 cores) with the
+# default study's baseline: 2, 4, 8 jobs gave 1.7-2.0, 3.2-3.6, 5.9-6.6x one job's img/s, and 16 jobs
+# 1.07-1.12x the img/s of 8 in three paired sweeps (README); other networks and cards were not swept.
+# A node with fewer cores runs fewer at once anyway: each job holds a core (Snakemake's --cores).
+AUTO_JOBS_PER_GPU = 16
 
 BYTES_PER_VALUE = 4  # float32
 MEMORY_SAFETY = 2.0  # on model state and activations (see the module docstring)

@@ -461,18 +461,21 @@ def test_memory_estimate_adds_up():
     assert v.macs == pytest.approx(1_031_744 * (3 * 4000 * 10 + 1000 * 10) * 10)
 
 
-def test_jobs_per_gpu_auto_is_the_measured_8_where_the_largest_job_fits_8_times():
-    gpu = B.detect_machine({"device": "cuda"})
+def test_jobs_per_gpu_auto_is_the_measured_16_where_the_largest_job_fits_16_times():
+    big = B.detect_machine({"device": "cuda", "max_memory_gb": 140})  # an H200
+    default = B.check_study(load_study(REPO / "config" / "config.yaml"), big)
+    assert default.jobs_per_gpu == B.AUTO_JOBS_PER_GPU == 16
+    assert "16 training jobs per GPU" in default.summary()
+    gpu = B.detect_machine({"device": "cuda"})  # no nvidia-smi here: a 16 GB card is assumed
     default = B.check_study(load_study(REPO / "config" / "config.yaml"), gpu)
-    assert default.jobs_per_gpu == B.AUTO_JOBS_PER_GPU == 8
-    assert "8 training jobs per GPU" in default.summary()
+    assert default.jobs_per_gpu == min(16, int(gpu.memory_bytes // default.peak().memory_bytes))
     small = B.detect_machine({"device": "cuda", "max_memory_gb": 3})  # width64 (~1.1 GB) fits twice
     est = B.check_study(load_study(REPO / "config" / "config.yaml"), small)
     assert est.jobs_per_gpu == int(3e9 // est.peak().memory_bytes) == 2
     assert B.check_study(load_study(REPO / "config" / "config.yaml"), CPU2).jobs_per_gpu == 1  # nothing to share
     for name in ("cifar10.yaml", "cifar10-synthetic.yaml"):  # the GPU studies, on the assumed 16 GB card
         est = B.check_study(load_study(REPO / "config" / name), gpu)
-        assert 1 <= est.jobs_per_gpu <= 8 and est.jobs_per_gpu * est.peak().memory_bytes <= gpu.memory_bytes
+        assert 1 <= est.jobs_per_gpu <= 16 and est.jobs_per_gpu * est.peak().memory_bytes <= gpu.memory_bytes
 
 
 def test_machine_detection():
