@@ -237,3 +237,25 @@ def test_an_untestable_comparison_prints_no_nan():
 
     assert pts(np.nan) == "n/a" and pvalue(np.nan) == "n/a" and interval(0.001, 0.02) == "[+0.10, +2.00]"
     assert interval(np.nan, np.nan).startswith("[no interval: the same difference in every pair")
+
+
+def test_the_noise_floor_says_how_many_comparisons_are_wider_from_the_numbers():
+    """The A/A section said "the comparisons' own intervals are wider than this one" whatever they were; in
+    a trial (3 folds) the A/A interval was 30.8 pts wide and a comparison's 7.5. It now counts them."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from cnnbench.report.calibration import widths_against_noise_floor
+
+    def ctx(aa_low, aa_high, lows, highs):
+        test = SimpleNamespace(ci_low=aa_low, ci_high=aa_high)
+        return SimpleNamespace(aa=SimpleNamespace(test=test),
+                               comparison=pd.DataFrame({"ci_low": lows, "ci_high": highs}))
+
+    trial = widths_against_noise_floor(ctx(-0.154, 0.154, [0.0, -0.05, float("nan")], [0.075, 0.05, float("nan")]))
+    assert "0 of 2 wider than this one" in trial and "this one 30.80" in trial and "median of 2" in trial
+    usual = widths_against_noise_floor(ctx(-0.002, 0.002, [-0.01, -0.02], [0.01, 0.01]))
+    assert "2 of 2 wider" in usual and "2.50 pts wide" in usual
+    assert widths_against_noise_floor(ctx(float("nan"), float("nan"), [-0.01], [0.01])) == ""  # untestable A/A
+    assert widths_against_noise_floor(ctx(-0.01, 0.01, [float("nan")], [float("nan")])) == ""  # no comparison
