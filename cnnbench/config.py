@@ -658,13 +658,21 @@ def describe_changes(baseline: VariantSpec, variant: VariantSpec) -> list[str]:
             if knob.startswith("_"):  # bookkeeping (where a custom module was found), not a choice
                 continue
             if a.get(knob) != b[knob]:
-                was = a.get(knob)
-                if knob == "width" and was is None and a.get("widths"):
-                    was = a["widths"][0]  # unset: the first stage has the preset's width
-                    if was == b[knob]:  # the preset's own width, written out: no change
+                was, now = _fmt(a.get(knob)), _fmt(b[knob])
+                if knob == "width":  # unset (null): the first stage has the preset's own width
+                    was, now = _width(a, knob), _width(b, knob, mark=True)
+                    if was == now:  # the preset's own width, written out: no change
                         continue
-                out.append(f"{knob}: {_fmt(was)} -> {_fmt(b[knob])}")
+                out.append(f"{knob}: {was} -> {now}")
     return out
+
+
+def _width(model: dict, knob: str, mark: bool = False) -> str:
+    """A first-stage width as a change shows it: the preset's own where `width` is unset, so `width: null`
+    undoing a widening reads '32 -> 16 (the preset's)', not '32 -> none'."""
+    if model.get(knob) is None and model.get("widths"):
+        return f"{model['widths'][0]}" + (" (the preset's)" if mark else "")
+    return _fmt(model.get(knob))
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

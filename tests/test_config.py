@@ -132,6 +132,15 @@ def test_chain_resolution_and_nested_merge():
     assert study.changes("flip_wide") == ["width: 16 -> 64", "epochs: 1 -> 3", "augment.flip: no -> yes"]
 
 
+def test_unsetting_a_width_is_described_as_the_presets_width():
+    """`cnnbench ablate` undoes a widening with `width: null`; a trial's report called that '32 -> none'."""
+    study = load_study(tiny_study(variants=variants(
+        wide={"base": "baseline", "width": 32}, back={"base": "wide", "width": None})))
+    assert describe_changes(study.variants["wide"], study.variants["back"]) == ["width: 32 -> 16 (the preset's)"]
+    assert describe_changes(study.variants["baseline"], study.variants["wide"]) == ["width: 16 -> 32"]
+    assert describe_changes(study.variants["baseline"], study.variants["back"]) == []  # back where it started
+
+
 def test_spec_hash_tracks_what_the_numbers_depend_on():
     a = load_study(tiny_study()).variants["batchnorm"]
     renamed = load_study(tiny_study(variants={"baseline": {"base": "cnn"},

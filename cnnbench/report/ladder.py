@@ -11,7 +11,7 @@ import pandas as pd
 
 from cnnbench.config import AA_CONTROL
 from cnnbench.report.figures import BASELINE_COLOR, VARIANT_COLOR, figure_html, plt
-from cnnbench.report.format import pts, pvalue, verdict_html
+from cnnbench.report.format import interval, pts, pvalue, verdict_html
 from cnnbench.report.section import Section
 
 MIN_RUNGS = 2  # a start and at least two steps: one step is an ordinary comparison
@@ -71,7 +71,8 @@ def _figure(table: pd.DataFrame) -> str:
         ax.text(100 * row["acc"], yi, f"  {100 * row['acc']:.2f}%  ({label})", va="center", fontsize=8)
     ax.set_yticks(y, table["variant"])
     ax.set_xlabel("validation accuracy (%), mean over runs")
-    return figure_html(fig, "ablation ladder", "Each rung adds one change to the rung above it.")
+    return figure_html(fig, "ablation ladder", "Each rung is built on the rung above it; the table below says "
+                                               "what each one changes (one knob or several).")
 
 
 def ladder_section(ctx) -> Section | None:
@@ -81,16 +82,17 @@ def ladder_section(ctx) -> Section | None:
     parts = []
     for path in paths:
         table = ladder_table(ctx.runs, path, ctx.comparison)
-        rows = [[html.escape(path[0]), pts(table["acc"][0], False), "start", "", "", ""]]
+        rows = [[html.escape(path[0]), "start", pts(table["acc"][0], False), "start", "", "", ""]]
         for _, r in table.iloc[1:].iterrows():
-            rows.append([html.escape(r["variant"]), pts(r["acc"], False),
-                         f"{pts(r['step'])} [{pts(r['step_low'])}, {pts(r['step_high'])}]", pvalue(r["p_holm"]),
-                         verdict_html(r), f"{pts(r['total'])} [{pts(r['total_low'])}, {pts(r['total_high'])}]"])
+            rows.append([html.escape(r["variant"]), html.escape("; ".join(ctx.changes(r["variant"])) or "nothing"),
+                         pts(r["acc"], False), f"{pts(r['step'])} {interval(r['step_low'], r['step_high'])}",
+                         pvalue(r["p_holm"]), verdict_html(r),
+                         f"{pts(r['total'])} {interval(r['total_low'], r['total_high'])}"])
         from cnnbench.report.tables import html_table
 
         parts.append(_figure(table) + html_table(
-            ["rung", "accuracy %", "step vs the rung above, pts [95% CI]", "p (Holm)", "verdict",
-             "cumulative vs the start, pts [95% CI]"], rows, numeric={1}))
+            ["rung", "what it changes from the rung above", "accuracy %", "step vs the rung above, pts [95% CI]",
+             "p (Holm)", "verdict", "cumulative vs the start, pts [95% CI]"], rows, numeric={2}))
     note = ('<p class="note">A ladder is a chain of variants, each built on the one above (<code>base:</code>) '
             "and compared with it. Every step is one of the report's comparisons: paired over the same folds and "
             "seeds, corrected t-test, Holm-adjusted with all the others. The cumulative difference from the "
