@@ -131,6 +131,21 @@ def test_ensembles_are_scored_on_the_images_held_out_of_every_fold(finished):
            f'<td class="num">{100 * ensemble:.2f}</td>' in section
 
 
+def test_the_summary_tables_aa_row_shows_the_noise_floor_without_a_verdict(finished):
+    """A trial found the A/A row's difference and p cells empty; they show its own test, marked as such."""
+    from cnnbench.report.format import interval, pts
+    from cnnbench.stats import compare_pair
+
+    html = (finished / "reports" / "tiny" / "index.html").read_text()
+    summary = html[html.index("<h2>Summary</h2>"):html.index("<h2>Accuracy per variant</h2>")]
+    row = summary[summary.index(">aa_control</span>"):].split("</tr>")[0]
+    runs = pd.read_parquet(finished / "results" / "tiny" / "runs.parquet")
+    aa = compare_pair(runs, "baseline", "aa_control", "val_acc", corrected=False).test
+    assert f"{pts(aa.mean)} {interval(aa.ci_low, aa.ci_high)}" in row
+    assert "(plain t)" in row and "noise floor, no verdict" in row and "better" not in row and "worse" not in row
+    assert "The aa_control row is the noise floor" in summary
+
+
 def test_the_report_knows_each_variants_base_chain_and_draws_a_ladder_from_it(finished, tmp_path):
     """Runs record only what their numbers depend on; the base chains reach the report from the study (the
     provenance table, and the ablation ladder, which a chain of variants each compared with the one below

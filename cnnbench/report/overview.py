@@ -6,6 +6,7 @@ import html
 
 import numpy as np
 
+from cnnbench.config import AA_CONTROL
 from cnnbench.metrics import METRICS
 from cnnbench.report.format import device_note, interval, metric_cell, pts, pvalue, verdict_html
 from cnnbench.report.section import Section
@@ -130,6 +131,11 @@ def summary_table(ctx) -> Section:
             delta = (f"{pts(c['diff'])} {interval(c['ci_low'], c['ci_high'])}", c["diff"])
             ref = (html.escape(c["reference"]), 0.0)
             p, verdict = (pvalue(c["p_holm"]), c["p_holm"]), verdict_html(c)
+        elif v == AA_CONTROL and ctx.aa is not None:  # the noise floor: its own test, not one of the verdicts
+            t = ctx.aa.test
+            delta = (f"{pts(t.mean)} {interval(t.ci_low, t.ci_high)}", t.mean)
+            ref = (html.escape(ctx.baseline), 0.0)
+            p, verdict = (f"{pvalue(t.p)} (plain t)", t.p), '<span class="nodiff">noise floor, no verdict</span>'
         else:
             delta, ref, p, verdict = ("", 0.0), ("", 0.0), ("", 1.0), ""
         rows.append([f'<span title="{desc}">{html.escape(v)}</span>', changed,
@@ -144,5 +150,12 @@ def summary_table(ctx) -> Section:
             "sample sd over runs. MACs: multiply-accumulates per image, one forward pass. s/epoch, img/s "
             "(training step, warm-up excluded) and latency (eval mode, batch 1): measured alone, with no other "
             f"job of the workflow running (medians over repeated blocks; spread in 'Cost, speed, memory'). "
-            f"{device_note(ctx)}</p>")
+            f"{aa_row_note(ctx)}{device_note(ctx)}</p>")
     return Section("summary", "Summary", table + note)
+
+
+def aa_row_note(ctx) -> str:
+    if ctx.aa is None:
+        return ""
+    return (f"The {AA_CONTROL} row is the noise floor: its plain paired t-test against {html.escape(ctx.baseline)} "
+            "(see 'Noise floor'), outside the Holm family and with no verdict. ")
