@@ -455,7 +455,12 @@ def _resolve_variant(study: str, name: str, variants: dict[str, dict], train_def
         if lpc:
             n_train = min(n_train, lpc * info.num_classes)  # at most what the runs train on
         if train["batch_size"] > n_train:
-            raise ConfigError(f"variant {name!r}, field 'batch_size': {train['batch_size']} is larger than the "
+            # named where it was written: protocol's value reaches every variant, so blaming the first one
+            # misleads, unless this variant's own labels_per_class is what makes it too large
+            set_in = next((link for link in chain if "batch_size" in variants.get(link, {})), None)
+            where = (f"variant {set_in!r}, field 'batch_size'" if set_in else
+                     f"variant {name!r}, field 'batch_size' (protocol's)" if lpc else "protocol.batch_size")
+            raise ConfigError(f"{where}: {train['batch_size']} is larger than the "
                               f"{n_train} training images of a fold"
                               + (f" ({lpc} per class, labels_per_class)" if lpc else "")
                               + f"; use a batch size of at most {n_train}")

@@ -124,7 +124,7 @@ CASES = [
     Case("momentum_negative", with_changes(variant={"momentum": -0.1}), ("variant 'x', field 'momentum'", "-0.1")),
     Case("rotate_200", with_changes(variant={"augment": {"rotate": 200}}),
          ("variant 'x', field 'augment.rotate'", "200")),
-    Case("batch_above_fold", with_changes(protocol={"batch_size": 1000}), ("field 'batch_size'", "150")),
+    Case("batch_above_fold", with_changes(protocol={"batch_size": 1000}), ("protocol.batch_size: 1000 is larger", "150")),
     # --- schema words turned into fixes ---
     Case("no_variants", with_changes(variants={}), ("variants: is empty; add one, e.g. baseline: {base: cnn}",)),
     Case("one_label", with_changes(data={"name": "digits", "labels": [5]}),
@@ -562,7 +562,7 @@ def test_workflow_reads_numbers_exactly_and_prints_the_estimate(tmp_path: Path):
     assert out.returncode == 0, text
     assert re.search(r"cnnbench: study 'tiny': 4 variants x 2 runs, \S+ MACs in all \(a rerun trains only what is "
                      r"missing\), estimated .* of training on \d+ CPU cores?", text), text
-    assert "largest training job" in text
+    assert "largest training job" in text and "training arithmetic only: job start-ups" in text  # not the wall time
     specs = re.findall(r'"lr": ([^,}]+)', text)
     assert specs and set(specs) == {"0.001"}, specs
     assert re.findall(r'"epochs": ([^,}]+)', text)[0] == "2" and "--runs fold0-seed0 fold1-seed0 " in text
