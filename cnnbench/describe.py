@@ -22,7 +22,11 @@ def describe(name: str, config: str | Path | None = None, input_shape: tuple[int
 
         study = load_study(config)
         if name not in study.variants and not is_model(name):
-            raise ConfigError(f"{config}: no variant {name!r}; variants: {', '.join(study.variants)}; "
+            import difflib
+
+            close = difflib.get_close_matches(name, [*study.variants, *list_models()], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{config}: no variant {name!r}{hint}; variants: {', '.join(study.variants)}; "
                               f"models: {', '.join(list_models())}")
     if input_shape is not None and len(input_shape) != 3:
         raise ConfigError("--input: give channels, height and width, e.g. 3x32x32")

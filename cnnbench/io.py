@@ -77,5 +77,7 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
+        if path.suffix.lower() != ".json":  # another kind of file given (a trial passed runs.csv to verify)
+            raise CnnbenchError(f"{path}: not a {what} (a {path.suffix or 'suffix-less'} file, not JSON)") from None
         raise CnnbenchError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); the file is truncated or "
                             f"corrupt") from None

@@ -74,6 +74,9 @@ def plan(results_dir: str | Path, deltas: list[float], folds_options: list[int] 
          alpha: float = 0.05) -> pd.DataFrame:
     """One row per comparison and target difference (in accuracy, a fraction)."""
     results_dir = Path(results_dir)
+    if results_dir.is_file():
+        raise CnnbenchError(f"{results_dir}: a file, but cnnbench plan reads the results folder of a finished study "
+                            f"(results/<study>: its runs.parquet and study.json){_results_of(results_dir)}")
     runs_path, study_path = results_dir / "runs.parquet", results_dir / "study.json"
     for path in (runs_path, study_path):
         if not path.exists():
@@ -98,6 +101,17 @@ def plan(results_dir: str | Path, deltas: list[float], folds_options: list[int] 
     return pd.DataFrame(rows)
 
 
+def _results_of(config: Path) -> str:
+    """Where a config's results go, when the file is one (a user's natural first guess at plan's argument)."""
+    try:
+        from cnnbench.config import read_config
+
+        name = read_config(config).get("study")
+    except Exception:  # not a readable config either: the folder hint stands alone
+        return ""
+    return f"; for this config: cnnbench plan results/{name}" if isinstance(name, str) else ""
+
+
 def format_plan(df: pd.DataFrame) -> str:
     if df.empty:
         return "no comparisons to plan (the study has only its baseline)"
@@ -116,6 +130,9 @@ def format_plan(df: pd.DataFrame) -> str:
         lines.append(f"(a pilot of {int(df['resamples_now'].min())} paired resamples leaves its variance estimate so "
                      "few degrees of freedom that the corrected t test can detect little yet; a pilot with at least "
                      "5 folds x repeats plans far better)")
+    if df["runs"].isna().any():
+        lines.append("(where no design reaches the target at these folds, more folds lower the correction's floor: "
+                     "add fold counts to consider, e.g. --folds 10 20; optimistic, see cnnbench/plan.py)")
     if not df["seed_variance_measured"].all():
         lines.append("(one seed per fold in the pilot: its seed-to-seed variance is unknown, so only designs with "
                      "one seed are proposed)")

@@ -71,6 +71,7 @@ def test_ablate_writes_one_leave_one_out_variant_per_choice(tmp_path, capsys):
         others = {k: v for k, v in study.variants[name].model.items() if k not in ("bn", "dropout")}
         assert others == {k: v for k, v in study.variants["full"].model.items() if k not in ("bn", "dropout")}
     assert yaml.safe_load(out.read_text())["variants"]["full"] == full["full"]  # the original is kept
+    assert "its comments are not carried over" in out.read_text()  # said, not silently dropped
 
 
 @pytest.mark.parametrize("remove, message", [("colour", "'colour' is not a knob"),

@@ -23,13 +23,14 @@ def assert_one_line_error(out: subprocess.CompletedProcess, *words: str) -> None
 
 @pytest.fixture
 def files(tmp_path, recorded):
-    """A truncated record, a non-JSON file, a JSON list, a record without fields, and a complete record
+    """A truncated record, a non-JSON file, a CSV table, a JSON list, a record without fields, and a complete record
     copied outside results/."""
     text = recorded.read_text()
     (tmp_path / "truncated.json").write_text(text[: len(text) // 2])
     (tmp_path / "not.json").write_text("hello, world\n")
     (tmp_path / "list.json").write_text("[1, 2, 3]")
     (tmp_path / "partial.json").write_text(json.dumps({"schema": 4, "study": "tiny"}))
+    (tmp_path / "runs.csv").write_text("variant,fold,seed,val_acc\nbaseline,0,0,0.97\n")
     shutil.copy(recorded, tmp_path / "outside.json")
     return tmp_path
 
@@ -39,6 +40,7 @@ def test_verify(files):
     assert_one_line_error(cli("verify", str(files / "truncated.json")), "not valid JSON")
     assert_one_line_error(cli("verify", str(files / "not.json")), "not valid JSON")
     assert_one_line_error(cli("verify", str(files / "list.json")), "not a run record")
+    assert_one_line_error(cli("verify", str(files / "runs.csv")), "not a run record (a .csv file, not JSON)")
     assert_one_line_error(cli("verify", str(files / "partial.json")), "missing", "spec_hash")
     assert_one_line_error(cli("verify", str(files / "outside.json")), "pass --data and --splits")
 
@@ -53,6 +55,11 @@ def test_describe_refuses_impossible_numbers():
     assert out.returncode == 2 and "must be at least 1" in out.stderr and "Traceback" not in out.stderr
     out = cli("describe", "cnn", "--input", "1x0x28")
     assert out.returncode == 2 and "at least 1" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_describe_suggests_the_name_meant():
+    assert_one_line_error(cli("describe", "batchnrom"), "no variant 'batchnrom' (did you mean 'batchnorm'?)")
+    assert_one_line_error(cli("describe", "resnet2"), "(did you mean 'resnet20'?)")
 
 
 @pytest.mark.parametrize(("args", "flag", "message"), [

@@ -11,6 +11,7 @@ import pytest
 
 from cnnbench.cli import main
 from cnnbench.plan import Variance, cheapest_design, design_mde, format_plan, plan, variance_components
+from tests.helpers import REPO
 
 
 def pilot(folds=200, seeds=4, fold_sd=0.006, seed_sd=0.004, effect=0.01, seed=0) -> pd.DataFrame:
@@ -60,6 +61,10 @@ def test_plan_command_reads_a_finished_study(tmp_path, capsys):
     assert "v vs baseline" in out and "runs" in out
     assert main(["plan", str(tmp_path / "missing")]) == 2
     assert "not found" in capsys.readouterr().err
+    # a config given where the results folder goes (a trial's first guess) says which folder to give
+    assert main(["plan", str(REPO / "config" / "config.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "reads the results folder of a finished study" in err and "cnnbench plan results/default" in err
 
 
 def test_the_plan_prints_whole_numbers_and_says_when_no_design_reaches_a_target(tmp_path, capsys):
@@ -72,6 +77,8 @@ def test_the_plan_prints_whole_numbers_and_says_when_no_design_reaches_a_target(
     text = format_plan(df)
     assert "nan" not in text and ".0 folds" not in text and ".0 runs" not in text
     assert "not within" in text and re.search(r"\d+ folds x \d+ repeats x \d+ seeds = \d+ runs", text)
+    assert "--folds 10 20" in text  # where to go from there
+    assert "--folds" not in format_plan(df.iloc[1:])  # every target reached: no advice
 
 
 def test_a_tiny_pilot_says_so_and_never_prints_more_than_100_points(tmp_path, capsys):
