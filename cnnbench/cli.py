@@ -314,7 +314,9 @@ def _cmd_ablate(a: argparse.Namespace) -> None:
     here = Path("Snakefile").is_file()  # the command below runs from the checkout
     print(f"wrote {a.out}: {len(added)} leave-one-out variant(s) of {a.variant}: {', '.join(added)}\n"
           f"run them with{'' if here else ' (from the cnnbench checkout)'}: snakemake --cores all --configfile "
-          f"{a.out if here else Path(a.out).resolve()}")
+          f"{a.out if here else Path(a.out).resolve()}\n"
+          f"(the new comparisons join the report's one Holm family, so the existing comparisons' adjusted p values, "
+          f"and a verdict near the line, can change)")
 
 
 def _args_ablate(sub) -> None:

@@ -60,7 +60,8 @@ def test_ablate_writes_one_leave_one_out_variant_per_choice(tmp_path, capsys):
     out = tmp_path / "ablation.yaml"
     assert main(["ablate", "full", "--remove", "bn,dropout,augment.shift,weight_decay", "--config", str(cfg),
                  "--out", str(out)]) == 0
-    assert "4 leave-one-out variant(s)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "4 leave-one-out variant(s)" in printed and "join the report's one Holm family" in printed
     study = load_study(out)
     assert study.variants["full_no_bn"].model["bn"] is False
     assert study.variants["full_no_dropout"].model["dropout"] == 0.0
