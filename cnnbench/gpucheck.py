@@ -379,7 +379,8 @@ def step_sweep(root: Path, out_dir: Path, device: str = "cuda", counts: tuple[in
                 "aggregate_img_per_s": {row["jobs"]: round(row["aggregate_img_per_s"]) for row in r["rows"]},
                 "wall_s": {row["jobs"]: round(row["wall_s"], 1) for row in r["rows"]},
                 "not_run_for_time": r["left_out"],
-                "best_jobs_per_gpu": r["best_jobs_per_gpu"], "speedup_best_vs_1": r["speedup_best_vs_1"]}
+                "best_jobs_per_gpu": r["best_jobs_per_gpu"], "speedup_best": r["speedup_best"],
+                "speedup_base_jobs": r["speedup_base_jobs"]}
     return run
 
 

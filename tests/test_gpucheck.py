@@ -74,6 +74,7 @@ def test_the_sweep_tries_16_jobs_only_where_the_node_has_16_cores():
     from cnnbench.gpusweep import sweep_counts
 
     assert sweep_counts(16) == (1, 2, 4, 8, 16) and sweep_counts(2) == (1, 2, 4, 8)
+    assert sweep_counts(16, threads=2) == (1, 2, 4, 8) and sweep_counts(32, threads=2) == (1, 2, 4, 8, 16)
 
 
 def test_each_job_count_trains_for_what_leaves_room_for_every_counts_start_up():

@@ -78,20 +78,32 @@ def test_the_concurrency_sweep_runs_separate_jobs_and_sums_their_speed(tmp_path)
     assert "best: execution.jobs_per_gpu: 2" in format_sweep({**r, "device": "cuda", "best_jobs_per_gpu": 2})
 
 
-def test_speed_ups_are_against_the_fewest_jobs_measured_and_say_so():
+def test_speed_ups_and_the_best_count_compare_mean_rates_against_the_fewest_jobs(monkeypatch):
     """`gpu-sweep --jobs 16 8 16 8` (a paired re-measurement on an H200) printed "1.00x one job" for 16
-    jobs: the first row was taken for one job. The base is the fewest jobs measured, averaged over its
-    repeats, and the text names it."""
-    from cnnbench.gpusweep import baseline_rate, format_sweep
+    jobs: the first row was taken for one job. The base is the fewest jobs measured, each count's rate
+    is the mean of its repeats (so one lucky repeat does not pick the setting), and the text names the base."""
+    from cnnbench import gpusweep
 
-    row = lambda n, rate: {"jobs": n, "aggregate_img_per_s": rate, "precision": "bf16", "compile": "off"}  # noqa: E731
-    paired = [row(16, 206.0), row(8, 193.0), row(16, 207.0), row(8, 185.0)]
-    assert baseline_rate(paired) == (8, 189.0)
-    r = {"device": "cuda", "seconds": 5, "rows": paired, "best_jobs_per_gpu": 16, "speedup_best_vs_1": 207 / 189}
-    text = format_sweep(r)
-    assert "(1.09x 8 jobs)" in text and "one job" not in text and "best: execution.jobs_per_gpu: 16 (1.10x 8 jobs)" in text
-    assert baseline_rate([row(2, 50.0), row(1, 30.0), row(16, 210.0)]) == (1, 30.0)
-    assert "(7.00x one job)" in format_sweep({**r, "rows": [row(1, 30.0), row(16, 210.0)]})
+    rates = iter([206.0, 193.0, 207.0, 185.0, 30.0, 40.0, 50.0, 210.0, 200.0, 195.0, 170.0, 196.0])
+
+    def fake(n, config, variant, device, seconds, threads, timeout=None):
+        return {"jobs": n, "aggregate_img_per_s": next(rates), "per_job_img_per_s": [], "precision": "bf16",
+                "compile": "off"}
+
+    monkeypatch.setattr(gpusweep, "run_concurrent", fake)
+    paired = gpusweep.sweep("s.yaml", counts=(16, 8, 16, 8), device="cuda")
+    assert paired["best_jobs_per_gpu"] == 16 and paired["speedup_base_jobs"] == 8
+    assert paired["speedup_best"] == pytest.approx(206.5 / 189.0)
+    text = gpusweep.format_sweep(paired)
+    assert "(1.09x 8 jobs)" in text and "one job" not in text and "best: execution.jobs_per_gpu: 16 (1.09x 8 jobs)" in text
+    # each row is shown against the base; the counts are compared by their means
+    repeated = gpusweep.sweep("s.yaml", counts=(1, 2, 2, 16), device="cuda")  # rates 30, 40, 50, 210 in turn
+    assert repeated["speedup_base_jobs"] == 1 and repeated["best_jobs_per_gpu"] == 16
+    text = gpusweep.format_sweep(repeated)
+    assert "(1.33x one job)" in text and "(1.67x one job)" in text and "16 (7.00x one job)" in text
+    assert gpusweep.mean_rates(repeated["rows"]) == {1: 30.0, 2: 45.0, 16: 210.0}
+    lucky = gpusweep.sweep("s.yaml", counts=(8, 16, 8, 16), device="cuda")  # 8's best row (200) is its luck
+    assert lucky["best_jobs_per_gpu"] == 16 and lucky["speedup_best"] == pytest.approx(195.5 / 185.0)
 
 
 def test_a_sweep_near_its_deadline_keeps_what_it_measured_and_names_what_it_left_out(monkeypatch):
