@@ -14,8 +14,9 @@ Memory of one training job (bytes; float32 everywhere, 4 bytes a value):
     + the data set on the device: 1 byte (uint8 copy) + 4 bytes (normalised copy) per pixel, test split
       included, + RUNTIME_BYTES for torch itself.
 A variant whose estimate exceeds the device's memory is refused. The device's memory is
-`execution.max_memory_gb` when set, else the host's RAM on the CPU, else (CUDA, which cannot be asked
-without torch at DAG time) DEFAULT_GPU_MEMORY_GB.
+`execution.max_memory_gb` when set, else the host's RAM on the CPU, else (CUDA) the smallest GPU's
+memory as nvidia-smi reports it on the host that runs Snakemake (torch is not imported at DAG time), else
+DEFAULT_GPU_MEMORY_GB (a cluster's login node has no GPU to ask).
 
 Compute of the study (multiply-accumulates):
     per run:  MACs/image * (3 * training images of a fold * epochs       forward + backward
@@ -56,14 +57,18 @@ CPU_MACS_PER_S_PER_CORE = 3.9e10
 # default study's small baseline is launch-bound, 24,400 img/s in one job (7.6e10) and 162,000 in 8
 # concurrent jobs (5.0e11), so small studies take longer than this estimate says. Wide networks run far
 # faster: config/cifar10-synthetic.yaml's timing job measured resnet20_wide and resnet18 at ~9,800 img/s
-# in one job (~2e13), so its 9.8 h estimate is ~4x its measured one-job training time (2.4 h).
+# in one job (1.6-1.9e13), so its estimate's training part (9.0 h of its 9.8 h; the rest is evaluation)
+# is 3.7x the 2.4 h that the measured epoch times project for one job at a time.
 CUDA_MACS_PER_S_PER_GPU = 1e12
 # execution.jobs_per_gpu: auto = this many training jobs per GPU, fewer where the largest job's memory
-# estimate does not fit that many times into the GPU's memory. Measured on one H200 (16 cores) with the
-# default study's baseline: 2, 4, 8 jobs gave 1.7-2.0, 3.2-3.6, 5.9-6.6x one job's img/s, and 16 jobs
-# 1.07-1.12x the img/s of 8 in three paired sweeps (README); other networks and cards were not swept.
-# A node with fewer cores runs fewer at once anyway: each job holds a core (Snakemake's --cores).
+# estimate does not fit that many times into the GPU's memory, where the workflow's cores do not give
+# each job its execution.threads, or where the host's RAM does not hold that many CUDA processes.
+# Measured on one H200 (16 cores) with the default study's baseline: 2, 4, 8 jobs gave 1.7-2.0,
+# 3.2-3.6, 5.9-6.6x one job's img/s, and 16 jobs 1.07-1.12x the img/s of 8 in every comparison of two
+# gpu-sweep runs on one machine (README); other networks and cards were not swept.
 AUTO_JOBS_PER_GPU = 16
+CUDA_JOB_HOST_BYTES = 2.5e9  # host RAM of one CUDA training process (torch, the CUDA context, the data):
+# the cifar10-synthetic timing job peaked at 2.43 GB resident on the H200
 
 BYTES_PER_VALUE = 4  # float32
 MEMORY_SAFETY = 2.0  # on model state and activations (see the module docstring)
@@ -85,6 +90,8 @@ class Machine:
     memory_bytes: float  # memory one training job may use
     memory_source: str  # where that figure comes from, for messages
     macs_per_s: float  # training throughput of the whole machine
+    cores: int = 0  # CPU cores the workflow may use (0: unknown), for jobs_per_gpu's auto
+    host_memory_bytes: float = math.inf  # this host's RAM, for jobs_per_gpu's auto
 
     def describe(self) -> str:
         if self.device == "cpu":
@@ -135,7 +142,8 @@ def detect_machine(execution: dict, cores: int | None = None, gpu_visible: bool 
         memory, source = ((gpu_memory_bytes, "this host's GPU (nvidia-smi)") if gpu_memory_bytes else
                           (DEFAULT_GPU_MEMORY_GB * 1e9, f"a GPU (assumed {DEFAULT_GPU_MEMORY_GB:g} GB)"))
         rate = CUDA_MACS_PER_S_PER_GPU
-    return with_limits(Machine(device, workers, memory, source, rate), execution)
+    cores = max(1, min(cores or host_cores(), host_cores()))
+    return with_limits(Machine(device, workers, memory, source, rate, cores, host_ram_bytes()), execution)
 
 
 # --- estimates -------------------------------------------------------------------------------------
@@ -161,6 +169,7 @@ class StudyEstimate:
     max_hours: float
     variants: dict[str, VariantEstimate] = field(default_factory=dict)
     jobs_per_gpu: int = 1  # execution.jobs_per_gpu resolved (auto: see AUTO_JOBS_PER_GPU); 1 off the GPU
+    jobs_per_gpu_why: str = ""  # what held auto below AUTO_JOBS_PER_GPU, for the log
 
     @property
     def macs(self) -> float:
@@ -184,7 +193,7 @@ class StudyEstimate:
                 f"the timing job and the report come on top, a minute or more)\n"
                 f"cnnbench: largest training job: {peak.name!r}, ~{_gb(peak.memory_bytes)} estimated of the "
                 f"{_gb(self.machine.memory_bytes)} of {self.machine.memory_source}"
-                + (f"; {self.jobs_per_gpu} training job{'s' * (self.jobs_per_gpu != 1)} per GPU"
+                + (f"; {self.jobs_per_gpu} training job{'s' * (self.jobs_per_gpu != 1)} per GPU{self.jobs_per_gpu_why}"
                    if self.machine.device == "cuda" else ""))
 
 
@@ -233,7 +242,9 @@ def check_study(study: Study, machine: Machine) -> StudyEstimate:
     for v in est.variants.values():
         if v.memory_bytes > machine.memory_bytes:
             raise ConfigError(_memory_message(v, study.variants[v.name], machine))
-    est = replace(est, jobs_per_gpu=resolve_jobs_per_gpu(study.execution.get("jobs_per_gpu", "auto"), est))
+    jobs, why = resolve_jobs_per_gpu(study.execution.get("jobs_per_gpu", "auto"), est,
+                                     threads=int(study.execution.get("threads", 1)))
+    est = replace(est, jobs_per_gpu=jobs, jobs_per_gpu_why=why)
     if est.hours > est.max_hours:
         top = sorted(est.variants.values(), key=lambda v: -v.macs)[:3]
         biggest = ", ".join(f"{v.name} {_duration(v.macs / machine.macs_per_s / 3600)}" for v in top)
@@ -245,23 +256,35 @@ def check_study(study: Study, machine: Machine) -> StudyEstimate:
     return est
 
 
-def resolve_jobs_per_gpu(setting: int | str, est: StudyEstimate) -> int:
-    """execution.jobs_per_gpu as a number: `auto` is AUTO_JOBS_PER_GPU, or as many of the largest job as
-    fit into the GPU's memory if fewer; a number is kept if that many of the largest job fit, else
-    refused with the number that fits. Off the GPU there is nothing to share: 1."""
+def resolve_jobs_per_gpu(setting: int | str, est: StudyEstimate, threads: int = 1) -> tuple[int, str]:
+    """execution.jobs_per_gpu as a number, and what held `auto` down (for the log). `auto` is
+    AUTO_JOBS_PER_GPU, or fewer where the largest job does not fit that many times into the GPU's memory,
+    the workflow's cores do not give each job `threads`, or the host's RAM does not hold that many CUDA
+    processes (CUDA_JOB_HOST_BYTES each). A number is kept if that many of the largest job fit into the
+    GPU's memory, else refused with the number that fits. Off the GPU there is nothing to share: 1."""
     if est.machine.device != "cuda":
-        return 1 if setting == "auto" else int(setting)
+        return (1 if setting == "auto" else int(setting)), ""
     peak = est.peak()
     fit = max(1, int(est.machine.memory_bytes // peak.memory_bytes))
     if setting == "auto":
-        return min(AUTO_JOBS_PER_GPU, fit)
+        m = est.machine
+        caps = {f"the largest job's memory estimate fits {fit} times into {m.memory_source}": fit}
+        if m.cores:
+            caps[f"{m.cores} core{'s' * (m.cores != 1)} at execution.threads = {threads} each"] = max(1, m.cores // threads)
+        if math.isfinite(m.host_memory_bytes):
+            caps[f"this host's {_gb(m.host_memory_bytes)} of RAM at ~{_gb(CUDA_JOB_HOST_BYTES)} per CUDA process"] = max(
+                1, int(m.host_memory_bytes // CUDA_JOB_HOST_BYTES))
+        why, jobs = min(caps.items(), key=lambda kv: kv[1])
+        if jobs >= AUTO_JOBS_PER_GPU:
+            return AUTO_JOBS_PER_GPU, ""
+        return jobs, f" (auto: {AUTO_JOBS_PER_GPU}, fewer here: {why})"
     if setting * peak.memory_bytes > est.machine.memory_bytes:
         raise ConfigError(
             f"execution.jobs_per_gpu: {setting} jobs of the largest variant ({peak.name!r}, ~{_gb(peak.memory_bytes)} "
             f"estimated each) need {_gb(setting * peak.memory_bytes)}, more than the {_gb(est.machine.memory_bytes)} "
             f"of {est.machine.memory_source}; set jobs_per_gpu: {fit} (or auto), or execution.max_memory_gb if "
             f"the GPU has more")
-    return int(setting)
+    return int(setting), ""
 
 
 def _memory_message(v: VariantEstimate, spec: VariantSpec, machine: Machine) -> str:

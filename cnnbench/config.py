@@ -456,10 +456,14 @@ def _resolve_variant(study: str, name: str, variants: dict[str, dict], train_def
             n_train = min(n_train, lpc * info.num_classes)  # at most what the runs train on
         if train["batch_size"] > n_train:
             # named where it was written: protocol's value reaches every variant, so blaming the first one
-            # misleads, unless this variant's own labels_per_class is what makes it too large
-            set_in = next((link for link in chain if "batch_size" in variants.get(link, {})), None)
-            where = (f"variant {set_in!r}, field 'batch_size'" if set_in else
-                     f"variant {name!r}, field 'batch_size' (protocol's)" if lpc else "protocol.batch_size")
+            # misleads, unless a variant's own labels_per_class is what makes it too large
+            def written_in(knob: str) -> str | None:
+                return next((link for link in chain if knob in variants.get(link, {})), None)
+
+            batch_in, lpc_in = written_in("batch_size"), written_in("labels_per_class") if lpc else None
+            where = (f"variant {batch_in!r}, field 'batch_size'" if batch_in else
+                     f"variant {lpc_in!r}, field 'labels_per_class' with protocol.batch_size" if lpc_in else
+                     "protocol.batch_size")
             raise ConfigError(f"{where}: {train['batch_size']} is larger than the "
                               f"{n_train} training images of a fold"
                               + (f" ({lpc} per class, labels_per_class)" if lpc else "")
@@ -665,9 +669,9 @@ def describe_changes(baseline: VariantSpec, variant: VariantSpec) -> list[str]:
             if a.get(knob) != b[knob]:
                 was, now = _fmt(a.get(knob)), _fmt(b[knob])
                 if knob == "width":  # unset (null): the first stage has the preset's own width
-                    was, now = _width(a, knob), _width(b, knob, mark=True)
-                    if was == now:  # the preset's own width, written out: no change
+                    if _width(a, knob) == _width(b, knob):  # the preset's own width, written out or not
                         continue
+                    was, now = _width(a, knob), _width(b, knob, mark=True)
                 out.append(f"{knob}: {was} -> {now}")
     return out
 

@@ -154,8 +154,10 @@ CASES = [
     Case("nesterov_with_adam", with_changes(variant={"optimizer": "adam", "nesterov": True}),
          ("variant 'x', field 'nesterov': has no effect with optimizer 'adam'",)),
     Case("batch_above_labels_per_class", with_changes(variant={"labels_per_class": 2}),  # 20 images, batch 32
-         ("variant 'x', field 'batch_size'", "20 training images of a fold (2 per class, labels_per_class)",
-          "at most 20")),
+         ("variant 'x', field 'labels_per_class' with protocol.batch_size: 32",
+          "20 training images of a fold (2 per class, labels_per_class)", "at most 20")),
+    Case("batch_above_protocol_labels_per_class", with_changes(protocol={"labels_per_class": 2}),
+         ("study.yaml: protocol.batch_size: 32 is larger than the 20 training images",)),
     Case("labels_per_class_keeps_all", with_changes(variant={"labels_per_class": 1000}),
          ("variant 'x', field 'labels_per_class': 1000 per class keeps every training image of a fold",
           "use fewer")),
@@ -461,21 +463,33 @@ def test_memory_estimate_adds_up():
     assert v.macs == pytest.approx(1_031_744 * (3 * 4000 * 10 + 1000 * 10) * 10)
 
 
-def test_jobs_per_gpu_auto_is_the_measured_16_where_the_largest_job_fits_16_times():
-    big = B.detect_machine({"device": "cuda", "max_memory_gb": 140})  # an H200
-    default = B.check_study(load_study(REPO / "config" / "config.yaml"), big)
+def test_jobs_per_gpu_auto_is_the_measured_16_where_gpu_memory_cores_and_host_ram_allow(tmp_path):
+    from dataclasses import replace
+
+    default_study = load_study(REPO / "config" / "config.yaml")
+    h200 = replace(B.detect_machine({"device": "cuda", "max_memory_gb": 140}), cores=16, host_memory_bytes=128e9)
+    default = B.check_study(default_study, h200)
     assert default.jobs_per_gpu == B.AUTO_JOBS_PER_GPU == 16
-    assert "16 training jobs per GPU" in default.summary()
-    gpu = B.detect_machine({"device": "cuda"})  # no nvidia-smi here: a 16 GB card is assumed
-    default = B.check_study(load_study(REPO / "config" / "config.yaml"), gpu)
-    assert default.jobs_per_gpu == min(16, int(gpu.memory_bytes // default.peak().memory_bytes))
+    assert "; 16 training jobs per GPU" in default.summary() and "fewer here" not in default.summary()
+    card16 = replace(B.detect_machine({"device": "cuda"}), cores=16, host_memory_bytes=128e9)  # no nvidia-smi: 16 GB
+    est = B.check_study(default_study, card16)
+    assert est.jobs_per_gpu == 14 and "fewer here: the largest job's memory estimate fits 14 times into a GPU" in est.summary()
+    cores8 = B.check_study(default_study, replace(h200, cores=8))  # each job holds execution.threads (1) cores
+    assert cores8.jobs_per_gpu == 8 and "8 cores at execution.threads = 1 each" in cores8.summary()
+    cifar = B.check_study(load_study(REPO / "config" / "cifar10.yaml"), h200)  # threads: 4
+    assert cifar.jobs_per_gpu == 4 and "16 cores at execution.threads = 4 each" in cifar.summary()
+    ram = B.check_study(default_study, replace(h200, host_memory_bytes=16e9))  # 2.5 GB per CUDA process
+    assert ram.jobs_per_gpu == 6 and "RAM at ~2.5 GB per CUDA process" in ram.summary()
+    (tmp_path / "given.yaml").write_text(with_changes(execution={"device": "cuda", "jobs_per_gpu": 12}))
+    given = B.check_study(load_study(tmp_path / "given.yaml"), replace(h200, cores=2))
+    assert given.jobs_per_gpu == 12 and "fewer here" not in given.summary()  # a number given is the user's call
     small = B.detect_machine({"device": "cuda", "max_memory_gb": 3})  # width64 (~1.1 GB) fits twice
     est = B.check_study(load_study(REPO / "config" / "config.yaml"), small)
     assert est.jobs_per_gpu == int(3e9 // est.peak().memory_bytes) == 2
     assert B.check_study(load_study(REPO / "config" / "config.yaml"), CPU2).jobs_per_gpu == 1  # nothing to share
     for name in ("cifar10.yaml", "cifar10-synthetic.yaml"):  # the GPU studies, on the assumed 16 GB card
-        est = B.check_study(load_study(REPO / "config" / name), gpu)
-        assert 1 <= est.jobs_per_gpu <= 16 and est.jobs_per_gpu * est.peak().memory_bytes <= gpu.memory_bytes
+        est = B.check_study(load_study(REPO / "config" / name), card16)
+        assert est.jobs_per_gpu == 3 and est.jobs_per_gpu * est.peak().memory_bytes <= card16.memory_bytes
 
 
 def test_machine_detection():

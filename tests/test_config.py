@@ -95,7 +95,7 @@ def test_missing_baseline_variant():
 
 def test_batch_larger_than_training_part():
     msg = error_of(tiny_study(protocol={"folds": 2, "batch_size": 1000}))
-    assert "field 'batch_size'" in msg and "150" in msg
+    assert "protocol.batch_size: 1000" in msg and "150" in msg  # where it was written, not the first variant
 
 
 def test_same_padding_needs_odd_kernel():
@@ -139,6 +139,9 @@ def test_unsetting_a_width_is_described_as_the_presets_width():
     assert describe_changes(study.variants["wide"], study.variants["back"]) == ["width: 32 -> 16 (the preset's)"]
     assert describe_changes(study.variants["baseline"], study.variants["wide"]) == ["width: 16 -> 32"]
     assert describe_changes(study.variants["baseline"], study.variants["back"]) == []  # back where it started
+    spelled = load_study(tiny_study(variants=variants(
+        own={"base": "baseline", "width": 16}, back={"base": "own", "width": None})))
+    assert describe_changes(spelled.variants["own"], spelled.variants["back"]) == []  # 16 written out, then unset
 
 
 def test_spec_hash_tracks_what_the_numbers_depend_on():
