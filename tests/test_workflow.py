@@ -141,7 +141,7 @@ def test_the_summary_tables_aa_row_shows_the_noise_floor_without_a_verdict(finis
     row = summary[summary.index(">aa_control</span>"):].split("</tr>")[0]
     runs = pd.read_parquet(finished / "results" / "tiny" / "runs.parquet")
     aa = compare_pair(runs, "baseline", "aa_control", "val_acc", corrected=False).test
-    assert f"{pts(aa.mean)} {interval(aa.ci_low, aa.ci_high)}" in row
+    assert f"{pts(aa.mean)} {interval(aa.ci_low, aa.ci_high)} (plain t)" in row
     assert "(plain t)" in row and "noise floor, no verdict" in row and "better" not in row and "worse" not in row
     assert "The aa_control row is the noise floor" in summary
 

@@ -133,7 +133,7 @@ def summary_table(ctx) -> Section:
             p, verdict = (pvalue(c["p_holm"]), c["p_holm"]), verdict_html(c)
         elif v == AA_CONTROL and ctx.aa is not None:  # the noise floor: its own test, not one of the verdicts
             t = ctx.aa.test
-            delta = (f"{pts(t.mean)} {interval(t.ci_low, t.ci_high)}", t.mean)
+            delta = (f"{pts(t.mean)} {interval(t.ci_low, t.ci_high)} (plain t)", t.mean)  # not the corrected CI
             ref = (html.escape(ctx.baseline), 0.0)
             p, verdict = (f"{pvalue(t.p)} (plain t)", t.p), '<span class="nodiff">noise floor, no verdict</span>'
         else:
