@@ -103,6 +103,7 @@ from cnnbench.config import load_study
 from cnnbench.data import load_source, make_splits
 from cnnbench.timing import training_memory
 from cnnbench.train import warm_up
+torch.set_num_threads(1)  # as the timing job runs it (execution.threads, 1 by default)
 study = load_study(json.loads(sys.argv[1]))
 images = load_source(study.data, 0)
 val = make_splits(images.y, 2, 1, 0)[0]
@@ -113,8 +114,10 @@ print(json.dumps(training_memory(study.variants[sys.argv[2]], images, train, val
 
 
 def test_training_memory_is_the_runs_own_and_repeatable():
-    """As the timing job measures it on the CPU (a fresh process per variant, after a warm-up): the same
-    variant measured in two processes agrees within 15%, and width64 needs more. Within one process
+    """As the timing job measures it on the CPU (a fresh process per variant, after a warm-up, one torch
+    thread): the same variant measured in two processes agrees within 20%, and width64 needs far more.
+    Six fresh processes read 55-61 MB for this baseline at 1 thread, but 56-70 MB at 2 threads (idle
+    2-vCPU Xeon), and this test failed in CI at 15% with 2 threads (55.0 vs 63.7 MB). Within one process
     the figures drift by 1-21 MB with what ran before (measured on the default study), which is why the
     CPU timing job spawns a process per variant; this test once asserted the one-process figures and
     failed under load (70.4 vs 59.7 MB)."""
@@ -131,9 +134,9 @@ def test_training_memory_is_the_runs_own_and_repeatable():
         return json.loads(out.stdout)
 
     first, wide, third = measured("baseline"), measured("width64"), measured("baseline")
-    # repeatable within 15%: alone it repeats within a few %; CI's load (the Slurm daemons and other
-    # test processes) adds noise; the width-64 net is still far apart
-    assert abs(third - first) <= 0.15 * first, (first, third)
+    # repeatable within 20%: alone at 1 thread the spread was 11% (max/min); CI's load (the Slurm daemons,
+    # other test processes) adds some; the width-64 net is still far apart
+    assert abs(third - first) <= 0.20 * min(first, third), (first, third)
     assert wide > 1.5 * max(first, third) and first > 10
 
 
