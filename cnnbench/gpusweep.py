@@ -23,15 +23,15 @@ from pathlib import Path
 from cnnbench.errors import CnnbenchError
 
 COUNTS = (1, 2, 4, 8)
+CHUNK_STEPS = 20  # optimiser steps between clock checks (train_epoch synchronises at its end)
 
 
 def sweep_counts(cpus: int | None = None, threads: int = 1) -> tuple[int, ...]:
     """1, 2, 4, 8 jobs, and 16 where the node has the cores for it: each job's Python loop needs a core of
-    its own (`threads` of them with more torch threads). On one H200 with 16 cores, 16 jobs of the default baseline gave 1.07-1.12x the img/s of 8 in
-    every comparison of two runs (README)."""
+    its own (`threads` of them with more torch threads). On one H200 with 16 cores, 16 jobs of the
+    default baseline gave 1.07-1.12x the img/s of 8 in every comparison of two runs (README)."""
     cpus = cpus or len(os.sched_getaffinity(0))  # the cores this process may use (Slurm, cgroups)
     return (*COUNTS, 16) if cpus >= 16 * threads else COUNTS
-CHUNK_STEPS = 20  # optimiser steps between clock checks (train_epoch synchronises at its end)
 
 
 def worker(config: str, variant: str | None, device: str, seconds: float, threads: int, seed: int) -> dict:
