@@ -259,3 +259,8 @@ def test_the_noise_floor_says_how_many_comparisons_are_wider_from_the_numbers():
     assert "2 of 2 wider" in usual and "2.50 pts wide" in usual
     assert widths_against_noise_floor(ctx(float("nan"), float("nan"), [-0.01], [0.01])) == ""  # untestable A/A
     assert widths_against_noise_floor(ctx(-0.01, 0.01, [float("nan")], [float("nan")])) == ""  # no comparison
+    # a study of the baseline and its A/A control alone: no comparisons at all, an untyped empty frame (CI
+    # found the report failing on it: np.isfinite on an object column)
+    empty = SimpleNamespace(aa=SimpleNamespace(test=SimpleNamespace(ci_low=-0.01, ci_high=0.01)),
+                            comparison=pd.DataFrame(columns=["ci_low", "ci_high"]))
+    assert widths_against_noise_floor(empty) == ""

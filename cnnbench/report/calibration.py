@@ -50,13 +50,13 @@ def widths_against_noise_floor(ctx) -> str:
     a comparison's corrected interval also carries the training sets' effect on the variant, so it is
     usually the wider, but with few resamples either can be (a trial: A/A 30.8 pts wide, a comparison 7.5)."""
     aa_width = ctx.aa.test.ci_high - ctx.aa.test.ci_low
-    c = ctx.comparison
-    widths = (c["ci_high"] - c["ci_low"]).dropna()
+    c = ctx.comparison  # (a study of the baseline and its A/A control alone has none: an empty, untyped frame)
+    widths = np.asarray(c["ci_high"], dtype=float) - np.asarray(c["ci_low"], dtype=float)
     widths = widths[np.isfinite(widths)]
-    if not np.isfinite(aa_width) or widths.empty:
+    if not np.isfinite(aa_width) or widths.size == 0:
         return ""
     wider = int((widths > aa_width).sum())
-    return (f" The comparisons' own intervals are {pts(float(widths.median()), False)} pts wide (median of "
+    return (f" The comparisons' own intervals are {pts(float(np.median(widths)), False)} pts wide (median of "
             f"{len(widths)}; this one {pts(aa_width, False)}), {wider} of {len(widths)} wider than this one: they "
             "use the corrected t-test, which also allows for the training sets' effect on the variant, absent "
             "between two trainings of the same network.")
