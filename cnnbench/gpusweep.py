@@ -157,10 +157,10 @@ def sweep(config: str | Path, variant: str | None = None, counts=None, device: s
             log(f"  {n} job(s): {rows[-1]['aggregate_img_per_s']:,.0f} img/s in all")
     rates = mean_rates(rows)
     best = max(rates, key=rates.get)
-    base_jobs = min(rates)
+    base_jobs, base = baseline_rate(rows)
     return {"config": str(config), "variant": variant, "device": device, "seconds": seconds, "rows": rows,
             "left_out": left_out, "best_jobs_per_gpu": best, "speedup_base_jobs": base_jobs,
-            "speedup_best": rates[best] / rates[base_jobs]}
+            "speedup_best": rates[best] / base}
 
 
 def mean_rates(rows: list[dict]) -> dict[int, float]:
