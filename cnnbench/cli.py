@@ -246,7 +246,7 @@ def _cmd_gpu_sweep(a: argparse.Namespace) -> None:
         raise CnnbenchError(f"gpu-sweep: no CUDA GPU here ({why}); run it on the GPU node, or pass --device cpu "
                             "to try the mechanics on the CPU")
     r = sweep(a.config, a.variant, a.jobs, device, a.seconds, a.threads,
-              log=lambda m: print(m, file=sys.stderr, flush=True))
+              log=lambda m: print(m, file=sys.stderr, flush=True), repeats=a.repeats)
     print(format_sweep(r))
     if a.json:
         from cnnbench.io import write_json
@@ -262,7 +262,9 @@ def _args_gpu_sweep(sub) -> None:
                                                             "node with 16 cores or more)")
     s.add_argument("--device", default="cuda", choices=["auto", "cpu", "cuda"],
                    help="cuda (default: what the sweep is for), cpu (its mechanics only), auto (cuda if present)")
-    s.add_argument("--seconds", type=_positive_number, default=15.0, help="timed seconds per job count")
+    s.add_argument("--seconds", type=_positive_number, default=10.0, help="timed seconds per measurement")
+    s.add_argument("--repeats", type=_positive, default=2,
+                   help="times each count is measured, there and back (1 2 4 8 8 4 2 1): its spread (default 2)")
     s.add_argument("--threads", type=_positive, default=1, help="torch threads per job")
     s.add_argument("--json", help="also write the result to this JSON file")
     s.set_defaults(func=_cmd_gpu_sweep)

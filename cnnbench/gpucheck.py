@@ -9,13 +9,13 @@ budget, each reported as passed, failed or skipped with the reason:
 2. determinism: two runs with `deterministic: true` identical, and its slowdown against the default;
 3. the loop benchmark against the tuned (airbench-style) loop, eager;
 4. the concurrency sweep: aggregate img/s of 1, 2, 4, 8 (and 16, given 16 cores) training jobs on one
-   GPU (jobs_per_gpu);
+   GPU (jobs_per_gpu), each count measured twice;
 5. the CUDA tests (`pytest -m cuda tests/test_cuda.py`);
-6. the loop benchmark compiled (compile's speed-up; a cold compile cache makes it the least predictable
-   step, so it comes after the sweep that `--time-study` needs);
+6. the kernel suite on CUDA (pytest-benchmark, full size);
 7. a small study end to end on the GPU (Snakemake, report included);
-8. the loop benchmark compiled on ResNet-20 with CIFAR-shaped synthetic images (batch 128);
-9. the kernel suite on CUDA (pytest-benchmark, full size);
+8. the loop benchmark compiled (compile's speed-up; a cold compile cache makes it the least predictable
+   step, so it comes after the checks above);
+9. the loop benchmark compiled on ResNet-20 with CIFAR-shaped synthetic images (batch 128);
 10. the 5 fold models of the baseline trained as one vmapped computation, against one after another and
    against the sweep's best.
 
@@ -353,32 +353,38 @@ def _sweep_config(root: Path, out_dir: Path, device: str) -> Path:
     return root / "config" / "config.yaml" if _has_mlxtend() else _tiny_config(out_dir / "sweep.yaml", device)
 
 
-SWEEP_START_S = 28  # per job count: the workers' start-up and warm-up (14-28 s on the H200 at 1-16 jobs)
+# The sweep's workers start once (gpusweep.JobPool): importing torch, CUDA and the data together took
+# 14-28 s on the H200 when each job count started its own, and each then warms up alone (a few seconds
+# for the baseline at the most). SWEEP_START_S is what the pool's start is allowed for 16 jobs.
+SWEEP_START_S = 45
+SWEEP_EACH_S = 1.5  # per measurement beyond its seconds: the chunk under way at the bell, the report line
 SWEEP_MARGIN_S = 15  # the step's own start-up, and the 5 s its deadline keeps before the limit
 
 
-def sweep_seconds(limit: float, counts: int) -> float:
-    """Seconds each job count trains for, so that all counts with their start-up fit the step's limit. On
-    the H200 at 5 s each, 1-8 jobs took 27-34 s per count inside gpu-check (116 s for four counts), so
-    the 150-s limit had no room left for 16; 180 s has."""
-    return max(1.0, min(10.0, (limit - SWEEP_MARGIN_S - SWEEP_START_S * counts) / counts))
+def sweep_seconds(limit: float, measurements: int) -> float:
+    """Seconds each measurement trains for, so that the pool's start and every measurement (each count
+    twice) fit the step's limit: 120 s gives 1-16 jobs 4.5 s each. The H200 sweeps that set jobs_per_gpu
+    measured 5 s a count, once each."""
+    return max(1.0, min(10.0, (limit - SWEEP_MARGIN_S - SWEEP_START_S) / measurements - SWEEP_EACH_S))
 
 
 def step_sweep(root: Path, out_dir: Path, device: str = "cuda", counts: tuple[int, ...] | None = None
                ) -> Callable[[float], dict]:
     def run(limit: float) -> dict:
-        from cnnbench.gpusweep import sweep, sweep_counts
+        from cnnbench.gpusweep import measurement_order, rates_by_count, sweep, sweep_counts
 
         jobs = counts or sweep_counts()
-        seconds = sweep_seconds(limit, len(jobs))
+        seconds = sweep_seconds(limit, len(measurement_order(jobs)))
         progress = lambda m: print(m, flush=True)  # noqa: E731 - the step's log: a stopped sweep shows how far it got
         config = _sweep_config(root, out_dir, device)
         r = sweep(config, counts=jobs, device=device, seconds=seconds, log=progress,
                   deadline=time.monotonic() + limit - 5)
-        return {"config": str(config), "seconds_each": seconds,
-                "aggregate_img_per_s": {row["jobs"]: round(row["aggregate_img_per_s"]) for row in r["rows"]},
-                "wall_s": {row["jobs"]: round(row["wall_s"], 1) for row in r["rows"]},
-                "not_run_for_time": r["left_out"],
+        each = rates_by_count(r["rows"])
+        return {"config": str(config), "seconds_each": seconds, "start_s": round(r["start_s"], 1),
+                "aggregate_img_per_s": {n: round(sum(v) / len(v)) for n, v in each.items()},
+                "aggregate_img_per_s_each": {n: [round(x) for x in v] for n, v in each.items()},
+                "wall_s": [round(row["wall_s"], 1) for row in r["rows"]],
+                "not_measured": r["left_out"], "failed_to_start": r["failed_to_start"],
                 "best_jobs_per_gpu": r["best_jobs_per_gpu"], "speedup_best": r["speedup_best"],
                 "speedup_base_jobs": r["speedup_base_jobs"]}
     return run
@@ -416,11 +422,13 @@ def _has_mlxtend() -> bool:
 
 # name, limit (s), minimum (s): the quick and telling first, and the sweep (which --time-study's
 # jobs_per_gpu comes from) before the steps whose time is hard to foresee (pytest's CUDA tests, cold
-# compiles), so a budget running short skips the least; a step left less than its minimum is skipped
-# rather than run to a certain time-out
+# compiles); the checks `gpu-check` exists for (CUDA tests, kernel suite, a study end to end) before the
+# extra figures (compiled loops, stacked folds). A budget running short skips the least: on the H200 the
+# steps besides the study took 4-74 s each, so the default 480 s reaches the study and leaves the extras
+# to `--budget 900`. A step left less than its minimum is skipped
 STEPS = (("environment", 45, 15), ("determinism", 75, 30), ("loop benchmark eager", 60, 30),
-         ("concurrency sweep", 180, 80), ("cuda tests", 150, 60), ("loop benchmark compiled", 100, 60),
-         ("study end to end", 150, 90), ("loop benchmark resnet20", 100, 60), ("kernel suite", 75, 45),
+         ("concurrency sweep", 120, 70), ("cuda tests", 150, 60), ("kernel suite", 75, 45),
+         ("study end to end", 150, 90), ("loop benchmark compiled", 100, 60), ("loop benchmark resnet20", 100, 60),
          ("stacked folds", 60, 30))
 STEP_NAMES = tuple(name for name, _, _ in STEPS)
 

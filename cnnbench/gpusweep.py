@@ -3,9 +3,10 @@
 A small CNN leaves a big GPU mostly idle, so several training jobs on one GPU may finish a study sooner
 than one job at a time. This measures it the way the workflow would run it: N separate processes (as
 Snakemake starts them), each training the variant with the project's loop (cnnbench.train.train_epoch)
-at the study's numerics on the same device. Each process warms up (and compiles) first; all start
-timing together on a signal, train for the same number of seconds, and report the images they trained.
-Aggregate img/s is their sum; the best N is what `execution.jobs_per_gpu` should be on that GPU.
+at the study's numerics on the same device. The processes start once (JobPool) and each warms up (and
+compiles) alone; for each count, N of them start timing together, train for the same number of seconds
+and report the images they trained. Aggregate img/s is their sum; every count is measured twice, there and
+back, for its spread; the best N is what `execution.jobs_per_gpu` should be on that GPU.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import select
+import queue
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -34,8 +36,9 @@ def sweep_counts(cpus: int | None = None, threads: int = 1) -> tuple[int, ...]:
     return (*COUNTS, 16) if cpus >= 16 * threads else COUNTS
 
 
-def worker(config: str, variant: str | None, device: str, seconds: float, threads: int, seed: int) -> dict:
-    """One job: warm up, say ready, wait for the go line on stdin, train for `seconds`, report."""
+def worker(config: str, variant: str | None, device: str, threads: int, seed: int) -> None:
+    """One job, driven over stdin/stdout by JobPool: load, say "loaded"; on "warm", warm up, say "ready";
+    then for each "go SECONDS" train that long and print one JSON line; stop at "quit" or end of input."""
     import numpy as np
     import torch
 
@@ -66,110 +69,201 @@ def worker(config: str, variant: str | None, device: str, seconds: float, thread
         train_epoch(forward, opt, None, data, y, perm, bs, steps, num=num, scaler=scaler)
         return steps * bs
 
-    chunk()  # warm-up: allocator, kernel selection, compilation
-    print("ready", flush=True)
+    print("loaded", flush=True)
     sys.stdin.readline()
-    done, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        done += chunk()
-    elapsed = time.perf_counter() - start
-    return {"images": done, "seconds": elapsed, "img_per_s": done / elapsed, "precision": num.precision,
-            "compile": num.as_dict()["compile"]}
+    chunk()  # warm-up alone (JobPool warms one worker at a time): allocator, cuDNN's choice, compilation
+    print("ready", flush=True)
+    for line in sys.stdin:
+        words = line.split()
+        if len(words) != 2 or words[0] != "go":
+            break
+        seconds, done, start = float(words[1]), 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            done += chunk()
+        elapsed = time.perf_counter() - start
+        print(json.dumps({"images": done, "seconds": elapsed, "img_per_s": done / elapsed,
+                          "precision": num.precision, "compile": num.as_dict()["compile"]}), flush=True)
 
 
-def run_concurrent(n: int, config: str, variant: str | None, device: str, seconds: float, threads: int,
-                   timeout: float | None = None) -> dict:
-    """N worker processes started together; aggregate and per-job img/s. Past `timeout` seconds (start-up
-    included) the workers are stopped and subprocess.TimeoutExpired is raised."""
-    end = None if timeout is None else time.monotonic() + timeout
+class JobPool:
+    """The sweep's worker processes, started once and kept from one job count to the next: N separate
+    processes as Snakemake starts them, but their start-up (importing torch, CUDA, the data; 14-28 s a
+    count on the H200 when each count started its own) is paid once, so the sweep has time to measure
+    every count twice. They load together, then warm up one at a time, so each picks its kernels alone
+    (cuDNN's autotuning times candidates, and under contention could pick slower ones). A worker that is
+    not part of a count waits on its stdin: it holds its CUDA context, but runs nothing."""
 
-    def left(default: float) -> float:
-        return default if end is None else max(0.1, end - time.monotonic())
+    def __init__(self, size: int, config: str, variant: str | None, device: str, threads: int,
+                 end: float | None = None):
+        self.cmd = [sys.executable, "-m", "cnnbench.gpusweep", "--config", str(config), "--device", device,
+                    "--threads", str(threads)] + (["--variant", variant] if variant else [])
+        self.procs, self.lines = [], []
+        # stderr to files, not pipes: a job's warnings (compile's, say) could fill a pipe nobody reads
+        self.errs = [tempfile.TemporaryFile(mode="w+") for _ in range(size)]
+        self.failed_to_start: str | None = None
+        try:
+            for i in range(size):
+                proc = subprocess.Popen(self.command(i), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=self.errs[i], text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                lines: queue.Queue = queue.Queue()
+                threading.Thread(target=_read_lines, args=(proc.stdout, lines), daemon=True).start()
+                self.procs.append(proc)
+                self.lines.append(lines)
+            for i in range(size):  # one at a time: worker i warms up while the rest wait or load
+                try:
+                    self._expect(i, "loaded", end)
+                    self._send(i, "warm")
+                    self._expect(i, "ready", end)
+                except CnnbenchError as e:
+                    if i == 0:
+                        raise CnnbenchError(f"a sweep job failed before it started: {e}") from None
+                    self.failed_to_start = f"only {i} of {size} jobs started; job {i + 1}: {e}"
+                    for proc in self.procs[i:]:
+                        proc.kill()
+                        proc.wait()
+                    self.procs, self.lines = self.procs[:i], self.lines[:i]
+                    break
+        except BaseException:
+            self.close()
+            raise
 
-    cmd = [sys.executable, "-m", "cnnbench.gpusweep", "--config", str(config), "--device", device,
-           "--seconds", str(seconds), "--threads", str(threads)] + (["--variant", variant] if variant else [])
-    # stderr to files, not pipes: a job's warnings (compile's, say) could fill a pipe nobody reads yet
-    errs = [tempfile.TemporaryFile(mode="w+") for _ in range(n)]
-    procs = [subprocess.Popen([*cmd, "--seed", str(i)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=errs[i], text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-             for i in range(n)]
+    def command(self, i: int) -> list[str]:
+        """Worker i's command line: the same job, its own seed."""
+        return [*self.cmd, "--seed", str(i)]
 
-    def tail(i: int) -> str:  # the worker's own last line (its error), not its traceback
-        errs[i].seek(0)
-        lines = errs[i].read().strip().splitlines()
+    @property
+    def size(self) -> int:
+        return len(self.procs)
+
+    def measure(self, n: int, seconds: float, end: float | None = None) -> dict:
+        """N of the workers train together for `seconds`: aggregate and per-job img/s."""
+        for i in range(n):  # go, all at once
+            self._send(i, f"go {seconds}")
+        results = [json.loads(self._expect(i, "{", end)) for i in range(n)]
+        per_job = [r["img_per_s"] for r in results]
+        return {"jobs": n, "aggregate_img_per_s": sum(per_job), "per_job_img_per_s": per_job,
+                "precision": results[0]["precision"], "compile": results[0]["compile"]}
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        for f in self.errs:
+            f.close()
+
+    def __enter__(self) -> JobPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _send(self, i: int, line: str) -> None:
+        try:
+            self.procs[i].stdin.write(line + "\n")
+            self.procs[i].stdin.flush()
+        except BrokenPipeError:
+            raise CnnbenchError(self._tail(i)) from None
+
+    def _expect(self, i: int, start: str, end: float | None) -> str:
+        """Worker i's next line that starts with `start` (other output on stdout is passed over); past `end`
+        subprocess.TimeoutExpired, and a worker that ends first a CnnbenchError with its last error line."""
+        while True:
+            wait = None if end is None else end - time.monotonic()
+            try:
+                line = self.lines[i].get(timeout=wait if wait is None else max(0.0, wait))
+            except queue.Empty:
+                raise subprocess.TimeoutExpired(self.cmd, 0) from None
+            if line is None:
+                self.procs[i].wait()
+                raise CnnbenchError(self._tail(i))
+            if line.startswith(start):
+                return line
+
+    def _tail(self, i: int) -> str:  # the worker's own last line (its error), not its traceback
+        self.errs[i].seek(0)
+        lines = self.errs[i].read().strip().splitlines()
         return lines[-1][:500] if lines else "(nothing on its stderr)"  # the head names the error
 
-    try:
-        for i, p in enumerate(procs):
-            if end is not None and not select.select([p.stdout], [], [], left(0))[0]:
-                raise subprocess.TimeoutExpired(cmd, timeout)
-            line = p.stdout.readline().strip()
-            if line != "ready":
-                p.wait()
-                raise CnnbenchError(f"a sweep job failed before it started: {tail(i)}")
-        for p in procs:  # go, all at once
-            p.stdin.write("go\n")
-            p.stdin.flush()
-        results = []
-        for i, p in enumerate(procs):
-            out, _ = p.communicate(timeout=left(seconds * 10 + 120))
-            if p.returncode != 0:
-                raise CnnbenchError(f"a sweep job failed: {tail(i)}")
-            results.append(json.loads(out.strip().splitlines()[-1]))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-        for f in errs:
-            f.close()
-    per_job = [r["img_per_s"] for r in results]
-    return {"jobs": n, "aggregate_img_per_s": sum(per_job), "per_job_img_per_s": per_job,
-            "precision": results[0]["precision"], "compile": results[0]["compile"]}
+
+def _read_lines(stream, lines: queue.Queue) -> None:
+    for line in stream:
+        lines.put(line.strip())
+    lines.put(None)  # the worker ended
+
+
+def measurement_order(counts, repeats: int = 2) -> list[int]:
+    """Each count `repeats` times, there and back (1 2 4 8 16 16 8 4 2 1): a drift over the sweep (a GPU
+    warming, clocks settling) then weighs on every count alike, and the repeats give each count a spread."""
+    order: list[int] = []
+    for r in range(repeats):
+        order += list(counts) if r % 2 == 0 else list(reversed(counts))
+    return order
 
 
 def sweep(config: str | Path, variant: str | None = None, counts=None, device: str = "cuda",
-          seconds: float = 15.0, threads: int = 1, log=None, deadline: float | None = None) -> dict:
-    """Aggregate img/s of 1, 2, 4, ... concurrent jobs. With a `deadline` (time.monotonic()), the counts
-    measured before it are the result and the ones left out are named (on an H200, 16 jobs ran past
-    gpu-check's limit, and the sweep's whole result was lost): a count is not started when 1.5x the
-    previous count's wall time would pass the deadline, and one that runs past it is stopped. Only a
-    first count that cannot finish in time is an error."""
-    counts, rows, left_out = counts or sweep_counts(threads=threads), [], []
-    for n in counts:
-        now = time.monotonic()
-        if rows and deadline is not None and now + 1.5 * rows[-1]["wall_s"] > deadline:
-            left_out = [c for c in counts if c >= n]
-            if log:
-                log(f"  {', '.join(map(str, left_out))} job(s): not started, too little time left")
-            break
-        try:
-            row = run_concurrent(n, str(config), variant, device, seconds, threads,
-                                 timeout=None if deadline is None else deadline - now)
-        except subprocess.TimeoutExpired:
-            if not rows:
-                raise RuntimeError(f"the sweep's first count ({n} job(s)) did not finish before its deadline") from None
-            left_out = [c for c in counts if c >= n]
-            if log:
-                log(f"  {n} job(s): stopped at the deadline; left out: {', '.join(map(str, left_out))}")
-            break
-        rows.append({**row, "wall_s": time.monotonic() - now})
+          seconds: float = 10.0, threads: int = 1, log=None, deadline: float | None = None,
+          repeats: int = 2) -> dict:
+    """Aggregate img/s of 1, 2, 4, ... concurrent jobs, each count measured `repeats` times (there and
+    back). With a `deadline` (time.monotonic()), what was measured before it is the result and the counts
+    never measured are named (on an H200, 16 jobs ran past gpu-check's limit, and the sweep's whole result
+    was lost): a measurement is not started when 1.5x the longest one so far would pass the deadline, and
+    one that runs past it is stopped. Only workers that cannot start, or a first measurement that cannot
+    finish, in time are an error."""
+    counts = tuple(counts or sweep_counts(threads=threads))
+    order, rows, stopped = measurement_order(counts, repeats), [], None
+    started = time.monotonic()
+    try:
+        pool = JobPool(max(counts), str(config), variant, device, threads, end=deadline)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"the sweep's {max(counts)} job(s) did not start before its deadline") from None
+    with pool:
+        start_s = time.monotonic() - started
         if log:
-            log(f"  {n} job(s): {rows[-1]['aggregate_img_per_s']:,.0f} img/s in all")
+            log(f"  {pool.size} job(s) started and warmed up in {start_s:.0f} s"
+                + (f" ({pool.failed_to_start})" if pool.failed_to_start else ""))
+        for n in order:
+            if n > pool.size:
+                continue
+            now = time.monotonic()
+            if rows and deadline is not None and now + 1.5 * max(r["wall_s"] for r in rows) > deadline:
+                stopped = "not started, too little time left"
+                break
+            try:
+                row = pool.measure(n, seconds, end=deadline)
+            except subprocess.TimeoutExpired:
+                if not rows:
+                    raise RuntimeError(f"the sweep's first count ({n} job(s)) did not finish before its deadline") from None
+                stopped = f"{n} job(s) stopped at the deadline"
+                break
+            rows.append({**row, "wall_s": time.monotonic() - now})
+            if log:
+                log(f"  {n} job(s): {row['aggregate_img_per_s']:,.0f} img/s in all")
+    measured = {row["jobs"] for row in rows}
+    left_out = [c for c in counts if c not in measured]
+    if log and len(rows) < len(order):
+        log(f"  {len(rows)} of {len(order)} measurements made ({stopped or pool.failed_to_start})"
+            + (f"; never measured: {', '.join(map(str, left_out))} job(s)" if left_out else ""))
     rates = mean_rates(rows)
     best = max(rates, key=rates.get)
     base_jobs, base = baseline_rate(rows)
-    return {"config": str(config), "variant": variant, "device": device, "seconds": seconds, "rows": rows,
-            "left_out": left_out, "best_jobs_per_gpu": best, "speedup_base_jobs": base_jobs,
-            "speedup_best": rates[best] / base}
+    return {"config": str(config), "variant": variant, "device": device, "seconds": seconds, "repeats": repeats,
+            "start_s": start_s, "rows": rows, "left_out": left_out, "failed_to_start": pool.failed_to_start,
+            "best_jobs_per_gpu": best, "speedup_base_jobs": base_jobs, "speedup_best": rates[best] / base}
+
+
+def rates_by_count(rows: list[dict]) -> dict[int, list[float]]:
+    """Each job count's aggregate img/s, one per time it was measured, the counts in ascending order."""
+    by_count: dict[int, list[float]] = {}
+    for row in sorted(rows, key=lambda row: row["jobs"]):
+        by_count.setdefault(row["jobs"], []).append(row["aggregate_img_per_s"])
+    return by_count
 
 
 def mean_rates(rows: list[dict]) -> dict[int, float]:
-    """Aggregate img/s per job count, the mean where a count was measured more than once (`--jobs 16 8 16
-    8`): the best count and every speed-up compare means, so one lucky repeat does not pick the setting."""
-    by_count: dict[int, list[float]] = {}
-    for row in rows:
-        by_count.setdefault(row["jobs"], []).append(row["aggregate_img_per_s"])
-    return {n: sum(r) / len(r) for n, r in by_count.items()}
+    """Aggregate img/s per job count, the mean of its repeats: the best count and every speed-up compare
+    means, so one lucky repeat does not pick the setting."""
+    return {n: sum(r) / len(r) for n, r in rates_by_count(rows).items()}
 
 
 def baseline_rate(rows: list[dict]) -> tuple[int, float]:
@@ -178,19 +272,40 @@ def baseline_rate(rows: list[dict]) -> tuple[int, float]:
     return min(rates), rates[min(rates)]
 
 
+def runner_up(rows: list[dict], best: int) -> str:
+    """How the best count stands against the next best, descriptively (two repeats are no test): every
+    repeat above every one of the runner-up's, or their ranges overlap."""
+    rates, each = mean_rates(rows), rates_by_count(rows)
+    others = [n for n in rates if n != best]
+    if not others:
+        return ""
+    second = max(others, key=rates.get)
+    if len(each[best]) < 2 or len(each[second]) < 2:
+        return ""
+    if min(each[best]) > max(each[second]):
+        return f"; its slowest repeat faster than {second} job(s)' fastest"
+    return f"; its repeats overlap {second} job(s)', so the two are about as fast here"
+
+
 def format_sweep(r: dict) -> str:
     base_jobs, base = baseline_rate(r["rows"])
     unit = "one job" if base_jobs == 1 else f"{base_jobs} jobs"
-    lines = [f"concurrent training jobs on one {r['device']} device ({r['seconds']:g} s each, "
+    lines = [f"concurrent training jobs on one {r['device']} device ({r['seconds']:g} s a measurement, "
              f"precision {r['rows'][0]['precision']}, compile {r['rows'][0]['compile']}):"]
-    for row in r["rows"]:
-        lines.append(f"  {row['jobs']} job(s): {row['aggregate_img_per_s']:10,.0f} img/s in all "
-                     f"({row['aggregate_img_per_s'] / base:.2f}x {unit})")
+    for n, each in rates_by_count(r["rows"]).items():
+        mean = sum(each) / len(each)
+        spread = f"; {len(each)} repeats: {min(each):,.0f}-{max(each):,.0f}" if len(each) > 1 else ""
+        lines.append(f"  {n} job(s): {mean:10,.0f} img/s in all ({mean / base:.2f}x {unit}{spread})")
+    if r.get("left_out"):
+        lines.append(f"  not measured: {', '.join(map(str, r['left_out']))} job(s)"
+                     + (f" ({r['failed_to_start']})" if r.get("failed_to_start") else " (out of time)"))
+    against = runner_up(r["rows"], r["best_jobs_per_gpu"])
     if r["device"] == "cuda":
-        lines.append(f"  best: execution.jobs_per_gpu: {r['best_jobs_per_gpu']} ({r['speedup_best']:.2f}x {unit})")
+        lines.append(f"  best: execution.jobs_per_gpu: {r['best_jobs_per_gpu']} ({r['speedup_best']:.2f}x {unit}"
+                     f"{against})")
     else:  # jobs_per_gpu is a GPU setting: a CPU sweep only shows the mechanics
-        lines.append(f"  best: {r['best_jobs_per_gpu']} jobs ({r['speedup_best']:.2f}x {unit}); measured on the "
-                     f"{r['device']}, so no execution.jobs_per_gpu advice (run it with --device cuda on the GPU)")
+        lines.append(f"  best: {r['best_jobs_per_gpu']} jobs ({r['speedup_best']:.2f}x {unit}{against}); measured on "
+                     f"the {r['device']}, so no execution.jobs_per_gpu advice (run it with --device cuda on the GPU)")
     return "\n".join(lines)
 
 
@@ -284,11 +399,10 @@ def _main() -> None:
     p.add_argument("--config", required=True)
     p.add_argument("--variant")
     p.add_argument("--device", default="cuda")
-    p.add_argument("--seconds", type=float, default=15.0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
-    print(json.dumps(worker(a.config, a.variant, a.device, a.seconds, a.threads, a.seed)), flush=True)
+    worker(a.config, a.variant, a.device, a.threads, a.seed)
 
 
 if __name__ == "__main__":

@@ -58,6 +58,7 @@ def test_the_sweep_step_measures_concurrent_jobs_then_stacked_folds_against_them
     monkeypatch.setattr(gpucheck, "_has_mlxtend", lambda: False)  # the small digits study: fast here
     result = gpucheck.step_sweep(REPO, tmp_path, device="cpu", counts=(1, 2))(70)
     assert set(result["aggregate_img_per_s"]) == {1, 2} and result["best_jobs_per_gpu"] in (1, 2)
+    assert [len(v) for v in result["aggregate_img_per_s_each"].values()] == [2, 2] and result["not_measured"] == []
     alone = gpucheck.step_stacked(REPO, tmp_path, device="cpu", steps=3)(60)
     assert alone["stacked_5_folds_img_per_s"] > 0 and "stacked_vs_best_concurrent" not in alone  # no sweep ran
     (tmp_path / "steps").mkdir()
@@ -77,11 +78,12 @@ def test_the_sweep_tries_16_jobs_only_where_the_node_has_16_cores():
     assert sweep_counts(16, threads=2) == (1, 2, 4, 8) and sweep_counts(32, threads=2) == (1, 2, 4, 8, 16)
 
 
-def test_each_job_count_trains_for_what_leaves_room_for_every_counts_start_up():
+def test_each_measurement_trains_for_what_leaves_room_for_the_jobs_start_up():
     limit = dict((n, lim) for n, lim, _ in gpucheck.STEPS)["concurrency sweep"]
-    seconds = gpucheck.sweep_seconds(limit, 5)  # 1, 2, 4, 8 and 16 jobs
-    assert 3 <= seconds and 5 * (seconds + gpucheck.SWEEP_START_S) + gpucheck.SWEEP_MARGIN_S <= limit
-    assert gpucheck.sweep_seconds(120, 2) == 10.0 and gpucheck.sweep_seconds(30, 4) == 1.0  # clamped
+    seconds = gpucheck.sweep_seconds(limit, 10)  # 1, 2, 4, 8 and 16 jobs, twice each
+    assert 4 <= seconds
+    assert gpucheck.SWEEP_START_S + 10 * (seconds + gpucheck.SWEEP_EACH_S) + gpucheck.SWEEP_MARGIN_S <= limit
+    assert gpucheck.sweep_seconds(200, 4) == 10.0 and gpucheck.sweep_seconds(60, 8) == 1.0  # clamped
 
 
 @pytest.mark.slow

@@ -64,18 +64,61 @@ def test_no_visible_gpu_is_a_clear_error(tmp_path):
 
 def test_the_concurrency_sweep_runs_separate_jobs_and_sums_their_speed(tmp_path):
     """The sweep's mechanics on the CPU (on a GPU it picks execution.jobs_per_gpu): N processes warm up,
-    start together, and the aggregate is the sum of what each trained in the same window."""
+    start together, and the aggregate is the sum of what each trained in the same window; each count is
+    measured twice, there and back, by the same processes."""
     from cnnbench.gpusweep import format_sweep, sweep
     from tests.helpers import tiny_study, write_yaml
 
     cfg = write_yaml(tmp_path / "s.yaml", tiny_study())
     r = sweep(cfg, counts=(1, 2), device="cpu", seconds=1.0)
-    one, two = r["rows"]
-    assert (one["jobs"], two["jobs"]) == (1, 2) and len(two["per_job_img_per_s"]) == 2
-    assert two["aggregate_img_per_s"] == pytest.approx(sum(two["per_job_img_per_s"]))
+    assert [row["jobs"] for row in r["rows"]] == [1, 2, 2, 1] and r["left_out"] == [] and r["start_s"] > 0
+    two = r["rows"][1]
+    assert len(two["per_job_img_per_s"]) == 2 and two["aggregate_img_per_s"] == pytest.approx(sum(two["per_job_img_per_s"]))
     assert all(v > 0 for row in r["rows"] for v in row["per_job_img_per_s"])
-    assert r["best_jobs_per_gpu"] in (1, 2) and "no execution.jobs_per_gpu advice" in format_sweep(r)  # a CPU sweep
+    text = format_sweep(r)
+    assert r["best_jobs_per_gpu"] in (1, 2) and "no execution.jobs_per_gpu advice" in text  # a CPU sweep
+    assert "2 repeats: " in text and "1 s a measurement" in text
     assert "best: execution.jobs_per_gpu: 2" in format_sweep({**r, "device": "cuda", "best_jobs_per_gpu": 2})
+
+
+def test_each_count_is_measured_there_and_back():
+    from cnnbench.gpusweep import measurement_order
+
+    assert measurement_order((1, 2, 4, 8, 16)) == [1, 2, 4, 8, 16, 16, 8, 4, 2, 1]
+    assert measurement_order((1, 2), repeats=3) == [1, 2, 2, 1, 1, 2] and measurement_order((8,), 1) == [8]
+
+
+class FakePool:
+    """JobPool's interface without processes: `rates` are the aggregate img/s measured in turn, `cost(n)`
+    the seconds a measurement of n jobs takes on the fake `clock` (the scheduling under test)."""
+
+    def __init__(self, rates=(), cost=None, clock=None, size=16, failed=None):
+        self.rates, self.cost, self.clock, self.size, self.failed_to_start = iter(rates), cost, clock, size, failed
+        self.calls = []
+
+    def __call__(self, size, config, variant, device, threads, end=None):
+        self.size = min(self.size, size)
+        return self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+    def measure(self, n, seconds, end=None):
+        import subprocess
+
+        self.calls.append((n, None if end is None else end - self.clock[0]))
+        if self.cost is not None:
+            cost = self.cost(n)
+            if end is not None and self.clock[0] + cost > end:
+                self.clock[0] = end
+                raise subprocess.TimeoutExpired("sweep", 0)
+            self.clock[0] += cost
+        rate = next(self.rates, 100.0 * n)
+        return {"jobs": n, "aggregate_img_per_s": rate, "per_job_img_per_s": [rate / n] * n, "precision": "bf16",
+                "compile": "off"}
 
 
 def test_speed_ups_and_the_best_count_compare_mean_rates_against_the_fewest_jobs(monkeypatch):
@@ -84,89 +127,115 @@ def test_speed_ups_and_the_best_count_compare_mean_rates_against_the_fewest_jobs
     is the mean of its repeats (so one lucky repeat does not pick the setting), and the text names the base."""
     from cnnbench import gpusweep
 
-    rates = iter([206.0, 193.0, 207.0, 185.0, 30.0, 40.0, 50.0, 210.0, 200.0, 195.0, 170.0, 196.0])
+    def run(counts, rates):
+        monkeypatch.setattr(gpusweep, "JobPool", FakePool(rates))
+        return gpusweep.sweep("s.yaml", counts=counts, device="cuda", repeats=1)
 
-    def fake(n, config, variant, device, seconds, threads, timeout=None):
-        return {"jobs": n, "aggregate_img_per_s": next(rates), "per_job_img_per_s": [], "precision": "bf16",
-                "compile": "off"}
-
-    monkeypatch.setattr(gpusweep, "run_concurrent", fake)
-    paired = gpusweep.sweep("s.yaml", counts=(16, 8, 16, 8), device="cuda")
+    paired = run((16, 8, 16, 8), [206.0, 193.0, 207.0, 185.0])
     assert paired["best_jobs_per_gpu"] == 16 and paired["speedup_base_jobs"] == 8
     assert paired["speedup_best"] == pytest.approx(206.5 / 189.0)
     text = gpusweep.format_sweep(paired)
-    assert "(1.09x 8 jobs)" in text and "one job" not in text and "best: execution.jobs_per_gpu: 16 (1.09x 8 jobs)" in text
-    # each row is shown against the base; the counts are compared by their means
-    repeated = gpusweep.sweep("s.yaml", counts=(1, 2, 2, 16), device="cuda")  # rates 30, 40, 50, 210 in turn
+    assert "(1.00x 8 jobs; 2 repeats: 185-193)" in text and "(1.09x 8 jobs; 2 repeats: 206-207)" in text
+    assert "one job" not in text
+    assert "best: execution.jobs_per_gpu: 16 (1.09x 8 jobs; its slowest repeat faster than 8 job(s)' fastest)" in text
+    # each count is shown against the base by its mean
+    repeated = run((1, 2, 2, 16), [30.0, 40.0, 50.0, 210.0])
     assert repeated["speedup_base_jobs"] == 1 and repeated["best_jobs_per_gpu"] == 16
     text = gpusweep.format_sweep(repeated)
-    assert "(1.33x one job)" in text and "(1.67x one job)" in text and "16 (7.00x one job)" in text
+    assert "(1.50x one job; 2 repeats: 40-50)" in text and "16 (7.00x one job)" in text
     assert gpusweep.mean_rates(repeated["rows"]) == {1: 30.0, 2: 45.0, 16: 210.0}
-    lucky = gpusweep.sweep("s.yaml", counts=(8, 16, 8, 16), device="cuda")  # 8's best row (200) is its luck
+    lucky = run((8, 16, 8, 16), [200.0, 195.0, 170.0, 196.0])  # 8's best repeat (200) is its luck
     assert lucky["best_jobs_per_gpu"] == 16 and lucky["speedup_best"] == pytest.approx(195.5 / 185.0)
+    assert "its repeats overlap 8 job(s)', so the two are about as fast here" in gpusweep.format_sweep(lucky)
 
 
 def test_a_sweep_near_its_deadline_keeps_what_it_measured_and_names_what_it_left_out(monkeypatch):
-    """gpu-check gives the sweep a deadline (on an H200 16 jobs ran past it, and all was lost): a count
-    that would likely end past it is not started, one that runs past it is stopped, and the counts
-    already measured are the result. A fake clock: a count takes 10 s, 25 s from 4 jobs on."""
-    import subprocess
+    """gpu-check gives the sweep a deadline (on an H200 16 jobs ran past it, and all was lost): a
+    measurement that would likely end past it is not started, one that runs past it is stopped, and what
+    was measured is the result. A fake clock: a measurement takes 10 s, 25 s from 4 jobs on."""
     import types
 
     from cnnbench import gpusweep
 
     clock = [0.0]
-    calls = []
-
-    def fake(n, config, variant, device, seconds, threads, timeout=None):  # the scheduling under test
-        calls.append((n, timeout))
-        cost = 10.0 if n < 4 else 25.0
-        if timeout is not None and cost > timeout:
-            clock[0] += timeout
-            raise subprocess.TimeoutExpired("sweep", timeout)
-        clock[0] += cost
-        return {"jobs": n, "aggregate_img_per_s": 100.0 * n, "per_job_img_per_s": [100.0] * n,
-                "precision": "fp32", "compile": "off"}
+    pools = []
 
     def sweep(deadline):
         clock[0] = 0.0
-        calls.clear()
+        pools.append(FakePool(cost=lambda n: 10.0 if n < 4 else 25.0, clock=clock))
+        monkeypatch.setattr(gpusweep, "JobPool", pools[-1])
         return gpusweep.sweep("s.yaml", counts=(1, 2, 4, 8), device="cpu", deadline=deadline)
 
-    monkeypatch.setattr(gpusweep, "run_concurrent", fake)
     monkeypatch.setattr(gpusweep, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
     # at 20 s, 4 jobs would need ~1.5 x 10 s: past a 30-s deadline, so not started
     r = sweep(30.0)
-    assert [row["jobs"] for row in r["rows"]] == [1, 2] and r["left_out"] == [4, 8] and len(calls) == 2
+    assert [row["jobs"] for row in r["rows"]] == [1, 2] and r["left_out"] == [4, 8] and len(pools[-1].calls) == 2
     assert r["best_jobs_per_gpu"] == 2 and [row["wall_s"] for row in r["rows"]] == [10.0, 10.0]
+    assert "not measured: 4, 8 job(s) (out of time)" in gpusweep.format_sweep(r)
     # with 40 s, 4 jobs start with the 20 s that are left, run past them and are stopped
     r = sweep(40.0)
-    assert [row["jobs"] for row in r["rows"]] == [1, 2] and r["left_out"] == [4, 8] and calls[-1] == (4, 20.0)
+    assert [row["jobs"] for row in r["rows"]] == [1, 2] and r["left_out"] == [4, 8] and pools[-1].calls[-1] == (4, 20.0)
+    # time for one pass and a little: the second pass is cut, every count is measured once at least
+    r = sweep(100.0)
+    assert [row["jobs"] for row in r["rows"]] == [1, 2, 4, 8] and r["left_out"] == []
+    r = sweep(110.0)
+    assert [row["jobs"] for row in r["rows"]] == [1, 2, 4, 8, 8] and r["left_out"] == []
     with pytest.raises(RuntimeError, match="first count"):
         sweep(5.0)
-    assert [row["jobs"] for row in sweep(None)["rows"]] == [1, 2, 4, 8] and all(t is None for _, t in calls)
+    r = sweep(None)
+    assert [row["jobs"] for row in r["rows"]] == [1, 2, 4, 8, 8, 4, 2, 1] and all(t is None for _, t in pools[-1].calls)
+
+
+def test_counts_beyond_the_jobs_that_started_are_named_with_the_reason(monkeypatch):
+    from cnnbench import gpusweep
+
+    monkeypatch.setattr(gpusweep, "JobPool", FakePool(size=2, failed="only 2 of 4 jobs started; job 3: out of memory"))
+    r = gpusweep.sweep("s.yaml", counts=(1, 2, 4), device="cuda")
+    assert [row["jobs"] for row in r["rows"]] == [1, 2, 2, 1] and r["left_out"] == [4]
+    assert "not measured: 4 job(s) (only 2 of 4 jobs started; job 3: out of memory)" in gpusweep.format_sweep(r)
 
 
 def test_sweep_jobs_past_their_timeout_are_stopped(tmp_path):
-    """The real workers: a timeout shorter than their start-up (importing torch) stops them all."""
+    """The real workers: a deadline shorter than their start-up (importing torch) stops them all."""
     import subprocess
     import time
 
-    from cnnbench.gpusweep import run_concurrent
+    from cnnbench.gpusweep import JobPool
     from tests.helpers import tiny_study, write_yaml
 
     cfg = write_yaml(tmp_path / "s.yaml", tiny_study())
     started = time.monotonic()
     with pytest.raises(subprocess.TimeoutExpired):
-        run_concurrent(2, str(cfg), None, "cpu", 30.0, 1, timeout=0.5)
+        JobPool(2, str(cfg), None, "cpu", 1, end=time.monotonic() + 0.5)
     assert time.monotonic() - started < 10
 
 
 def test_a_failing_sweep_job_is_reported(tmp_path):
-    from cnnbench.gpusweep import run_concurrent
+    from cnnbench.gpusweep import JobPool
 
     with pytest.raises(CnnbenchError, match="failed before it started: .*(missing.yaml|no such)"):
-        run_concurrent(1, str(tmp_path / "missing.yaml"), None, "cpu", 1.0, 1)
+        JobPool(1, str(tmp_path / "missing.yaml"), None, "cpu", 1)
+
+
+def test_a_pool_keeps_the_jobs_that_started_when_a_later_one_fails(tmp_path):
+    """16 CUDA processes may not all fit where 8 do: the jobs that started are kept (their counts are
+    measured) and the failure is named, not the whole sweep lost."""
+    import sys
+
+    from cnnbench.gpusweep import JobPool
+    from tests.helpers import tiny_study, write_yaml
+
+    class SecondFails(JobPool):
+        def command(self, i):
+            if i == 0:
+                return super().command(i)
+            return [sys.executable, "-c", "import sys; sys.exit('RuntimeError: CUDA out of memory (test)')"]
+
+    cfg = write_yaml(tmp_path / "s.yaml", tiny_study())
+    with SecondFails(3, str(cfg), None, "cpu", 1) as pool:
+        assert pool.size == 1 and pool.failed_to_start == "only 1 of 3 jobs started; job 2: RuntimeError: CUDA out of memory (test)"
+        row = pool.measure(1, 0.5)
+        assert row["jobs"] == 1 and row["aggregate_img_per_s"] > 0
 
 
 def test_gpu_sweep_without_a_gpu_says_so_in_one_line(capsys, monkeypatch):
