@@ -98,7 +98,9 @@ def plan(results_dir: str | Path, deltas: list[float], folds_options: list[int] 
                          "resamples_now": int(c["resamples"]), "target": delta,
                          **(best or {"folds": None, "repeats": None, "seeds": None, "runs": None}),
                          "seed_variance_measured": comp.seeds_measured})
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    df.attrs["folds_considered"] = folds_options  # for the advice on more folds
+    return df
 
 
 def _results_of(config: Path) -> str:
@@ -131,8 +133,11 @@ def format_plan(df: pd.DataFrame) -> str:
                      "few degrees of freedom that the corrected t test can detect little yet; a pilot with at least "
                      "5 folds x repeats plans far better)")
     if df["runs"].isna().any():
-        lines.append("(where no design reaches the target at these folds, more folds lower the correction's floor: "
-                     "add fold counts to consider, e.g. --folds 10 20; optimistic, see cnnbench/plan.py)")
+        considered = df.attrs.get("folds_considered") or [int(df["resamples_now"].max())]
+        top = max(considered)
+        lines.append(f"(where no design reaches the target at {', '.join(map(str, considered))} folds, more folds "
+                     f"lower the correction's floor: add fold counts to consider, e.g. --folds {2 * top} {4 * top}; "
+                     "optimistic, see cnnbench/plan.py)")
     if not df["seed_variance_measured"].all():
         lines.append("(one seed per fold in the pilot: its seed-to-seed variance is unknown, so only designs with "
                      "one seed are proposed)")

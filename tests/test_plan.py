@@ -77,7 +77,9 @@ def test_the_plan_prints_whole_numbers_and_says_when_no_design_reaches_a_target(
     text = format_plan(df)
     assert "nan" not in text and ".0 folds" not in text and ".0 runs" not in text
     assert "not within" in text and re.search(r"\d+ folds x \d+ repeats x \d+ seeds = \d+ runs", text)
-    assert "--folds 10 20" in text  # where to go from there
+    assert "at 5 folds" in text and "--folds 10 20" in text  # where to go from there: beyond the pilot's 5
+    wider = format_plan(plan(tmp_path, [0.00001], folds_options=[10, 20]))  # the advice goes past what was asked
+    assert "at 5, 10, 20 folds" in wider and "--folds 40 80" in wider
     assert "--folds" not in format_plan(df.iloc[1:])  # every target reached: no advice
 
 
