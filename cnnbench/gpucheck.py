@@ -395,7 +395,7 @@ def step_stacked(root: Path, out_dir: Path, device: str = "cuda", steps: int = 5
     and against the sweep's best concurrent jobs when the sweep ran: a step of its own, so that a slow
     stacked run (on the first H200 it ran past the sweep's limit) cannot cost the sweep its result."""
     def run(limit: float) -> dict:
-        from cnnbench.gpusweep import stacked_folds
+        from cnnbench.stacked import stacked_folds
 
         progress = lambda m: print(m, flush=True)  # noqa: E731
         r = stacked_folds(_sweep_config(root, out_dir, device), k=5, steps=steps, device=device, repeats=3,

@@ -252,7 +252,7 @@ def test_gpu_sweep_without_a_gpu_says_so_in_one_line(capsys, monkeypatch):
 
 def test_stacked_fold_models_train_as_one_vmapped_computation(tmp_path):
     """k models under vmap on the CPU: both ways measured, and BatchNorm refused with a reason."""
-    from cnnbench.gpusweep import stacked_folds
+    from cnnbench.stacked import stacked_folds
     from tests.helpers import tiny_study, write_yaml
 
     cfg = write_yaml(tmp_path / "s.yaml", tiny_study())
