@@ -353,38 +353,23 @@ def _sweep_config(root: Path, out_dir: Path, device: str) -> Path:
     return root / "config" / "config.yaml" if _has_mlxtend() else _tiny_config(out_dir / "sweep.yaml", device)
 
 
-# The sweep's workers start once (gpusweep.JobPool): importing torch, CUDA and the data together took
-# 14-28 s on the H200 when each job count started its own, and each then warms up alone (a few seconds
-# for the baseline at the most). SWEEP_START_S is what the pool's start is allowed for 16 jobs.
-SWEEP_START_S = 45
-SWEEP_EACH_S = 1.5  # per measurement beyond its seconds: the chunk under way at the bell, the report line
-SWEEP_MARGIN_S = 15  # the step's own start-up, and the 5 s its deadline keeps before the limit
-
-
-def sweep_seconds(limit: float, measurements: int) -> float:
-    """Seconds each measurement trains for, so that the pool's start and every measurement (each count
-    twice) fit the step's limit: 120 s gives 1-16 jobs 4.5 s each. The H200 sweeps that set jobs_per_gpu
-    measured 5 s a count, once each."""
-    return max(1.0, min(10.0, (limit - SWEEP_MARGIN_S - SWEEP_START_S) / measurements - SWEEP_EACH_S))
-
-
 def step_sweep(root: Path, out_dir: Path, device: str = "cuda", counts: tuple[int, ...] | None = None
                ) -> Callable[[float], dict]:
     def run(limit: float) -> dict:
-        from cnnbench.gpusweep import measurement_order, rates_by_count, sweep, sweep_counts
+        from cnnbench.gpusweep import rates_by_count, sweep, sweep_counts
 
         jobs = counts or sweep_counts()
-        seconds = sweep_seconds(limit, len(measurement_order(jobs)))
         progress = lambda m: print(m, flush=True)  # noqa: E731 - the step's log: a stopped sweep shows how far it got
         config = _sweep_config(root, out_dir, device)
-        r = sweep(config, counts=jobs, device=device, seconds=seconds, log=progress,
+        r = sweep(config, counts=jobs, device=device, seconds=None, log=progress,  # fitted to the time left
                   deadline=time.monotonic() + limit - 5)
         each = rates_by_count(r["rows"])
-        return {"config": str(config), "seconds_each": seconds, "start_s": round(r["start_s"], 1),
+        return {"config": str(config), "seconds_each": r["seconds"], "repeats": r["repeats"],
+                "start_s": round(r["start_s"], 1),
                 "aggregate_img_per_s": {n: round(sum(v) / len(v)) for n, v in each.items()},
                 "aggregate_img_per_s_each": {n: [round(x) for x in v] for n, v in each.items()},
                 "wall_s": [round(row["wall_s"], 1) for row in r["rows"]],
-                "not_measured": r["left_out"], "failed_to_start": r["failed_to_start"],
+                "not_measured": r["left_out"], "stopped": r["stopped"], "failed_to_start": r["failed_to_start"],
                 "best_jobs_per_gpu": r["best_jobs_per_gpu"], "speedup_best": r["speedup_best"],
                 "speedup_base_jobs": r["speedup_base_jobs"]}
     return run

@@ -89,14 +89,15 @@ def test_each_count_is_measured_there_and_back():
 
 
 class FakePool:
-    """JobPool's interface without processes: `rates` are the aggregate img/s measured in turn, `cost(n)`
-    the seconds a measurement of n jobs takes on the fake `clock` (the scheduling under test)."""
+    """JobPool's interface without processes: `rates` are the aggregate img/s measured in turn (the first
+    call is the sweep's unrecorded settling measurement), `cost(n)` the seconds a measurement of n jobs
+    takes on the fake `clock` (the scheduling under test), `fail_at` the call that loses a job."""
 
-    def __init__(self, rates=(), cost=None, clock=None, size=16, failed=None):
+    def __init__(self, rates=(), cost=None, clock=None, size=16, failed=None, fail_at=None):
         self.rates, self.cost, self.clock, self.size, self.failed_to_start = iter(rates), cost, clock, size, failed
-        self.calls = []
+        self.fail_at, self.calls = fail_at, []
 
-    def __call__(self, size, config, variant, device, threads, end=None):
+    def __call__(self, size, config, variant, device, threads, end=None, warm_end=None):
         self.size = min(self.size, size)
         return self
 
@@ -109,7 +110,9 @@ class FakePool:
     def measure(self, n, seconds, end=None):
         import subprocess
 
-        self.calls.append((n, None if end is None else end - self.clock[0]))
+        self.calls.append((n, None if end is None or self.clock is None else end - self.clock[0], seconds))
+        if len(self.calls) == self.fail_at:
+            raise CnnbenchError("RuntimeError: CUDA error: an illegal memory access (test)")
         if self.cost is not None:
             cost = self.cost(n)
             if end is not None and self.clock[0] + cost > end:
@@ -128,16 +131,17 @@ def test_speed_ups_and_the_best_count_compare_mean_rates_against_the_fewest_jobs
     from cnnbench import gpusweep
 
     def run(counts, rates):
-        monkeypatch.setattr(gpusweep, "JobPool", FakePool(rates))
+        monkeypatch.setattr(gpusweep, "JobPool", FakePool([1.0, *rates]))  # 1.0: the settling measurement
         return gpusweep.sweep("s.yaml", counts=counts, device="cuda", repeats=1)
 
     paired = run((16, 8, 16, 8), [206.0, 193.0, 207.0, 185.0])
     assert paired["best_jobs_per_gpu"] == 16 and paired["speedup_base_jobs"] == 8
-    assert paired["speedup_best"] == pytest.approx(206.5 / 189.0)
+    assert paired["speedup_best"] == pytest.approx(206.5 / 189.0) and len(paired["rows"]) == 4
     text = gpusweep.format_sweep(paired)
     assert "(1.00x 8 jobs; 2 repeats: 185-193)" in text and "(1.09x 8 jobs; 2 repeats: 206-207)" in text
-    assert "one job" not in text
-    assert "best: execution.jobs_per_gpu: 16 (1.09x 8 jobs; its slowest repeat faster than 8 job(s)' fastest)" in text
+    assert "one job" not in text and "1.0 img" not in text
+    assert ("best: execution.jobs_per_gpu: 16 (1.09x 8 jobs; its slowest repeat faster than 8 job(s)' fastest: "
+            "descriptive, not a test)") in text
     # each count is shown against the base by its mean
     repeated = run((1, 2, 2, 16), [30.0, 40.0, 50.0, 210.0])
     assert repeated["speedup_base_jobs"] == 1 and repeated["best_jobs_per_gpu"] == 16
@@ -146,13 +150,14 @@ def test_speed_ups_and_the_best_count_compare_mean_rates_against_the_fewest_jobs
     assert gpusweep.mean_rates(repeated["rows"]) == {1: 30.0, 2: 45.0, 16: 210.0}
     lucky = run((8, 16, 8, 16), [200.0, 195.0, 170.0, 196.0])  # 8's best repeat (200) is its luck
     assert lucky["best_jobs_per_gpu"] == 16 and lucky["speedup_best"] == pytest.approx(195.5 / 185.0)
-    assert "its repeats overlap 8 job(s)', so the two are about as fast here" in gpusweep.format_sweep(lucky)
+    assert "its repeats overlap 8 job(s)': these repeats do not separate the two" in gpusweep.format_sweep(lucky)
 
 
 def test_a_sweep_near_its_deadline_keeps_what_it_measured_and_names_what_it_left_out(monkeypatch):
     """gpu-check gives the sweep a deadline (on an H200 16 jobs ran past it, and all was lost): a
     measurement that would likely end past it is not started, one that runs past it is stopped, and what
-    was measured is the result. A fake clock: a measurement takes 10 s, 25 s from 4 jobs on."""
+    was measured is the result. A fake clock: a measurement takes 10 s, 25 s from 4 jobs on; the first
+    (1 job, settling) is not recorded."""
     import types
 
     from cnnbench import gpusweep
@@ -167,23 +172,57 @@ def test_a_sweep_near_its_deadline_keeps_what_it_measured_and_names_what_it_left
         return gpusweep.sweep("s.yaml", counts=(1, 2, 4, 8), device="cpu", deadline=deadline)
 
     monkeypatch.setattr(gpusweep, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
-    # at 20 s, 4 jobs would need ~1.5 x 10 s: past a 30-s deadline, so not started
-    r = sweep(30.0)
-    assert [row["jobs"] for row in r["rows"]] == [1, 2] and r["left_out"] == [4, 8] and len(pools[-1].calls) == 2
-    assert r["best_jobs_per_gpu"] == 2 and [row["wall_s"] for row in r["rows"]] == [10.0, 10.0]
-    assert "not measured: 4, 8 job(s) (out of time)" in gpusweep.format_sweep(r)
-    # with 40 s, 4 jobs start with the 20 s that are left, run past them and are stopped
+    # at 30 s, 4 jobs would need ~1.5 x 10 s: past a 40-s deadline, so not started
     r = sweep(40.0)
-    assert [row["jobs"] for row in r["rows"]] == [1, 2] and r["left_out"] == [4, 8] and pools[-1].calls[-1] == (4, 20.0)
+    assert [row["jobs"] for row in r["rows"]] == [1, 2] and r["left_out"] == [4, 8] and len(pools[-1].calls) == 3
+    assert r["best_jobs_per_gpu"] == 2 and [row["wall_s"] for row in r["rows"]] == [10.0, 10.0]
+    assert "not measured: 4, 8 job(s) (not started, too little time left)" in gpusweep.format_sweep(r)
+    # with 50 s, 4 jobs start with the 20 s that are left, run past them and are stopped
+    r = sweep(50.0)
+    assert [row["jobs"] for row in r["rows"]] == [1, 2] and r["left_out"] == [4, 8] and pools[-1].calls[-1][:2] == (4, 20.0)
+    assert r["stopped"] == "4 job(s) stopped at the deadline"
     # time for one pass and a little: the second pass is cut, every count is measured once at least
-    r = sweep(100.0)
-    assert [row["jobs"] for row in r["rows"]] == [1, 2, 4, 8] and r["left_out"] == []
     r = sweep(110.0)
+    assert [row["jobs"] for row in r["rows"]] == [1, 2, 4, 8] and r["left_out"] == []
+    r = sweep(120.0)
     assert [row["jobs"] for row in r["rows"]] == [1, 2, 4, 8, 8] and r["left_out"] == []
     with pytest.raises(RuntimeError, match="first count"):
         sweep(5.0)
     r = sweep(None)
-    assert [row["jobs"] for row in r["rows"]] == [1, 2, 4, 8, 8, 4, 2, 1] and all(t is None for _, t in pools[-1].calls)
+    assert [row["jobs"] for row in r["rows"]] == [1, 2, 4, 8, 8, 4, 2, 1]
+
+
+def test_a_sweep_fits_its_measurements_into_the_time_left_and_drops_to_one_pass_when_short(monkeypatch):
+    import types
+
+    from cnnbench import gpusweep
+
+    clock = [0.0]
+    monkeypatch.setattr(gpusweep, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+
+    def sweep(deadline):
+        pool = FakePool(clock=clock)
+        monkeypatch.setattr(gpusweep, "JobPool", pool)
+        return gpusweep.sweep("s.yaml", counts=(1, 2), device="cuda", seconds=None, deadline=deadline), pool
+
+    r, pool = sweep(100.0)  # 4 measurements and the settling one: 20 s each, 10 s at the most
+    assert r["repeats"] == 2 and r["seconds"] == 10.0 and {c[2] for c in pool.calls} == {10.0}
+    r, pool = sweep(20.0)  # 4 s each would leave 2.5 s of training: one pass of 5.2 s instead
+    assert r["repeats"] == 1 and r["seconds"] == pytest.approx(20 / 3 - gpusweep.EACH_S)
+    assert [row["jobs"] for row in r["rows"]] == [1, 2]
+
+
+def test_a_job_lost_mid_sweep_keeps_what_was_measured(monkeypatch):
+    """A CUDA error in one of 16 jobs must not cost the 1-8 job measurements made before it."""
+    from cnnbench import gpusweep
+
+    monkeypatch.setattr(gpusweep, "JobPool", FakePool(fail_at=4))  # settle, 1, 2, then 4 fails
+    r = gpusweep.sweep("s.yaml", counts=(1, 2, 4, 8), device="cuda")
+    assert [row["jobs"] for row in r["rows"]] == [1, 2] and r["left_out"] == [4, 8]
+    assert "a job failed while 4 ran: RuntimeError: CUDA error" in gpusweep.format_sweep(r)
+    monkeypatch.setattr(gpusweep, "JobPool", FakePool(fail_at=2))  # nothing measured yet: an error
+    with pytest.raises(CnnbenchError, match="a sweep job failed: RuntimeError: CUDA error"):
+        gpusweep.sweep("s.yaml", counts=(1, 2), device="cuda")
 
 
 def test_counts_beyond_the_jobs_that_started_are_named_with_the_reason(monkeypatch):
@@ -193,9 +232,25 @@ def test_counts_beyond_the_jobs_that_started_are_named_with_the_reason(monkeypat
     r = gpusweep.sweep("s.yaml", counts=(1, 2, 4), device="cuda")
     assert [row["jobs"] for row in r["rows"]] == [1, 2, 2, 1] and r["left_out"] == [4]
     assert "not measured: 4 job(s) (only 2 of 4 jobs started; job 3: out of memory)" in gpusweep.format_sweep(r)
+    with pytest.raises(CnnbenchError, match="no job count of 4, 8 can run: only 2 of 4"):
+        gpusweep.sweep("s.yaml", counts=(4, 8), device="cuda")
 
 
-def test_sweep_jobs_past_their_timeout_are_stopped(tmp_path):
+def _tracked_popen(monkeypatch):
+    """Every process the pool starts, to check that none is left running."""
+    import subprocess
+
+    started, real = [], subprocess.Popen
+
+    def popen(*args, **kwargs):
+        started.append(real(*args, **kwargs))
+        return started[-1]
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    return started
+
+
+def test_sweep_jobs_past_their_timeout_are_stopped(tmp_path, monkeypatch):
     """The real workers: a deadline shorter than their start-up (importing torch) stops them all."""
     import subprocess
     import time
@@ -204,10 +259,11 @@ def test_sweep_jobs_past_their_timeout_are_stopped(tmp_path):
     from tests.helpers import tiny_study, write_yaml
 
     cfg = write_yaml(tmp_path / "s.yaml", tiny_study())
-    started = time.monotonic()
+    started = _tracked_popen(monkeypatch)
+    begin = time.monotonic()
     with pytest.raises(subprocess.TimeoutExpired):
         JobPool(2, str(cfg), None, "cpu", 1, end=time.monotonic() + 0.5)
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - begin < 10 and len(started) == 2 and all(p.poll() is not None for p in started)
 
 
 def test_a_failing_sweep_job_is_reported(tmp_path):
@@ -217,25 +273,37 @@ def test_a_failing_sweep_job_is_reported(tmp_path):
         JobPool(1, str(tmp_path / "missing.yaml"), None, "cpu", 1)
 
 
-def test_a_pool_keeps_the_jobs_that_started_when_a_later_one_fails(tmp_path):
+def test_a_pool_keeps_the_jobs_that_started_when_a_later_one_fails_or_is_late(tmp_path, monkeypatch):
     """16 CUDA processes may not all fit where 8 do: the jobs that started are kept (their counts are
-    measured) and the failure is named, not the whole sweep lost."""
+    measured; each measurement's lines carry its id) and the failure is named, not the whole sweep lost."""
     import sys
+    import time
 
     from cnnbench.gpusweep import JobPool
     from tests.helpers import tiny_study, write_yaml
 
-    class SecondFails(JobPool):
-        def command(self, i):
+    class LaterFail(JobPool):
+        def command(self, i, fd):
             if i == 0:
-                return super().command(i)
-            return [sys.executable, "-c", "import sys; sys.exit('RuntimeError: CUDA out of memory (test)')"]
+                return super().command(i, fd)
+            if i == 1:
+                return [sys.executable, "-c", "import sys; sys.exit('RuntimeError: CUDA out of memory (test)')"]
+            return [sys.executable, "-c", "import time; time.sleep(60)"]  # never loads
 
     cfg = write_yaml(tmp_path / "s.yaml", tiny_study())
-    with SecondFails(3, str(cfg), None, "cpu", 1) as pool:
+    started = _tracked_popen(monkeypatch)
+    with LaterFail(3, str(cfg), None, "cpu", 1) as pool:
         assert pool.size == 1 and pool.failed_to_start == "only 1 of 3 jobs started; job 2: RuntimeError: CUDA out of memory (test)"
-        row = pool.measure(1, 0.5)
-        assert row["jobs"] == 1 and row["aggregate_img_per_s"] > 0
+        first, second = pool.measure(1, 0.3), pool.measure(1, 0.3)
+        assert first["jobs"] == 1 and first["aggregate_img_per_s"] > 0 and pool.sequence == 2 and second["jobs"] == 1
+    assert all(p.poll() is not None for p in started)
+
+    class Late(JobPool):
+        def command(self, i, fd):
+            return super().command(i, fd) if i == 0 else [sys.executable, "-c", "import time; time.sleep(60)"]
+
+    with Late(2, str(cfg), None, "cpu", 1, end=time.monotonic() + 20, warm_end=time.monotonic() + 60) as pool:
+        assert pool.size == 1 and pool.failed_to_start == "only 1 of 2 jobs started; job 2: not ready before the deadline"
 
 
 def test_gpu_sweep_without_a_gpu_says_so_in_one_line(capsys, monkeypatch):
