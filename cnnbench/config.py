@@ -584,6 +584,10 @@ def check_data(data: dict) -> None:
         if hidden:
             raise ConfigError(f"data.root: {str(class_root / hidden[0])!r} is a hidden folder, which torchvision "
                               "would read as a class; remove or move it (e.g. .ipynb_checkpoints)")
+        if classes in (["train"], ["test"]):  # half of the train/ + test/ layout: read as one class
+            raise ConfigError(f"data.root: {str(root)!r} holds only a {classes[0]}/ folder; put the class folders "
+                              "directly in root (holdout: then keeps a test part of them), or give root both "
+                              "train/ and test/, each with one sub-folder per class")
         if len(classes) < 2:
             raise ConfigError(f"data.root: {str(class_root)!r} has {len(classes)} class folder(s); an imagefolder "
                               "study needs at least 2, one sub-folder of images per class")

@@ -7,6 +7,8 @@ step does it once per study and writes a plain .npz that training jobs load in m
 from __future__ import annotations
 
 import hashlib
+import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -249,8 +251,9 @@ def _svhn(data: dict, root: Path) -> ImageData:
 
 def _imagefolder(data: dict, root: Path) -> ImageData:
     """root/<class>/*.png, or root/train/<class>/* and root/test/<class>/* for an official test split."""
-    info = dataset_info(data)
-    if info.has_test:
+    from cnnbench.catalog import source_info
+
+    if source_info(data).has_test:  # the folder's own test split (holdout makes one later, from root's images)
         x, y, classes = _read_folder(root / "train", data)
         x_test, y_test, test_classes = _read_folder(root / "test", data)
         if test_classes != classes:
@@ -270,10 +273,25 @@ def _read_folder(folder: Path, data: dict) -> tuple[np.ndarray, np.ndarray, list
         raise DataError(f"data.root: {folder} is not an image folder with one sub-folder per class ({e})") from None
     side, mode = data["image_size"], "L" if data.get("channels", 3) == 1 else "RGB"
     x = np.empty((len(ds.samples), 1 if mode == "L" else 3, side, side), dtype=np.uint8)
+    unreadable, modes = [], Counter()
     for i, (path, _) in enumerate(ds.samples):
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert(mode).resize((side, side), Image.BILINEAR))
+        try:
+            with Image.open(path) as im:
+                modes[im.mode] += 1
+                arr = np.asarray(im.convert(mode).resize((side, side), Image.BILINEAR))
+        except (OSError, ValueError, Image.DecompressionBombError) as e:  # truncated, not an image, ...
+            unreadable.append(f"{path} ({e})")
+            continue
         x[i] = arr[None] if mode == "L" else arr.transpose(2, 0, 1)
+    if unreadable:
+        more = f" and {len(unreadable) - 1} more" if len(unreadable) > 1 else ""
+        raise DataError(f"data.root: {len(unreadable)} image(s) under {folder} cannot be read: {unreadable[0]}{more}; "
+                        "remove or replace them")
+    if set(modes) - {mode}:  # what the conversion did, in the step's log: never silent
+        found = ", ".join(f"{n} {m}" for m, n in modes.most_common())
+        hint = " (data.channels: 1 keeps grey images grey)" if mode == "RGB" and set(modes) & {"L", "LA", "1"} else ""
+        print(f"cnnbench: {folder}: images found as {found}; each one converted to {mode}, "
+              f"{'1 channel' if mode == 'L' else '3 channels'}{hint}", file=sys.stderr)
     return x, np.asarray(ds.targets, dtype=np.int64), list(ds.classes)
 
 

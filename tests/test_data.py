@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 import struct
 
@@ -92,6 +93,60 @@ def test_image_folder_with_and_without_test_split(tmp_path):
     write_image_folder(tmp_path / "split" / "test", n=3)
     images = load_source({"name": "imagefolder", "root": str(tmp_path / "split"), "image_size": 8})
     assert len(images.y) == 12 and len(images.y_test) == 6
+
+
+def test_an_image_folder_of_class_folders_with_holdout_keeps_a_test_part_of_its_images(tmp_path, capsys):
+    """A trial: root/<class>/ with holdout (as config/config.yaml holds it out) passed the config check,
+    then prepare-data looked for root/train/, since holdout gives the study a test part: the folder has
+    no test split of its own, so its images are read from root and holdout takes its share of them."""
+    from cnnbench.cli import main
+
+    write_image_folder(tmp_path / "flat")
+    data = {"name": "imagefolder", "root": str(tmp_path / "flat"), "image_size": 8, "holdout": 0.25}
+    images = load_source(data)
+    assert images.has_test and len(images.y) + len(images.y_test) == 12 and len(images.y_test) == 3
+    assert main(["prepare-data", "--data-json", json.dumps(data), "--out", str(tmp_path / "d.npz")]) in (0, None)
+    assert "imagefolder: 9 images (3, 8, 8), test 3" in capsys.readouterr().err
+    # the trial's next try, root/train/<class> without test/, was counted as one class named train
+    from cnnbench.config import load_study
+    from cnnbench.errors import ConfigError
+    from tests.helpers import tiny_study
+
+    write_image_folder(tmp_path / "half" / "train")
+    with pytest.raises(ConfigError, match="holds only a train/ folder; put the class folders directly in root"):
+        load_study(tiny_study(data={**data, "root": str(tmp_path / "half")}))
+
+
+def test_an_unreadable_image_is_named_in_one_line(tmp_path):
+    """A truncated PNG ended prepare-data in PIL's traceback ('image file is truncated'), naming no file."""
+    write_image_folder(tmp_path / "f")
+    good = (tmp_path / "f" / "dog" / "0.png").read_bytes()
+    (tmp_path / "f" / "dog" / "0.png").write_bytes(good[: len(good) // 2])
+    (tmp_path / "f" / "cat" / "5.png").write_bytes(b"not a png at all")
+    with pytest.raises(DataError, match=r"data.root: 2 image\(s\) under .* cannot be read: .*cat/5.png .*and 1 more; "
+                                        "remove or replace them"):
+        load_source({"name": "imagefolder", "root": str(tmp_path / "f"), "image_size": 8})
+
+
+def test_converting_an_image_folders_modes_is_said_in_the_log(tmp_path, capsys):
+    """A trial: one RGB image among grey ones, and every image came out with 3 channels, silently (3 is
+    the default, as for torchvision's ImageFolder). The step's log now says what it found and did."""
+    from PIL import Image
+
+    for c in ("a", "b"):
+        (tmp_path / "f" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.new("L", (8, 8), 40 * i).save(tmp_path / "f" / c / f"{i}.png")
+    Image.new("RGB", (8, 8), (200, 0, 0)).save(tmp_path / "f" / "a" / "rgb.png")
+    images = load_source({"name": "imagefolder", "root": str(tmp_path / "f"), "image_size": 8})
+    assert images.x.shape == (7, 3, 8, 8)
+    err = capsys.readouterr().err
+    assert "images found as 6 L, 1 RGB; each one converted to RGB, 3 channels (data.channels: 1 keeps grey images grey)" in err
+    grey = load_source({"name": "imagefolder", "root": str(tmp_path / "f"), "image_size": 8, "channels": 1})
+    assert grey.x.shape == (7, 1, 8, 8) and "converted to L, 1 channel" in capsys.readouterr().err
+    write_image_folder(tmp_path / "rgb")  # all RGB at the default: nothing to say
+    load_source({"name": "imagefolder", "root": str(tmp_path / "rgb"), "image_size": 8})
+    assert "converted" not in capsys.readouterr().err
 
 
 def test_missing_data_folder_says_what_to_do(tmp_path):
