@@ -17,7 +17,9 @@ from cnnbench.errors import CnnbenchError
 
 def _cmd_prepare_data(a: argparse.Namespace) -> None:
     from cnnbench.data import load_source, save_cache
+    from cnnbench.env import check_torchvision
 
+    check_torchvision()  # the report needs it: a broken torch/torchvision pair stops here, before training
     images = load_source(a.data_json, a.split_seed)
     save_cache(images, a.out)
     test = f", test {len(images.y_test)}" if images.has_test else ""

@@ -23,6 +23,22 @@ def _version(package: str) -> str | None:
         return None
 
 
+def check_torchvision() -> None:
+    """torchvision's compiled ops must come from the same torch build: a mismatched pair (e.g. a CPU torch
+    wheel beside a CUDA torchvision from PyPI) trains fine and fails only when the report imports
+    torchvision. The data step checks it first, so the study stops in seconds, not after training."""
+    try:
+        import torchvision  # noqa: F401 - registering its ops is what fails
+    except Exception as e:  # RuntimeError: operator torchvision::nms does not exist, or an ImportError
+        from cnnbench.errors import CnnbenchError
+
+        raise CnnbenchError(
+            f"torchvision {_version('torchvision')} does not load with torch {_version('torch')} "
+            f"({type(e).__name__}: {str(e).splitlines()[0][:160]}); they are from different builds: install a "
+            "matching pair from one index, e.g. pip install --force-reinstall torch torchvision "
+            "(or both with --index-url https://download.pytorch.org/whl/cpu)") from None
+
+
 def nvidia_gpus_visible() -> bool:
     """Whether this host has NVIDIA device nodes, without importing torch (for the workflow's
     `gpu` resource at DAG-build time)."""

@@ -160,3 +160,18 @@ def test_an_unwritable_results_folder():
         pytest.skip("/sys is writable here, so there is no unwritable folder to try")
     out = cli("prepare-data", "--data-json", '{"name": "digits", "subset": 100}', "--out", str(target))
     assert_one_line_error(out, "cannot write it", "/sys/cnnbench-results")
+
+
+def test_a_torchvision_that_does_not_match_torch_stops_the_data_step(tmp_path, monkeypatch, capsys):
+    """A trial: a CPU torch wheel beside PyPI's CUDA torchvision trained for minutes, then the report
+    failed importing torchvision ('operator torchvision::nms does not exist', 40 lines). The first step
+    now imports it and stops in one line naming both versions and the fix."""
+    import sys
+
+    from cnnbench.cli import main
+
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # `import torchvision` now fails, as a broken pair does
+    code = main(["prepare-data", "--data-json", '{"name": "digits", "subset": 100}', "--out", str(tmp_path / "d.npz")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "does not load with torch" in err and "install a matching pair" in err and not (tmp_path / "d.npz").exists()
