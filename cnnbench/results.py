@@ -124,6 +124,7 @@ def runs_table(records: list[dict]) -> pd.DataFrame:
         row = {k: r[k] for k in ID_COLUMNS}
         row["status"] = r.get("status", "ok")
         row["diverged_epoch"] = (r.get("diverged") or {}).get("epoch")
+        row["diverged_reason"] = (r.get("diverged") or {}).get("reason")
         row |= {f"data_{k}": v for k, v in r["data"].items()}
         for section in ("metrics", "cost", "speed", "env", "numerics"):
             row |= {k: v for k, v in r.get(section, {}).items() if not isinstance(v, (dict, list))}

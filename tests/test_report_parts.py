@@ -121,7 +121,7 @@ def test_a_variant_with_a_diverged_run_is_named_not_ensembled(tmp_path):
                           references=study.references, baseline="baseline", runs=runs)
     html = ensembles(ctx).html
     assert "<td>baseline</td>" in html.replace(' class="num"', "")
-    assert "Left out, as some of their runs diverged: huge_lr." in html
+    assert "Left out, as some of their runs did not train: huge_lr." in html
     # without held-out images the file is still written (a declared output), with no runs: no section
     write_test_probs(records, SimpleNamespace(y_test=None), tmp_path / "test_probs.npz")
     assert np.load(tmp_path / "test_probs.npz").files == ["y_test"] and ensembles(ctx) is None
@@ -203,7 +203,9 @@ def test_the_pilot_warning_counts_the_resamples_actually_compared():
 
     study = load_study(tiny_study(protocol={"folds": 5}, variants={"baseline": {"base": "cnn"}}))
     ctx = SimpleNamespace(specs=study.variants, baseline="baseline", comparison=pd.DataFrame({"resamples": [5, 4]}))
-    assert "Only J = 4 paired resamples</b> (of 1 &times; 5-fold)" in small_design_note(ctx)
+    note = small_design_note(ctx)  # a trial: "Use at least 5 folds x repeats" to a study that had 5
+    assert "Only J = 4 paired resamples</b> (in the comparison with the fewest, of the 5 the 1 &times; 5-fold" in note
+    assert "runs that did not train take their pairs" in note and "Use at least" not in note
     assert small_design_note(SimpleNamespace(**{**vars(ctx), "comparison": pd.DataFrame({"resamples": [5]})})) == ""
 
 
@@ -264,3 +266,25 @@ def test_the_noise_floor_says_how_many_comparisons_are_wider_from_the_numbers():
     empty = SimpleNamespace(aa=SimpleNamespace(test=SimpleNamespace(ci_low=-0.01, ci_high=0.01)),
                             comparison=pd.DataFrame(columns=["ci_low", "ci_high"]))
     assert widths_against_noise_floor(empty) == ""
+
+
+def test_runs_that_did_not_train_are_named_with_how_and_when_they_were_stopped():
+    """A trial: runs flat at ln 3 (stuck at chance) were reported as 'diverged ... stopped early (epochs
+    3, 4, 3)', one of them at the last of 4 epochs."""
+    from types import SimpleNamespace
+
+    from cnnbench.config import load_study
+    from cnnbench.report.overview import diverged_note
+    from tests.helpers import tiny_study
+
+    study = load_study(tiny_study(protocol={"epochs": 4}, variants={"baseline": {"base": "cnn"},
+                                                                   "mine": {"base": "baseline", "lr": 0.5}}))
+    stuck = "training accuracy at chance (33.3%) and the loss no longer falling after the warm-up"
+    runs = pd.DataFrame({"variant": ["baseline"] * 2 + ["mine"] * 5, "status": ["diverged", "ok"] + ["diverged"] * 3 + ["ok"] * 2,
+                         "diverged_epoch": [2, None, 3, 4, 3, None, None],
+                         "diverged_reason": ["non-finite loss", None, stuck, stuck, stuck, None, None]})
+    note = diverged_note(SimpleNamespace(runs=runs, specs=study.variants))
+    assert "4 run(s) did not train" in note and "baseline: 1 of 2 runs (diverged (non-finite loss) at epoch 2 of 4)" in note
+    assert "mine: 3 of 5 runs (stuck at chance at epochs 3, 4, 3 of 4)" in note and "stopped early" not in note
+    older = diverged_note(SimpleNamespace(runs=runs.drop(columns="diverged_reason"), specs=study.variants))
+    assert "mine: 3 of 5 runs (diverged or stuck at epochs 3, 4, 3 of 4)" in older

@@ -71,7 +71,7 @@ def paired_lines(ctx) -> str:
         wide = runs[runs.variant.isin([ref, v])].pivot_table(index=["fold", "seed"], columns="variant",
                                                              values=ACC.column).dropna() * ACC.scale
         if not {ref, v} <= set(wide.columns):  # every run of one side diverged: nothing is paired
-            ax.text(0.5, 0.5, "no paired runs\n(diverged)", ha="center", va="center", transform=ax.transAxes,
+            ax.text(0.5, 0.5, "no paired runs\n(runs did not train)", ha="center", va="center", transform=ax.transAxes,
                     fontsize=8)
             wide = wide.iloc[:0]
         for _, r in wide.iterrows():

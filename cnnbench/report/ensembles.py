@@ -62,7 +62,7 @@ def ensembles(ctx) -> Section | None:
                        numeric={2, 3})
     where = "the official test split" if not ctx.specs[ctx.baseline].data.get("holdout") else \
         f"the {ctx.specs[ctx.baseline].data['holdout']:.0%} of the images held out of every fold"
-    left_out = ("<p>Left out, as some of their runs diverged: " + ", ".join(html.escape(v) for v in incomplete)
+    left_out = ("<p>Left out, as some of their runs did not train: " + ", ".join(html.escape(v) for v in incomplete)
                 + ".</p>") if incomplete else ""
     return Section("ensembles", "Ensembles of the fold models",
                    f"<p>Scored on {len(y):,} test images: {where}.</p>" + table + left_out

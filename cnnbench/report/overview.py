@@ -48,11 +48,18 @@ def small_design_note(ctx) -> str:
         j = min(j, int(compared["resamples"].min()))
     if j >= FEW_RESAMPLES:
         return ""
-    return (f'<div class="alarm"><p><b>Only J = {j} paired resamples</b> (of {split["repeats"]} &times; '
-            f'{split["folds"]}-fold): the corrected t test has {j - 1} degree{"s" * (j != 2)} of freedom, so the '
-            "intervals are very wide and only very large differences can be detected; read this study as a "
-            f"pilot. Use at least {FEW_RESAMPLES} folds &times; repeats, and <code>cnnbench plan</code> for the "
-            "runs a given difference needs.</p></div>")
+    designed = split["repeats"] * split["folds"]
+    if j < designed:  # the design was large enough: runs that did not train took their pairs with them
+        where = (f"in the comparison with the fewest, of the {designed} the {split['repeats']} &times; "
+                 f"{split['folds']}-fold design gives: runs that did not train take their pairs with them")
+        fix = "Find out why those runs did not train (below), and rerun"
+    else:
+        where = f"of {split['repeats']} &times; {split['folds']}-fold"
+        fix = f"Use at least {FEW_RESAMPLES} folds &times; repeats"
+    return (f'<div class="alarm"><p><b>Only J = {j} paired resamples</b> ({where}): the corrected t test has '
+            f'{j - 1} degree{"s" * (j != 2)} of freedom, so the intervals are very wide and only very large '
+            f"differences can be detected; read it as a pilot. {fix}, and see <code>cnnbench plan</code> for "
+            "the runs a given difference needs.</p></div>")
 
 
 def findings(ctx) -> Section:
@@ -89,7 +96,7 @@ def findings(ctx) -> Section:
 
 
 def diverged_here(ctx, variant: str, reference: str) -> str:
-    """Next to a verdict: how many runs of the pair diverged and were left out of it."""
+    """Next to a verdict: how many runs of the pair did not train and were left out of it."""
     if "status" not in ctx.runs:
         return ""
     runs = ctx.runs[ctx.runs.variant.isin([variant, reference])]
@@ -98,21 +105,36 @@ def diverged_here(ctx, variant: str, reference: str) -> str:
         return ""
     per = ", ".join(f"{len(g)} of {len(runs[runs.variant == v])} runs of {html.escape(v)}"
                     for v, g in bad.groupby("variant"))
-    return f' <span class="worse">({per} diverged and are left out of this comparison)</span>'
+    return f' <span class="worse">({per} did not train and are left out of this comparison)</span>'
+
+
+def failure_kind(reason) -> str:
+    """A stopped run's record says why (cnnbench.train.DivergenceWatch); older records do not."""
+    if not isinstance(reason, str):
+        return "diverged or stuck"
+    return "diverged (non-finite loss)" if reason.startswith("non-finite") else "stuck at chance"
 
 
 def diverged_note(ctx) -> str:
-    """Diverged runs, named: they are left out of every statistic, never averaged in silently."""
+    """Runs that did not train, named with how and when they were stopped: they are left out of every
+    statistic, never averaged in silently."""
     runs = ctx.runs
     bad = runs[runs["status"] == "diverged"] if "status" in runs else runs.iloc[:0]
     if bad.empty:
         return ""
-    per = "; ".join(f"{html.escape(v)}: {len(g)} of {len(runs[runs.variant == v])} runs (epochs "
-                    f"{', '.join(str(int(e)) for e in g['diverged_epoch'])})" for v, g in bad.groupby("variant"))
-    return (f'<div class="alarm"><p><b>{len(bad)} run(s) diverged</b> (non-finite loss, or accuracy at chance after '
-            f"the warm-up) and were stopped early: {per}. They are left out of every comparison, ranking, mean "
-            "and plot of accuracy below, and so are their pairs on the other variants: a variant that fails "
-            "often looks only as good as its runs that trained.</p></div>")
+    kinds = (bad["diverged_reason"] if "diverged_reason" in bad else bad["status"].map(lambda _: None)).map(failure_kind)
+    per = []
+    for v, g in bad.groupby("variant"):
+        epochs = ctx.specs[v].train["epochs"] if v in getattr(ctx, "specs", {}) else None
+        how = "; ".join(f"{kind} at epoch{'s' * (len(k) > 1)} {', '.join(str(int(e)) for e in k['diverged_epoch'])}"
+                        + (f" of {epochs}" if epochs else "") for kind, k in g.groupby(kinds[g.index]))
+        per.append(f"{html.escape(v)}: {len(g)} of {len(runs[runs.variant == v])} runs ({how})")
+    return (f'<div class="alarm"><p><b>{len(bad)} run(s) did not train</b>: {"; ".join(per)}. A run is marked and '
+            "stopped when its loss becomes non-finite (diverged), or when after the learning-rate warm-up its "
+            "training accuracy stays at chance with a loss that no longer falls for two epochs (stuck; also "
+            "checked at the last epoch). They are left out of every comparison, ranking, mean and plot of "
+            "accuracy below, and so are their pairs on the other variants: a variant that fails often looks "
+            "only as good as its runs that trained.</p></div>")
 
 
 SUMMARY_COSTS = ("params", "macs", "epoch_time_s", "train_img_per_s", "latency_b1_ms")  # cnnbench.metrics
