@@ -121,9 +121,10 @@ def format_plan(df: pd.DataFrame) -> str:
     for r in df.itertuples():
         name = f"{r.variant} vs {r.reference}"
         # a column mixing designs and None is float with NaN in pandas: whole numbers, and NaN is "none"
+        seeds = f"{MAX_SEEDS} seeds" if r.seed_variance_measured else "1 seed"  # what was searched
         design = (f"{int(r.folds)} folds x {int(r.repeats)} repeats x {int(r.seeds)} seeds = {int(r.runs)} runs"
                   if pd.notna(r.runs) else
-                  f"not within {MAX_REPEATS} repeats x {MAX_SEEDS} seeds: below the correction's floor for these folds")
+                  f"not within {MAX_REPEATS} repeats x {seeds}: below the correction's floor for these folds")
         now = ("   n/a" if pd.isna(r.mde_now)  # no spread in the pilot's differences (se 0): nothing to scale
                else f"{100 * r.mde_now:6.2f}" if r.mde_now <= 1 else "  >100")  # more than accuracy can differ by
         lines.append(f"{name:32s} {100 * r.diff:+6.2f}   {now} pts (J={r.resamples_now:<3d})  "
@@ -137,12 +138,12 @@ def format_plan(df: pd.DataFrame) -> str:
         top = max(considered)
         lines.append(f"(where no design reaches the target at {', '.join(map(str, considered))} folds, more folds "
                      f"lower the correction's floor: add fold counts to consider, e.g. --folds {2 * top} {4 * top}; "
-                     "optimistic, see cnnbench/plan.py)")
+                     "optimistic, see README, statistics)")
     if not df["seed_variance_measured"].all():
         lines.append("(one seed per fold in the pilot: its seed-to-seed variance is unknown, so only designs with "
                      "one seed are proposed)")
     lines.append("Differences in accuracy points; detectable = 80% power at Holm's strictest level over the "
                  "study's comparisons, with the pilot's variances taken as true: a design planned from a "
                  "10-resample pilot reaches ~74% power on average (simulated), so add a margin. Fold counts "
-                 "other than the pilot's are optimistic (cnnbench/plan.py).")
+                 "other than the pilot's are optimistic (README, statistics).")
     return "\n".join(lines)

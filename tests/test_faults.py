@@ -192,6 +192,7 @@ def test_a_diverging_variant_is_reported_and_left_out_of_the_statistics(tmp_path
     assert "2 run(s) did not train" in html and re.search(r"huge_lr: 2 of 2 runs \((diverged \(non-finite loss\)|stuck at "
                                                         r"chance) at epochs \d, \d of 4\)", html)
     assert "<b>huge_lr</b>" not in html.split("Every variant against")[1].split("</ul>")[0]  # no verdict
+    assert "Shaded" not in html  # no A/A control: the forest plot's caption promises no band (a trial)
 
 
 def test_a_record_edited_by_hand_is_caught_and_restored_from_the_run_store(recorded, tmp_path):

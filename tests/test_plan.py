@@ -76,6 +76,7 @@ def test_the_plan_prints_whole_numbers_and_says_when_no_design_reaches_a_target(
     assert pd.isna(df.iloc[0]["runs"]) and pd.notna(df.iloc[1]["runs"])
     text = format_plan(df)
     assert "nan" not in text and ".0 folds" not in text and ".0 runs" not in text
+    assert "not within 20 repeats x 10 seeds:" in text  # two seeds a fold: more seeds were searched too
     assert "not within" in text and re.search(r"\d+ folds x \d+ repeats x \d+ seeds = \d+ runs", text)
     assert "at 5 folds" in text and "--folds 10 20" in text  # where to go from there: beyond the pilot's 5
     wider = format_plan(plan(tmp_path, [0.00001], folds_options=[10, 20]))  # the advice goes past what was asked
@@ -91,6 +92,7 @@ def test_a_tiny_pilot_says_so_and_never_prints_more_than_100_points(tmp_path, ca
     assert df.iloc[0]["mde_now"] > 1  # what the t quantile at 1 degree of freedom gives
     text = format_plan(df)
     assert ">100 pts (J=2" in text and "a pilot of 2 paired resamples" in text
+    assert "not within 20 repeats x 1 seed:" in text  # one seed measured: only one-seed designs were searched
     assert not re.search(r"\d{3,}\.\d\d pts", text)
     with pytest.raises(SystemExit) as exit_:
         main(["plan", str(tmp_path), "--delta", "200"])

@@ -288,3 +288,42 @@ def test_runs_that_did_not_train_are_named_with_how_and_when_they_were_stopped()
     assert "mine: 3 of 5 runs (stuck at chance at epochs 3, 4, 3 of 4)" in note and "stopped early" not in note
     older = diverged_note(SimpleNamespace(runs=runs.drop(columns="diverged_reason"), specs=study.variants))
     assert "mine: 3 of 5 runs (diverged or stuck at epochs 3, 4, 3 of 4)" in older
+
+
+def test_an_aa_gain_difference_that_excludes_0_is_explained(tmp_path):
+    """A trial: the A/A control's gain minus the baseline's was +0.77 [+0.10, +1.50], an interval off 0
+    for the same network trained twice, with no word; the intervals hold the models fixed (NOTE)."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from cnnbench.config import load_study
+    from cnnbench.report.ensembles import ensembles
+    from cnnbench.results import write_test_probs
+    from cnnbench.runner import encode_array
+    from tests.helpers import tiny_study
+
+    study = load_study(tiny_study(data={"name": "digits", "subset": 375, "holdout": 0.2},
+                                  variants={"baseline": {"base": "cnn"}}))
+    y = np.arange(75) % 10
+
+    def model(right_first: bool) -> np.ndarray:  # right on one half of the images, barely wrong on the other
+        p = np.zeros((75, 10))
+        first = np.arange(75) < 38
+        right = first if right_first else ~first
+        p[np.arange(75), y] = np.where(right, 0.6, 0.45)
+        p[np.arange(75), (y + 1) % 10] = np.where(right, 0.4, 0.55)
+        return p
+
+    records = [{"variant": v, "fold": fold, "seed": 0, "status": "ok",
+                "test_prob": encode_array(model(fold == 0 or v == "baseline"))}
+               for v in ("baseline", "aa_control") for fold in (0, 1)]  # the baseline's two models agree
+    write_test_probs(records, SimpleNamespace(y_test=y), tmp_path / "test_probs.npz")
+    runs = pd.DataFrame([{k: r[k] for k in ("variant", "fold", "seed", "status")} for r in records])
+    ctx = SimpleNamespace(results_dir=tmp_path, specs=study.variants, featured=["baseline", "aa_control"],
+                          references=study.references, baseline="baseline", runs=runs)
+    html = ensembles(ctx).html
+    assert "The aa_control row is the baseline trained again" in html and "leave out retraining noise" in html
+    records[2]["test_prob"] = records[3]["test_prob"] = records[0]["test_prob"]  # now the same gain: no note
+    write_test_probs(records, SimpleNamespace(y_test=y), tmp_path / "test_probs.npz")
+    assert "baseline trained again" not in ensembles(ctx).html

@@ -49,10 +49,14 @@ def effects(ctx) -> Section | None:
     ax.set(xlabel="Δ validation accuracy vs the reference (percentage points)")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="lower right", fontsize=8)
+    shaded = ("" if ctx.aa is None or not np.isfinite(ctx.aa.test.ci_low) else
+              " Shaded: the A/A control's 95% CI (its own plain paired t-test, the right one for two trainings "
+              "on the same training sets): how far retraining alone moves the baseline here. It need not sit "
+              "on 0, and it is not an interval of the same test as the bars.")
     forest = figure_html(fig, "forest plot of accuracy differences",
                          "Mean paired difference and 95% CI (corrected resampled t-test) against each variant's "
                          "reference. Green: better, red: worse, grey: no detectable difference after Holm "
-                         "adjustment. Shaded: the A/A control's interval, what retraining alone produces here.")
+                         "adjustment." + shaded)
     return Section("effects", "Effects on accuracy", forest + paired_lines(ctx))
 
 

@@ -36,12 +36,13 @@ def aa_finding(ctx) -> str:
             f"differs from itself by <b>{pts(t.mean)} pts</b> {interval(t.ci_low, t.ci_high)}, p = "
             f"{pvalue(t.p)} (paired t-test): what retraining alone does here.")
     if aa_is_significant(ctx):
-        return (f'<div class="alarm"><p>{text}</p><p><b>The A/A control is significant: this study\'s statistics '
-                "are not calibrated.</b> Two trainings of the same network differ more than retraining noise "
-                "allows, so the verdicts below may be false positives. By chance this happens in 5% of studies; "
-                "otherwise the runs are not exchangeable (seeds reused across runs, broken pairing, "
-                "nondeterministic kernels, diverged runs). Check <code>cnnbench verify</code> on a few runs and "
-                "rerun with another split seed before trusting a verdict.</p></div>")
+        return (f'<div class="alarm"><p>{text}</p><p><b>The A/A control is significant at 5%.</b> That happens by '
+                "chance in 1 study in 20 even when all is well, so on its own it is a warning, not a proof. "
+                "Otherwise two trainings of the same network differ more than retraining noise allows: the runs "
+                "are not exchangeable (seeds reused across runs, broken pairing, nondeterministic kernels, runs "
+                "that did not train), and the verdicts below may be false positives. Check <code>cnnbench "
+                "verify</code> on a few runs and rerun with another split seed: if the A/A control is "
+                "significant again, do not trust a verdict of this setup.</p></div>")
     return f"<p>{text}</p>"
 
 

@@ -10,6 +10,7 @@ import re
 
 import numpy as np
 
+from cnnbench.config import AA_CONTROL
 from cnnbench.report.format import pts
 from cnnbench.report.section import Section
 from cnnbench.report.tables import html_table
@@ -46,13 +47,18 @@ def ensembles(ctx) -> Section | None:
     if not shown:
         return None
     tables = {v: ensemble_table(runs[v], y, lambda run: (run[0] // folds, run[1])) for v in shown}
-    rows = []
+    rows, aa_note = [], ""
     for v in shown:
         g = gain_interval(tables[v])
         ref = ctx.references.get(v)
         versus = ""
         if ref in tables:
             d = gain_difference_interval(tables[ref], tables[v])
+            if v == AA_CONTROL and not d["ci_low"] <= 0 <= d["ci_high"]:
+                aa_note = (f'<p class="note">The {AA_CONTROL} row is the baseline trained again, yet its gain '
+                           "differs from the baseline's by an interval that excludes 0: these intervals hold the "
+                           "trained models fixed, so they leave out retraining noise, and this row shows how much "
+                           "that can be. Read the other rows' differences against it.</p>")
             versus = f"{pts(d['diff'])} [{pts(d['ci_low'])}, {pts(d['ci_high'])}] vs {html.escape(ref)}"
         rows.append([html.escape(v), f"{g['groups']} &times; {g['models'] // max(g['groups'], 1)}",
                      pts(g["single_acc"], False), pts(g["ensemble_acc"], False),
@@ -65,5 +71,5 @@ def ensembles(ctx) -> Section | None:
     left_out = ("<p>Left out, as some of their runs did not train: " + ", ".join(html.escape(v) for v in incomplete)
                 + ".</p>") if incomplete else ""
     return Section("ensembles", "Ensembles of the fold models",
-                   f"<p>Scored on {len(y):,} test images: {where}.</p>" + table + left_out
+                   f"<p>Scored on {len(y):,} test images: {where}.</p>" + table + left_out + aa_note
                    + f'<p class="note">{NOTE}</p>')
