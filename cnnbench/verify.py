@@ -119,6 +119,9 @@ def verify(record_path: str | Path, data: str | Path | None = None, splits: str 
         lines.append(f"MATCH: {numbers} and {len(result.val_pred)} validation predictions identical" if exact else
                      f"MATCH: {numbers} within tolerance {tol}; {differ} of {len(result.val_pred)} validation "
                      f"predictions differ (at most {allowed}, {MAX_PRED_DIFF:.1%}, allowed)")
+    changed = versions_changed(env, dev)
+    if changed:
+        lines.append(f"recorded with other versions: {changed}")
     if env.get("git_commit") and env.get("git_dirty") is not None:
         from cnnbench.env import git_state
 
@@ -141,6 +144,19 @@ def exact_match_expected(env: dict, numerics: dict, dev) -> tuple[bool, str]:
     now = torch.cuda.get_device_name(dev)
     same_gpu = env["device"] == "cuda" and env.get("device_name") == now
     return same_gpu and deterministic, f"GPU {now}, {how}; recorded on {env.get('device_name') or env['device']}"
+
+
+VERSIONED = ("torch", "torchvision", "numpy", "python", "cnnbench", "cpu")
+
+
+def versions_changed(env: dict, dev) -> str:
+    """The library versions (and CPU model) that differ between the record and this re-run: a match
+    across them is worth knowing, and a mismatch often comes from them."""
+    from cnnbench.env import environment
+
+    now = environment(dev)
+    return "; ".join(f"{k} {env[k]} then, {now.get(k)} now" for k in VERSIONED
+                     if env.get(k) is not None and env.get(k) != now.get(k))
 
 
 def record_seed(record: dict) -> int:

@@ -28,6 +28,16 @@ def test_a_clean_record_matches(recorded):
     assert "MATCH: 2 epochs x 5 numbers, 6 metrics and" in str(verdict) and "identical" in str(verdict)
 
 
+def test_a_record_made_with_other_library_versions_says_which(recorded, tmp_path):
+    """A trial verified a record made with torch 2.13.0+cpu under 2.14.1 and got MATCH with no word of it."""
+    def older(r):
+        r["env"]["torch"] = "2.13.0+cpu"
+
+    verdict = verify_changed(recorded, tmp_path, older)
+    assert verdict.match and "recorded with other versions: torch 2.13.0+cpu then, " in str(verdict)
+    assert "other versions" not in str(verify(recorded))
+
+
 def test_a_changed_spec_hash_fails(recorded, tmp_path):
     verdict = verify_changed(recorded, tmp_path, lambda r: r.update(spec_hash="0" * 16))
     assert not verdict.match and "MISMATCH" in str(verdict)
