@@ -145,6 +145,7 @@ def test_the_summary_tables_aa_row_shows_the_noise_floor_without_a_verdict(finis
     assert "(plain t)" in row and "noise floor, no verdict" in row and "better" not in row and "worse" not in row
     assert "The aa_control row is the noise floor" in summary
     assert "Shaded: the A/A control's 95% CI (its own plain paired t-test" in html  # the forest plot's band
+    assert "the aa_control, the baseline trained again, is left out" in html  # of the accuracy-vs-cost plot
 
 
 def test_the_report_knows_each_variants_base_chain_and_draws_a_ladder_from_it(finished, tmp_path):
