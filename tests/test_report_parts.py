@@ -239,6 +239,8 @@ def test_an_untestable_comparison_prints_no_nan():
 
     assert pts(np.nan) == "n/a" and pvalue(np.nan) == "n/a" and interval(0.001, 0.02) == "[+0.10, +2.00]"
     assert interval(np.nan, np.nan).startswith("[no interval: the same difference in every pair")
+    # a trial's 2-resample interval read "[-401.75, +361.93]" pts for an accuracy difference
+    assert interval(-4.0175, 3.6193) == "[< -100, > +100]" and interval(-0.5, 1.2) == "[-50.00, > +100]"
 
 
 def test_the_noise_floor_says_how_many_comparisons_are_wider_from_the_numbers():

@@ -22,7 +22,9 @@ def interval(low: float, high: float) -> str:
     or fewer than 2 resamples) it says so instead of [nan, nan]."""
     if not (np.isfinite(low) and np.isfinite(high)):
         return "[no interval: the same difference in every pair, or under 2 resamples]"
-    return f"[{pts(low)}, {pts(high)}]"
+    # past +-100 pts, where no accuracy difference can be (a 2-resample t interval reached -401.75), the
+    # bound says only that: the interval is uninformative there
+    return f"[{'< -100' if low < -1 else pts(low)}, {'> +100' if high > 1 else pts(high)}]"
 
 
 def metric_cell(metric, value: float, spread: float | None = None) -> tuple[str, float]:
