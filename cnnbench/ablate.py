@@ -9,6 +9,7 @@ of all the others - the ablation study the course describes.
 from __future__ import annotations
 
 import copy
+import difflib
 from pathlib import Path
 
 import yaml
@@ -66,9 +67,11 @@ def ablate(config: str | Path, variant: str, remove: list[str], out: str | Path)
         elif knob in spec.model:
             current = spec.model[knob]
         else:
-            raise ConfigError(f"ablate --remove: {knob!r} is not a knob of variant {variant!r}; its model knobs: "
-                              f"{', '.join(k for k in spec.model if not k.startswith('_'))}; training knobs: "
-                              f"{', '.join(TRAIN_KNOBS)}")
+            model_knobs = [k for k in spec.model if not k.startswith("_")]
+            close = difflib.get_close_matches(knob, [*model_knobs, *TRAIN_KNOBS], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"ablate --remove: {knob!r} is not a knob of variant {variant!r}{hint}; its model "
+                              f"knobs: {', '.join(model_knobs)}; training knobs: {', '.join(TRAIN_KNOBS)}")
         default = (raw.get("protocol", {}).get(top, getattr(TrainKnobs(), top)) if top in TRAIN_KNOBS
                    else model_defaults.get(knob))
         off = off_value(knob, current, default)

@@ -76,6 +76,7 @@ def test_ablate_writes_one_leave_one_out_variant_per_choice(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("remove, message", [("colour", "'colour' is not a knob"),
+                                             ("bn,widht", "'widht' is not a knob of variant 'batchnorm' (did you mean 'width'?)"),
                                              ("shortcut", "'shortcut' is already off"),
                                              ("lr", "'lr' is already off or at its default"),  # the study's lr
                                              ("lr.flip", "only augment has sub-knobs"),
