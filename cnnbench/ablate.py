@@ -9,13 +9,12 @@ of all the others - the ablation study the course describes.
 from __future__ import annotations
 
 import copy
-import difflib
 from pathlib import Path
 
 import yaml
 
 from cnnbench.config import TRAIN_KNOBS, load_study, read_config
-from cnnbench.errors import ConfigError
+from cnnbench.errors import ConfigError, did_you_mean
 from cnnbench.knobs import AugmentKnobs, TrainKnobs
 from cnnbench.models.external import EXTERNAL_KNOBS
 
@@ -68,8 +67,7 @@ def ablate(config: str | Path, variant: str, remove: list[str], out: str | Path)
             current = spec.model[knob]
         else:
             model_knobs = [k for k in spec.model if not k.startswith("_")]
-            close = difflib.get_close_matches(knob, [*model_knobs, *TRAIN_KNOBS], n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = did_you_mean(knob, [*model_knobs, *TRAIN_KNOBS])
             raise ConfigError(f"ablate --remove: {knob!r} is not a knob of variant {variant!r}{hint}; its model "
                               f"knobs: {', '.join(model_knobs)}; training knobs: {', '.join(TRAIN_KNOBS)}")
         default = (raw.get("protocol", {}).get(top, getattr(TrainKnobs(), top)) if top in TRAIN_KNOBS

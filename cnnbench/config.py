@@ -20,7 +20,6 @@ Nothing here imports torch.
 from __future__ import annotations
 
 import copy
-import difflib
 import hashlib
 import json
 import math
@@ -33,7 +32,7 @@ from typing import Any
 from cnnbench.catalog import CATALOG, SYNTHETIC_KEYS, complete_data, dataset_info
 from cnnbench.config_schema import check_schema, normalise, path_words, schema  # noqa: F401 (re-exported)
 from cnnbench.config_yaml import StrictLoader, read_config  # noqa: F401 (re-exported)
-from cnnbench.errors import ConfigError
+from cnnbench.errors import ConfigError, did_you_mean
 from cnnbench.knobs import TRAIN_KNOBS, AugmentKnobs, TrainKnobs  # noqa: F401 (re-exported)
 from cnnbench.models import plan as P
 from cnnbench.models.convnet import UNUSED_BY_BLOCK
@@ -645,8 +644,7 @@ def _base_chain(name: str, variants: dict[str, dict], search: tuple[str, ...] = 
             if base == chain[-1]:
                 raise ConfigError(f"variant {base!r}, field 'base': a variant cannot be its own base; start from a "
                                   f"model such as 'cnn' or from another variant") from None
-            close = difflib.get_close_matches(base, [*variants, *list_models()], n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = did_you_mean(base, [*variants, *list_models()])
             raise ConfigError(
                 f"variant {chain[-1]!r}, field 'base': {base!r} is neither a variant nor a registered model"
                 f"{hint}; variants: {', '.join(variants)}; models: {', '.join(list_models())}") from None

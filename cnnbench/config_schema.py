@@ -9,7 +9,6 @@ jsonschema error into one line naming the variant and the field.
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 from dataclasses import fields
@@ -19,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from cnnbench.errors import ConfigError
+from cnnbench.errors import ConfigError, did_you_mean
 from cnnbench.knobs import TRAIN_KNOBS, AugmentKnobs, TrainKnobs
 from cnnbench.models.convnet import KNOB_NAMES, ConvNetKnobs
 
@@ -238,8 +237,7 @@ def _schema_message(error) -> str:
             n = misplaced[0]
             return f"{where}: {n!r} does not go here; it belongs {' or '.join(SECTIONS[x] for x in homes[n])}"
         here = [n for n, places in homes.items() if section in places]
-        hints = [f"{n!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(n, here, n=1)) else repr(n)
-                 for n in names]
+        hints = [f"{n!r}{did_you_mean(n, here)}" for n in names]
         return f"{where}: unknown {kind} {', '.join(hints)}; see workflow/schemas/config.schema.yaml for the allowed ones"
     if error.validator == "uniqueItems":
         return f"{where}: {_short(error.instance)} lists an entry more than once; give each one once"

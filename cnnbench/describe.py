@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cnnbench.errors import ConfigError
+from cnnbench.errors import ConfigError, did_you_mean
 from cnnbench.models.geometry import LayerRow, layer_table
 from cnnbench.models.registry import get_plan, is_model, list_models
 
@@ -22,10 +22,7 @@ def describe(name: str, config: str | Path | None = None, input_shape: tuple[int
 
         study = load_study(config)
         if name not in study.variants and not is_model(name):
-            import difflib
-
-            close = difflib.get_close_matches(name, [*study.variants, *list_models()], n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = did_you_mean(name, [*study.variants, *list_models()])
             raise ConfigError(f"{config}: no variant {name!r}{hint}; variants: {', '.join(study.variants)}; "
                               f"models: {', '.join(list_models())}")
     if input_shape is not None and len(input_shape) != 3:

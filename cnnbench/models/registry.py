@@ -11,13 +11,12 @@ the new entry with a FutureWarning, and is no longer listed.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from cnnbench.errors import ConfigError
+from cnnbench.errors import ConfigError, did_you_mean
 from cnnbench.models import plan as P
 from cnnbench.models.convnet import ConvNetKnobs, convnet_plan, make_knobs
 
@@ -116,9 +115,7 @@ def get_entry(name: str) -> ModelEntry:
     try:
         return _REGISTRY[name]
     except KeyError:
-        close = difflib.get_close_matches(name, _REGISTRY, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"unknown model {name!r}{hint}; registered: {', '.join(list_models())}") from None
+        raise ConfigError(f"unknown model {name!r}{did_you_mean(name, _REGISTRY)}; registered: {', '.join(list_models())}") from None
 
 
 def resolve_knobs(name: str, **knobs: Any) -> dict[str, Any]:
