@@ -111,6 +111,7 @@ def source_info(data: dict) -> DatasetInfo:
     if not root:
         raise ConfigError("data.root: an imagefolder study needs root, the folder with one sub-folder per class "
                           "(or train/ and test/ folders that each have one)")
+    root = os.path.expanduser(root)  # as the config check and the loader read it
     train = os.path.join(root, "train")
     has_test = os.path.isdir(train) and os.path.isdir(os.path.join(root, "test"))
     class_root = train if has_test else root

@@ -519,6 +519,9 @@ def _smallest_class(name: str, n_dev: int | None) -> int | None:
     return None if share is None or n_dev is None else math.floor(n_dev * share + 1e-9)
 
 
+SPLIT_NAMES = {"train", "test", "val", "valid", "validation"}  # folder names of a split, not of a class
+
+
 def check_data(data: dict) -> None:
     """What can be known about the data before any job: fields that do nothing for this data set, and
     the folders a data set is read from (they are read only by the first job, which is too late)."""
@@ -583,10 +586,12 @@ def check_data(data: dict) -> None:
         if hidden:
             raise ConfigError(f"data.root: {str(class_root / hidden[0])!r} is a hidden folder, which torchvision "
                               "would read as a class; remove or move it (e.g. .ipynb_checkpoints)")
-        if classes in (["train"], ["test"]):  # half of the train/ + test/ layout: read as one class
-            raise ConfigError(f"data.root: {str(root)!r} holds only a {classes[0]}/ folder; put the class folders "
-                              "directly in root (holdout: then keeps a test part of them), or give root both "
-                              "train/ and test/, each with one sub-folder per class")
+        splits = sorted(c for c in classes if c.lower() in SPLIT_NAMES) if class_root == folder else []
+        if splits:  # train/ alone, or train/ + val/: split folders that torchvision would read as classes
+            raise ConfigError(f"data.root: {str(root)!r} holds {', '.join(s + '/' for s in splits)}, which would be "
+                              "read as classes; put the class folders directly in root (holdout: then keeps a "
+                              "test part of them), or give root exactly train/ and test/, each with one sub-folder "
+                              "per class (a validation folder is not used: the folds make their own)")
         if len(classes) < 2:
             raise ConfigError(f"data.root: {str(class_root)!r} has {len(classes)} class folder(s); an imagefolder "
                               "study needs at least 2, one sub-folder of images per class")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnbench.catalog import complete_data, dataset_info
+from cnnbench.catalog import complete_data, dataset_info, source_info
 from cnnbench.errors import DataError
 from cnnbench.io import atomic_path, read_json, write_json
 
@@ -251,8 +251,6 @@ def _svhn(data: dict, root: Path) -> ImageData:
 
 def _imagefolder(data: dict, root: Path) -> ImageData:
     """root/<class>/*.png, or root/train/<class>/* and root/test/<class>/* for an official test split."""
-    from cnnbench.catalog import source_info
-
     if source_info(data).has_test:  # the folder's own test split (holdout makes one later, from root's images)
         x, y, classes = _read_folder(root / "train", data)
         x_test, y_test, test_classes = _read_folder(root / "test", data)
@@ -273,16 +271,24 @@ def _read_folder(folder: Path, data: dict) -> tuple[np.ndarray, np.ndarray, list
         raise DataError(f"data.root: {folder} is not an image folder with one sub-folder per class ({e})") from None
     side, mode = data["image_size"], "L" if data.get("channels", 3) == 1 else "RGB"
     x = np.empty((len(ds.samples), 1 if mode == "L" else 3, side, side), dtype=np.uint8)
-    unreadable, modes = [], Counter()
+    unreadable, deep, modes = [], [], Counter()
     for i, (path, _) in enumerate(ds.samples):
         try:
             with Image.open(path) as im:
                 modes[im.mode] += 1
+                if im.mode.startswith(("I", "F")):  # 16-bit or float: Pillow's convert clips them to 8 bits
+                    deep.append(f"{path} (mode {im.mode})")
+                    continue
                 arr = np.asarray(im.convert(mode).resize((side, side), Image.BILINEAR))
         except (OSError, ValueError, Image.DecompressionBombError) as e:  # truncated, not an image, ...
             unreadable.append(f"{path} ({e})")
             continue
         x[i] = arr[None] if mode == "L" else arr.transpose(2, 0, 1)
+    if deep:
+        more = f" and {len(deep) - 1} more" if len(deep) > 1 else ""
+        raise DataError(f"data.root: {len(deep)} image(s) under {folder} are 16-bit or floating point: {deep[0]}{more}; "
+                        "they would be clipped to 8 bits (mostly white), so convert them to 8-bit images first, "
+                        "scaled to 0-255")
     if unreadable:
         more = f" and {len(unreadable) - 1} more" if len(unreadable) > 1 else ""
         raise DataError(f"data.root: {len(unreadable)} image(s) under {folder} cannot be read: {unreadable[0]}{more}; "

@@ -113,7 +113,7 @@ def test_an_image_folder_of_class_folders_with_holdout_keeps_a_test_part_of_its_
     from tests.helpers import tiny_study
 
     write_image_folder(tmp_path / "half" / "train")
-    with pytest.raises(ConfigError, match="holds only a train/ folder; put the class folders directly in root"):
+    with pytest.raises(ConfigError, match="holds train/, which would be read as classes; put the class folders directly in root"):
         load_study(tiny_study(data={**data, "root": str(tmp_path / "half")}))
 
 
@@ -147,6 +147,38 @@ def test_converting_an_image_folders_modes_is_said_in_the_log(tmp_path, capsys):
     write_image_folder(tmp_path / "rgb")  # all RGB at the default: nothing to say
     load_source({"name": "imagefolder", "root": str(tmp_path / "rgb"), "image_size": 8})
     assert "converted" not in capsys.readouterr().err
+
+
+def test_image_folder_layouts_that_would_train_on_split_names_are_refused_and_home_is_expanded(tmp_path, monkeypatch):
+    """A review: root/train/ + root/val/ passed as two classes named train and val, and `root: ~/imgs`
+    holding train/ and test/ was read as classes 'test' and 'train' (the layout check saw through ~, the
+    loader did not): both trained a classifier of split names without a word."""
+    from cnnbench.config import load_study
+    from cnnbench.errors import ConfigError
+    from tests.helpers import tiny_study
+
+    def study(root):
+        return tiny_study(data={"name": "imagefolder", "root": root, "image_size": 8})
+
+    write_image_folder(tmp_path / "tv" / "train")
+    write_image_folder(tmp_path / "tv" / "val", n=2)
+    with pytest.raises(ConfigError, match=r"holds train/, val/, which would be read as classes"):
+        load_study(study(str(tmp_path / "tv")))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    write_image_folder(tmp_path / "imgs" / "train")
+    write_image_folder(tmp_path / "imgs" / "test", n=2)
+    images = load_source(load_study(study("~/imgs")).data)
+    assert images.classes == ["cat", "dog"] and len(images.y) == 12 and len(images.y_test) == 4
+
+
+def test_16_bit_images_are_refused_rather_than_clipped(tmp_path):
+    """Pillow converts 16-bit grey to 8 bits by clipping: [0, 1000, 40000, 65535] -> [0, 255, 255, 255]."""
+    from PIL import Image
+
+    write_image_folder(tmp_path / "f")
+    Image.fromarray(np.array([[0, 1000], [40000, 65535]], dtype=np.uint16)).save(tmp_path / "f" / "cat" / "deep.png")
+    with pytest.raises(DataError, match=r"1 image\(s\) under .* are 16-bit or floating point: .*deep.png \(mode I"):
+        load_source({"name": "imagefolder", "root": str(tmp_path / "f"), "image_size": 8})
 
 
 def test_missing_data_folder_says_what_to_do(tmp_path):
