@@ -27,16 +27,20 @@ def check_torchvision() -> None:
     """torchvision's compiled ops must come from the same torch build: a mismatched pair (e.g. a CPU torch
     wheel beside a CUDA torchvision from PyPI) trains fine and fails only when the report imports
     torchvision. The data step checks it first, so the study stops in seconds, not after training."""
+    from cnnbench.errors import CnnbenchError
+
     try:
         import torchvision  # noqa: F401 - registering its ops is what fails
-    except Exception as e:  # RuntimeError: operator torchvision::nms does not exist, or an ImportError
-        from cnnbench.errors import CnnbenchError
-
+    except ModuleNotFoundError as e:  # torchvision itself, or one of its dependencies (PIL)
+        raise CnnbenchError(f"torchvision cannot be imported: {e}; reinstall cnnbench (pip install -e .), which "
+                            "installs it") from None
+    except Exception as e:  # RuntimeError: operator torchvision::nms does not exist
+        first = (str(e).splitlines() or [""])[0][:160]
         raise CnnbenchError(
             f"torchvision {_version('torchvision')} does not load with torch {_version('torch')} "
-            f"({type(e).__name__}: {str(e).splitlines()[0][:160]}); they are from different builds: install a "
-            "matching pair from one index, e.g. pip install --force-reinstall torch torchvision "
-            "(or both with --index-url https://download.pytorch.org/whl/cpu)") from None
+            f"({type(e).__name__}: {first}); they are from different builds: install a matching pair from one "
+            "index, e.g. pip install --force-reinstall torch torchvision (or both with --index-url "
+            "https://download.pytorch.org/whl/cpu)") from None
 
 
 def nvidia_gpus_visible() -> bool:

@@ -9,7 +9,7 @@ budget, each reported as passed, failed or skipped with the reason:
 2. determinism: two runs with `deterministic: true` identical, and its slowdown against the default;
 3. the loop benchmark against the tuned (airbench-style) loop, eager;
 4. the concurrency sweep: aggregate img/s of 1, 2, 4, 8 (and 16, given 16 cores) training jobs on one
-   GPU (jobs_per_gpu), each count measured twice;
+   GPU (jobs_per_gpu), each count measured twice (once where the step's time runs short);
 5. the CUDA tests (`pytest -m cuda tests/test_cuda.py`);
 6. the kernel suite on CUDA (pytest-benchmark, full size);
 7. a small study end to end on the GPU (Snakemake, report included);

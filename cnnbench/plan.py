@@ -97,10 +97,9 @@ def plan(results_dir: str | Path, deltas: list[float], folds_options: list[int] 
             rows.append({"variant": v, "reference": c["reference"], "diff": c["diff"], "mde_now": c["mde"],
                          "resamples_now": int(c["resamples"]), "target": delta,
                          **(best or {"folds": None, "repeats": None, "seeds": None, "runs": None}),
-                         "seed_variance_measured": comp.seeds_measured})
-    df = pd.DataFrame(rows)
-    df.attrs["folds_considered"] = folds_options  # for the advice on more folds
-    return df
+                         "seed_variance_measured": comp.seeds_measured,
+                         "folds_considered": ",".join(map(str, folds_options))})  # for the advice on more folds
+    return pd.DataFrame(rows)
 
 
 def _results_of(config: Path) -> str:
@@ -134,7 +133,7 @@ def format_plan(df: pd.DataFrame) -> str:
                      "few degrees of freedom that the corrected t test can detect little yet; a pilot with at least "
                      "5 folds x repeats plans far better)")
     if df["runs"].isna().any():
-        considered = df.attrs.get("folds_considered") or [int(df["resamples_now"].max())]
+        considered = [int(k) for k in str(df["folds_considered"].iloc[0]).split(",")]
         top = max(considered)
         lines.append(f"(where no design reaches the target at {', '.join(map(str, considered))} folds, more folds "
                      f"lower the correction's floor: add fold counts to consider, e.g. --folds {2 * top} {4 * top}; "

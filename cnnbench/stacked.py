@@ -38,6 +38,10 @@ def stacked_folds(config: str | Path, variant: str | None = None, k: int = 5, st
     models = [init_model(spec, seed, dev) for seed in range(k)]
     if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in models[0].modules()):
         raise ValueError(f"variant {spec.name!r} has BatchNorm, which vmap cannot train with running statistics")
+    t = spec.train
+    if t["optimizer"] != "sgd" or not t.get("decay_biases", True) or t.get("pretrained"):
+        raise ValueError(f"variant {spec.name!r}: the stacked models train with one plain SGD over every parameter, "
+                         "so both sides compare alike only for optimizer: sgd, decay_biases: true, no pretrained")
     num = Numerics.for_run(spec.numerics, dev)
     images = load_source(study.data)  # root and path too
     x = torch.from_numpy(np.ascontiguousarray(images.x)).to(dev)

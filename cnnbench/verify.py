@@ -119,13 +119,13 @@ def verify(record_path: str | Path, data: str | Path | None = None, splits: str 
         lines.append(f"MATCH: {numbers} and {len(result.val_pred)} validation predictions identical" if exact else
                      f"MATCH: {numbers} within tolerance {tol}; {differ} of {len(result.val_pred)} validation "
                      f"predictions differ (at most {allowed}, {MAX_PRED_DIFF:.1%}, allowed)")
-    changed = versions_changed(env, dev)
+    from cnnbench.env import environment
+
+    now = environment(dev)
+    changed = versions_changed(env, now)
     if changed:
         lines.append(f"recorded with other versions: {changed}")
     if env.get("git_commit") and env.get("git_dirty") is not None:
-        from cnnbench.env import git_state
-
-        now = git_state()
         if now["git_commit"] != env["git_commit"] or now["git_dirty"] or env["git_dirty"]:
             lines.append(f"code: recorded at {env['git_commit'][:10]}{' (dirty)' if env['git_dirty'] else ''}, "
                          f"now {str(now['git_commit'])[:10]}{' (dirty)' if now['git_dirty'] else ''}")
@@ -146,17 +146,15 @@ def exact_match_expected(env: dict, numerics: dict, dev) -> tuple[bool, str]:
     return same_gpu and deterministic, f"GPU {now}, {how}; recorded on {env.get('device_name') or env['device']}"
 
 
-VERSIONED = ("torch", "torchvision", "numpy", "python", "cnnbench", "cpu")
+VERSIONED = ("torch", "torchvision", "numpy", "python", "cnnbench", "cpu", "cuda", "cudnn")
 
 
-def versions_changed(env: dict, dev) -> str:
-    """The library versions (and CPU model) that differ between the record and this re-run: a match
-    across them is worth knowing, and a mismatch often comes from them."""
-    from cnnbench.env import environment
-
-    now = environment(dev)
-    return "; ".join(f"{k} {env[k]} then, {now.get(k)} now" for k in VERSIONED
-                     if env.get(k) is not None and env.get(k) != now.get(k))
+def versions_changed(env: dict, now: dict) -> str:
+    """The library versions (and CPU model, CUDA, cuDNN) that differ between the record and this re-run's
+    environment `now`: a match across them is worth knowing, and a mismatch often comes from them. A
+    key this run does not have (CUDA on the CPU) is not a difference."""
+    return "; ".join(f"{k} {env[k]} then, {now[k]} now" for k in VERSIONED
+                     if env.get(k) is not None and now.get(k) is not None and env[k] != now[k])
 
 
 def record_seed(record: dict) -> int:

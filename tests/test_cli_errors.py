@@ -166,12 +166,29 @@ def test_a_torchvision_that_does_not_match_torch_stops_the_data_step(tmp_path, m
     """A trial: a CPU torch wheel beside PyPI's CUDA torchvision trained for minutes, then the report
     failed importing torchvision ('operator torchvision::nms does not exist', 40 lines). The first step
     now imports it and stops in one line naming both versions and the fix."""
+    import builtins
     import sys
 
     from cnnbench.cli import main
 
-    monkeypatch.setitem(sys.modules, "torchvision", None)  # `import torchvision` now fails, as a broken pair does
-    code = main(["prepare-data", "--data-json", '{"name": "digits", "subset": 100}', "--out", str(tmp_path / "d.npz")])
-    err = capsys.readouterr().err.strip()
+    real_import = builtins.__import__
+
+    def broken(name, *args, **kwargs):  # what a mismatched pair raises while torchvision registers its ops
+        if name == "torchvision":
+            raise RuntimeError("operator torchvision::nms does not exist")
+        return real_import(name, *args, **kwargs)
+
+    def prepare() -> tuple[int, str]:
+        code = main(["prepare-data", "--data-json", '{"name": "digits", "subset": 100}', "--out", str(tmp_path / "d.npz")])
+        return code, capsys.readouterr().err.strip()
+
+    monkeypatch.delitem(sys.modules, "torchvision", raising=False)
+    monkeypatch.setattr(builtins, "__import__", broken)
+    code, err = prepare()
     assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
-    assert "does not load with torch" in err and "install a matching pair" in err and not (tmp_path / "d.npz").exists()
+    assert "does not load with torch" in err and "RuntimeError: operator torchvision::nms" in err
+    assert "install a matching pair" in err and not (tmp_path / "d.npz").exists()
+    monkeypatch.setattr(builtins, "__import__", real_import)
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # not installed at all: another fix
+    code, err = prepare()
+    assert code == 2 and "torchvision cannot be imported" in err and "different builds" not in err

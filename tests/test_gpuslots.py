@@ -328,6 +328,10 @@ def test_stacked_fold_models_train_as_one_vmapped_computation(tmp_path):
     assert r["stacked_img_per_s"] > 0 and r["sequential_img_per_s"] > 0 and r["k"] == 3
     with pytest.raises(ValueError, match="BatchNorm"):
         stacked_folds(cfg, "batchnorm", k=2, steps=2, device="cpu", repeats=1)
+    study = tiny_study()
+    study["variants"]["adam"] = {"base": "baseline", "optimizer": "adam"}  # one SGD would not be its optimiser
+    with pytest.raises(ValueError, match="one plain SGD over every parameter"):
+        stacked_folds(write_yaml(tmp_path / "a.yaml", study), "adam", k=2, steps=2, device="cpu", repeats=1)
 
 
 def test_a_job_sets_determinism_before_it_claims_a_gpu(monkeypatch):

@@ -206,6 +206,10 @@ def test_the_pilot_warning_counts_the_resamples_actually_compared():
     note = small_design_note(ctx)  # a trial: "Use at least 5 folds x repeats" to a study that had 5
     assert "Only J = 4 paired resamples</b> (in the comparison with the fewest, of the 5 the 1 &times; 5-fold" in note
     assert "runs that did not train take their pairs" in note and "Use at least" not in note
+    small = load_study(tiny_study(protocol={"folds": 2, "repeats": 2}, variants={"baseline": {"base": "cnn"}}))
+    lost = small_design_note(SimpleNamespace(specs=small.variants, baseline="baseline",
+                                             comparison=pd.DataFrame({"resamples": [3]})))
+    assert "Only J = 3" in lost and "Use at least 5 folds" in lost  # a clean rerun of 2 x 2 would still be J = 4
     assert small_design_note(SimpleNamespace(**{**vars(ctx), "comparison": pd.DataFrame({"resamples": [5]})})) == ""
 
 

@@ -32,9 +32,11 @@ def test_a_record_made_with_other_library_versions_says_which(recorded, tmp_path
     """A trial verified a record made with torch 2.13.0+cpu under 2.14.1 and got MATCH with no word of it."""
     def older(r):
         r["env"]["torch"] = "2.13.0+cpu"
+        r["env"]["cuda"] = "12.4"  # a key this CPU run does not have is no difference
 
     verdict = verify_changed(recorded, tmp_path, older)
     assert verdict.match and "recorded with other versions: torch 2.13.0+cpu then, " in str(verdict)
+    assert "cuda" not in str(verdict)
     assert "other versions" not in str(verify(recorded))
 
 

@@ -216,6 +216,8 @@ def test_report_numbers_come_from_the_runs(finished):
         line = next(li for li in html.split("<li>") if li.startswith(expected))
         assert f"<b>{100 * mean:+.2f} pts</b> [{shown(low)}, {shown(high)}]" in line, line
         assert f"p<sub>Holm</sub> = {holm[v]:.2g}" in line and verdict in line, line
+    if any(abs(b) > 1.1 for v in ("batchnorm", "dropout") for b in rows[v][1:3]):  # J = 2: it is, by far
+        assert "Bars past &plusmn;100 pts, where no accuracy difference can be, are cut at the frame" in html
     mean, low, high, pv = rows["aa_control"]
     assert f"differs from itself by <b>{100 * mean:+.2f} pts</b> [{shown(low)}, {shown(high)}], p = {pv:.2g}" in html
     assert "Nadeau-Bengio" in html and "Grad-CAM" in html and "Description only, not a test" in html

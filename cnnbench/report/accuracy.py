@@ -47,6 +47,11 @@ def effects(ctx) -> Section | None:
                     fmt="o", color=color, capsize=3)
     ax.set_yticks(range(len(order)), order)
     ax.set(xlabel="Δ validation accuracy vs the reference (percentage points)")
+    lo, hi = ax.get_xlim()
+    cut = ""
+    if lo < -105 or hi > 105:  # a 2-resample interval reached -401 pts and squashed every other bar
+        ax.set_xlim(max(lo, -105), min(hi, 105))
+        cut = " Bars past &plusmn;100 pts, where no accuracy difference can be, are cut at the frame."
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="lower right", fontsize=8)
     shaded = ("" if ctx.aa is None or not np.isfinite(ctx.aa.test.ci_low) else
@@ -56,7 +61,7 @@ def effects(ctx) -> Section | None:
     forest = figure_html(fig, "forest plot of accuracy differences",
                          "Mean paired difference and 95% CI (corrected resampled t-test) against each variant's "
                          "reference. Green: better, red: worse, grey: no detectable difference after Holm "
-                         "adjustment." + shaded)
+                         "adjustment." + cut + shaded)
     return Section("effects", "Effects on accuracy", forest + paired_lines(ctx))
 
 

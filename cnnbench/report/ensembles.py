@@ -54,7 +54,7 @@ def ensembles(ctx) -> Section | None:
         versus = ""
         if ref in tables:
             d = gain_difference_interval(tables[ref], tables[v])
-            if v == AA_CONTROL and not d["ci_low"] <= 0 <= d["ci_high"]:
+            if v == AA_CONTROL and np.isfinite(d["ci_low"]) and not d["ci_low"] <= 0 <= d["ci_high"]:
                 aa_note = (f'<p class="note">The {AA_CONTROL} row is the baseline trained again, yet its gain '
                            "differs from the baseline's by an interval that excludes 0: these intervals hold the "
                            "trained models fixed, so they leave out retraining noise, and this row shows how much "

@@ -19,7 +19,7 @@ def pts(x: float, sign: bool = True) -> str:
 
 def interval(low: float, high: float) -> str:
     """A 95% CI in points; where the test had nothing to test against (the same difference in every pair,
-    or fewer than 2 resamples) it says so instead of [nan, nan]."""
+    or fewer than 2 resamples) it says so instead of [nan, nan], and a bound past +-100 pts is cut there."""
     if not (np.isfinite(low) and np.isfinite(high)):
         return "[no interval: the same difference in every pair, or under 2 resamples]"
     # past +-100 pts, where no accuracy difference can be (a 2-resample t interval reached -401.75), the

@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 
 import numpy as np
+import pandas as pd
 
 from cnnbench.config import AA_CONTROL
 from cnnbench.metrics import METRICS
@@ -42,20 +43,19 @@ def small_design_note(ctx) -> str:
     report says so up front rather than leave it to the per-verdict notes (a trial: 2 folds, J = 2, "could
     detect |Δ| ≥ 55.67 pts" and nothing more)."""
     split = ctx.specs[ctx.baseline].split
-    j = split["repeats"] * split["folds"]
+    j = split["repeats"] * split["folds"]  # as designed; fewer where runs did not train
     compared = getattr(ctx, "comparison", None)
     if compared is not None and "resamples" in compared and len(compared):  # a diverged run's fold drops out
         j = min(j, int(compared["resamples"].min()))
     if j >= FEW_RESAMPLES:
         return ""
     designed = split["repeats"] * split["folds"]
-    if j < designed:  # the design was large enough: runs that did not train took their pairs with them
+    where = f"of {split['repeats']} &times; {split['folds']}-fold"
+    if j < designed:  # runs that did not train took their pairs with them
         where = (f"in the comparison with the fewest, of the {designed} the {split['repeats']} &times; "
                  f"{split['folds']}-fold design gives: runs that did not train take their pairs with them")
-        fix = "Find out why those runs did not train (below), and rerun"
-    else:
-        where = f"of {split['repeats']} &times; {split['folds']}-fold"
-        fix = f"Use at least {FEW_RESAMPLES} folds &times; repeats"
+    fix = (f"Use at least {FEW_RESAMPLES} folds &times; repeats" if designed < FEW_RESAMPLES
+           else "Find out why those runs did not train (below), and rerun")
     return (f'<div class="alarm"><p><b>Only J = {j} paired resamples</b> ({where}): the corrected t test has '
             f'{j - 1} degree{"s" * (j != 2)} of freedom, so the intervals are very wide and only very large '
             f"differences can be detected; read it as a pilot. {fix}, and see <code>cnnbench plan</code> for "
@@ -115,6 +115,10 @@ def failure_kind(reason) -> str:
     return "diverged (non-finite loss)" if reason.startswith("non-finite") else "stuck at chance"
 
 
+def _epoch(e) -> str:
+    return str(int(e)) if pd.notna(e) else "?"  # a record marked diverged without its epoch
+
+
 def diverged_note(ctx) -> str:
     """Runs that did not train, named with how and when they were stopped: they are left out of every
     statistic, never averaged in silently."""
@@ -122,16 +126,17 @@ def diverged_note(ctx) -> str:
     bad = runs[runs["status"] == "diverged"] if "status" in runs else runs.iloc[:0]
     if bad.empty:
         return ""
-    kinds = (bad["diverged_reason"] if "diverged_reason" in bad else bad["status"].map(lambda _: None)).map(failure_kind)
+    reasons = bad["diverged_reason"] if "diverged_reason" in bad else pd.Series(None, index=bad.index, dtype=object)
+    kinds = reasons.map(failure_kind)
     per = []
     for v, g in bad.groupby("variant"):
         epochs = ctx.specs[v].train["epochs"] if v in getattr(ctx, "specs", {}) else None
-        how = "; ".join(f"{kind} at epoch{'s' * (len(k) > 1)} {', '.join(str(int(e)) for e in k['diverged_epoch'])}"
-                        + (f" of {epochs}" if epochs else "") for kind, k in g.groupby(kinds[g.index]))
+        how = "; ".join(f"{kind} at epoch{'s' * (len(runs_) > 1)} {', '.join(_epoch(e) for e in runs_['diverged_epoch'])}"
+                        + (f" of {epochs}" if epochs else "") for kind, runs_ in g.groupby(kinds[g.index]))
         per.append(f"{html.escape(v)}: {len(g)} of {len(runs[runs.variant == v])} runs ({how})")
     return (f'<div class="alarm"><p><b>{len(bad)} run(s) did not train</b>: {"; ".join(per)}. A run is marked and '
-            "stopped when its loss becomes non-finite (diverged), or when after the learning-rate warm-up its "
-            "training accuracy stays at chance with a loss that no longer falls for two epochs (stuck; also "
+            "stopped when its loss becomes non-finite (diverged), or when after the first epoch (one-cycle: "
+            "after its warm-up, the first 20% of epochs) its training accuracy stays at chance with a loss that no longer falls for two epochs (stuck; also "
             "checked at the last epoch). They are left out of every comparison, ranking, mean and plot of "
             "accuracy below, and so are their pairs on the other variants: a variant that fails often looks "
             "only as good as its runs that trained.</p></div>")
