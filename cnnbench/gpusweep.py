@@ -354,8 +354,8 @@ def runner_up(rows: list[dict], best: int) -> str:
     if len(each[best]) < 2 or len(each[second]) < 2:
         return ""
     if min(each[best]) > max(each[second]):
-        return f"; its slowest repeat faster than {second} job(s)' fastest: descriptive, not a test"
-    return f"; its repeats overlap {second} job(s)': these repeats do not separate the two"
+        return f"; its slowest repeat faster than the fastest at {second} job(s): descriptive, not a test"
+    return f"; its repeats overlap those at {second} job(s): these repeats do not separate the two"
 
 
 def format_sweep(r: dict) -> str:
@@ -375,7 +375,7 @@ def format_sweep(r: dict) -> str:
         lines.append(f"  best: execution.jobs_per_gpu: {r['best_jobs_per_gpu']} ({r['speedup_best']:.2f}x {unit}"
                      f"{against})")
     else:  # jobs_per_gpu is a GPU setting: a CPU sweep only shows the mechanics
-        lines.append(f"  best: {r['best_jobs_per_gpu']} jobs ({r['speedup_best']:.2f}x {unit}{against}); measured on "
+        lines.append(f"  best: {r['best_jobs_per_gpu']} job(s) ({r['speedup_best']:.2f}x {unit}{against}); measured on "
                      f"the {r['device']}, so no execution.jobs_per_gpu advice (run it with --device cuda on the GPU)")
     return "\n".join(lines)
 

@@ -140,7 +140,7 @@ def test_speed_ups_and_the_best_count_compare_mean_rates_against_the_fewest_jobs
     text = gpusweep.format_sweep(paired)
     assert "(1.00x 8 jobs; 2 repeats: 185-193)" in text and "(1.09x 8 jobs; 2 repeats: 206-207)" in text
     assert "one job" not in text and "1.0 img" not in text
-    assert ("best: execution.jobs_per_gpu: 16 (1.09x 8 jobs; its slowest repeat faster than 8 job(s)' fastest: "
+    assert ("best: execution.jobs_per_gpu: 16 (1.09x 8 jobs; its slowest repeat faster than the fastest at 8 job(s): "
             "descriptive, not a test)") in text
     # each count is shown against the base by its mean
     repeated = run((1, 2, 2, 16), [30.0, 40.0, 50.0, 210.0])
@@ -150,7 +150,7 @@ def test_speed_ups_and_the_best_count_compare_mean_rates_against_the_fewest_jobs
     assert gpusweep.mean_rates(repeated["rows"]) == {1: 30.0, 2: 45.0, 16: 210.0}
     lucky = run((8, 16, 8, 16), [200.0, 195.0, 170.0, 196.0])  # 8's best repeat (200) is its luck
     assert lucky["best_jobs_per_gpu"] == 16 and lucky["speedup_best"] == pytest.approx(195.5 / 185.0)
-    assert "its repeats overlap 8 job(s)': these repeats do not separate the two" in gpusweep.format_sweep(lucky)
+    assert "its repeats overlap those at 8 job(s): these repeats do not separate the two" in gpusweep.format_sweep(lucky)
 
 
 def test_a_sweep_near_its_deadline_keeps_what_it_measured_and_names_what_it_left_out(monkeypatch):
