@@ -333,3 +333,19 @@ def test_an_aa_gain_difference_that_excludes_0_is_explained(tmp_path):
     records[2]["test_prob"] = records[3]["test_prob"] = records[0]["test_prob"]  # now the same gain: no note
     write_test_probs(records, SimpleNamespace(y_test=y), tmp_path / "test_probs.npz")
     assert "baseline trained again" not in ensembles(ctx).html
+
+
+def test_a_variant_near_chance_is_flagged_before_its_shift_lines():
+    """A trial: after 3 epochs a GAP net at 14.8% of 10 classes drew flat lines, read as invariance."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from cnnbench.report.invariance import near_chance_note
+
+    runs = pd.DataFrame({"variant": ["baseline", "baseline", "gap", "gap"], "status": "ok",
+                         "val_acc": [0.95, 0.96, 0.14, 0.16]})
+    ctx = SimpleNamespace(images=SimpleNamespace(y=np.arange(100) % 10), runs=runs)
+    note = near_chance_note(ctx, ["baseline", "gap"])
+    assert "Near chance (10.0%, the majority class): gap (15.0%)" in note and "baseline" not in note
+    assert near_chance_note(ctx, ["baseline"]) == ""

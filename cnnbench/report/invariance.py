@@ -38,8 +38,29 @@ def translation(ctx) -> Section | None:
         return None
     shown = [v for v in ctx.featured if v in set(t.variant)]
     return Section("translation", "Translation: equivariance and invariance",
-                   accuracy_vs_shift(ctx, t, shown) + equivariance_table(ctx, t, shown) + NOTE
-                   + ctx.featured_note("Shown"))
+                   near_chance_note(ctx, shown) + accuracy_vs_shift(ctx, t, shown) + equivariance_table(ctx, t, shown)
+                   + NOTE + ctx.featured_note("Shown"))
+
+
+NEAR_CHANCE = 0.10  # within 10 points of always answering the majority class
+
+
+def near_chance_note(ctx, shown: list[str]) -> str:
+    """A network that has barely learned is trivially invariant (a near-constant output does not move
+    under a shift), so its flat lines say nothing about its design (a trial: a GAP net at 15% of 10
+    classes after 3 epochs read as 'invariant')."""
+    from cnnbench.stats import usable
+
+    y = ctx.images.y
+    chance = float(np.bincount(y).max() / len(y))
+    acc = usable(ctx.runs).groupby("variant")["val_acc"].mean()
+    low = [v for v in shown if v in acc and acc[v] < chance + NEAR_CHANCE]
+    if not low:
+        return ""
+    named = ", ".join(f"{html.escape(v)} ({100 * acc[v]:.1f}%)" for v in low)
+    return (f'<p class="alarm">Near chance ({100 * chance:.1f}%, the majority class): {named}. A network that has '
+            "barely learned gives nearly the same output for any input, so it looks invariant to shifts whatever "
+            "its design: read its lines below as 'not trained enough', not as invariance.</p>")
 
 
 def accuracy_vs_shift(ctx, t: pd.DataFrame, shown: list[str]) -> str:
