@@ -243,8 +243,9 @@ def test_probe_table_is_tidy_and_skips_records_without_a_probe():
 
 def fake_ctx(table: pd.DataFrame):
     runs = pd.DataFrame({"variant": ["base", "base", "gap", "gap"], "fold": [0, 1, 0, 1], "seed": 0,
-                         "status": ["ok", "ok", "ok", "diverged"]})
+                         "status": ["ok", "ok", "ok", "diverged"], "val_acc": [0.9, 0.92, 0.8, 0.1]})
     return SimpleNamespace(table=lambda name: table, runs=runs, featured=["base", "gap"], variants=["base", "gap"],
+                           images=SimpleNamespace(y=np.arange(100) % 10),
                            baseline="base", featured_note=lambda what: "",
                            specs={"base": SimpleNamespace(model={"head": "flatten"}),
                                   "gap": SimpleNamespace(model={"head": "gap"})})
