@@ -285,13 +285,11 @@ def _read_folder(folder: Path, data: dict) -> tuple[np.ndarray, np.ndarray, list
             continue
         x[i] = arr[None] if mode == "L" else arr.transpose(2, 0, 1)
     if deep:
-        more = f" and {len(deep) - 1} more" if len(deep) > 1 else ""
-        raise DataError(f"data.root: {len(deep)} image(s) under {folder} are 16-bit or floating point: {deep[0]}{more}; "
+        raise DataError(f"data.root: {len(deep)} image(s) under {folder} are 16-bit or floating point: {_first(deep)}; "
                         "they would be clipped to 8 bits (mostly white), so convert them to 8-bit images first, "
                         "scaled to 0-255")
     if unreadable:
-        more = f" and {len(unreadable) - 1} more" if len(unreadable) > 1 else ""
-        raise DataError(f"data.root: {len(unreadable)} image(s) under {folder} cannot be read: {unreadable[0]}{more}; "
+        raise DataError(f"data.root: {len(unreadable)} image(s) under {folder} cannot be read: {_first(unreadable)}; "
                         "remove or replace them")
     if set(modes) - {mode}:  # what the conversion did, in the step's log: never silent
         found = ", ".join(f"{n} {m}" for m, n in modes.most_common())
@@ -299,6 +297,11 @@ def _read_folder(folder: Path, data: dict) -> tuple[np.ndarray, np.ndarray, list
         print(f"cnnbench: {folder}: images found as {found}; each one converted to {mode}, "
               f"{'1 channel' if mode == 'L' else '3 channels'}{hint}", file=sys.stderr)
     return x, np.asarray(ds.targets, dtype=np.int64), list(ds.classes)
+
+
+def _first(items: list[str]) -> str:
+    """The first of several problems, and how many more: one line, however many files are bad."""
+    return items[0] + (f" and {len(items) - 1} more" if len(items) > 1 else "")
 
 
 def _subset(images: ImageData, n: int, seed: int) -> ImageData:

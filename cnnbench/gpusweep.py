@@ -170,11 +170,8 @@ class JobPool:
 
     def close(self) -> None:
         """Stop every worker at once (16 CUDA processes shut down in parallel, within gpu-check's margin)."""
+        _stop(self.procs)
         for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-        for proc in self.procs:
-            proc.wait()
             if proc.stdin:
                 proc.stdin.close()
         for f in self.errs:
@@ -188,10 +185,7 @@ class JobPool:
 
     def _keep(self, n: int, why: str) -> None:
         """Keep the first n workers; stop the rest."""
-        for proc in self.procs[n:]:
-            proc.kill()
-        for proc in self.procs[n:]:
-            proc.wait()
+        _stop(self.procs[n:])
         self.procs, self.lines, self.failed_to_start = self.procs[:n], self.lines[:n], why
 
     def _send(self, i: int, line: str) -> None:
@@ -221,6 +215,15 @@ class JobPool:
         self.errs[i].seek(0)
         lines = self.errs[i].read().strip().splitlines()
         return lines[-1][:500] if lines else "(nothing on its stderr)"  # the head names the error
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    """Kill them all, then wait for them all: their shut-downs overlap rather than queue."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+    for proc in procs:
+        proc.wait()
 
 
 def _read_lines(stream, lines: queue.Queue) -> None:
