@@ -134,9 +134,10 @@ def test_training_memory_is_the_runs_own_and_repeatable():
         return json.loads(out.stdout)
 
     first, wide, third = measured("baseline"), measured("width64"), measured("baseline")
-    # repeatable within 20%: alone at 1 thread the spread was 11% (max/min); CI's load (the Slurm daemons,
-    # other test processes) adds some; the width-64 net is still far apart
-    assert abs(third - first) <= 0.20 * min(first, third), (first, third)
+    # repeatable within 25%: alone at 1 thread the spread was 11% (max/min); under CI's load (the Slurm
+    # daemons, other test processes) two processes read 55.6 vs 66.9 MB (20.3%, which failed a 20% bound);
+    # the width-64 net is still far apart
+    assert abs(third - first) <= 0.25 * min(first, third), (first, third)
     assert wide > 1.5 * max(first, third) and first > 10
 
 
